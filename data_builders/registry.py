@@ -1,0 +1,37 @@
+"""Registry of dataset builders: adding one is one module and one line here.
+
+Each entry maps a task name (``longqa build-data --task NAME``) to ``"module:function"``; the module
+is imported only when its builder runs. A builder function has the signature
+``build(options: <its pydantic Options model>) -> dict`` (the stats it also writes to stats.json),
+and its module exposes ``Options`` (a pydantic model of its flags) and a docstring used as help.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from longqa.errors import LongqaError
+
+BUILDERS: dict[str, str] = {
+    "paraphrase-mdqa": "data_builders.paraphrase_mdqa:build",
+}
+
+
+def available_builders() -> list[str]:
+    return sorted(BUILDERS)
+
+
+def get_builder(task: str) -> Callable[..., Any]:
+    """The builder function for ``task`` (imported lazily)."""
+    if task not in BUILDERS:
+        raise LongqaError(f"unknown task '{task}'; available: {', '.join(available_builders())}")
+    module_name, func = BUILDERS[task].split(":")
+    return getattr(importlib.import_module(module_name), func)
+
+
+def get_builder_module(task: str) -> Any:
+    if task not in BUILDERS:
+        raise LongqaError(f"unknown task '{task}'; available: {', '.join(available_builders())}")
+    return importlib.import_module(BUILDERS[task].split(":")[0])

@@ -1,0 +1,61 @@
+"""Root of the ``longqa`` command line.
+
+Every command module keeps its top-level imports light (typer, pathlib) and imports torch,
+transformers and friends inside the command body, so ``longqa --help`` stays fast. Commands are thin:
+they parse flags and call a library function that notebooks can call too.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from longqa.cli import (
+    analyze,
+    build_data,
+    doctor,
+    eval,
+    export,
+    generate,
+    models,
+    recipes,
+    rope,
+    train,
+)
+from longqa.errors import LongqaError
+
+app = typer.Typer(
+    name="longqa",
+    help="Turn a short-context open LLM into an accurate long-context one on a single GPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("build-data")(build_data.build_data)
+app.command("train")(train.train)
+app.add_typer(eval.app, name="eval")
+app.add_typer(analyze.app, name="analyze")
+app.add_typer(recipes.app, name="recipes")
+app.add_typer(rope.app, name="rope")
+app.add_typer(models.app, name="models")
+app.command("export")(export.export)
+app.command("generate")(generate.generate)
+app.command("doctor")(doctor.doctor)
+
+
+def main() -> None:
+    """Console-script entry point: runs the app and turns user errors into one line + exit 2."""
+    try:
+        app()
+    except LongqaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pure math and Triton kernels. Nothing in this package imports transformers."""

@@ -1,0 +1,283 @@
+"""The one typed config schema: recipes for training (and the model/RoPE settings eval reuses).
+
+Usage::
+
+    from longqa.recipe import load_recipe
+    recipe = load_recipe("qwen14b-yarn32k", overrides=["train.lr=1e-4"])
+    recipe.rope.method, recipe.train.phases[0].kind
+
+A recipe is a YAML file in ``recipes/`` (loaded by name) or any path. Unknown keys and wrong types are
+errors that name the key and the file. ``overrides`` are dotted ``key=value`` strings whose values are
+parsed as YAML scalars and validated by the same schema.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from longqa.errors import LongqaError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Which base model to load and how."""
+
+    name: str = Field(
+        description="alias (e.g. smollm2-135m), local HF folder, .gguf file or hub id"
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    quantization: Literal["nf4", "none"] = "nf4"
+    double_quant: bool = True
+    layout: Literal["auto", "hf", "original-qwen"] = Field(
+        "auto", description="checkpoint layout; original-qwen is converted to Qwen2 on load"
+    )
+    trust_remote_code: bool = False
+
+
+class RopeConfig(_Strict):
+    """A RoPE scaling spec. ``method`` names an entry of ``longqa.ops.rope_scaling``'s registry.
+
+    Unset values fall back to the model config (base, original window) or the method's defaults.
+    """
+
+    method: str = "none"
+    factor: float | None = Field(None, description="scale s = target / original length")
+    original_max_position_embeddings: int | None = None
+    base: float | None = Field(None, description="new rope base (abf, ntk) — default: model's")
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float | None = Field(None, description="override of the mscale factor")
+    margin: int = Field(512, ge=0, description="dynamic-yarn: scale from current length + margin")
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    ntk_variant: Literal["hf", "qwen"] = "hf"
+    max_position_embeddings: int | None = Field(None, description="target window after scaling")
+
+    @field_validator("factor")
+    @classmethod
+    def _factor_at_least_one(cls, v: float | None) -> float | None:
+        if v is not None and v < 1.0:
+            raise ValueError(f"factor must be >= 1 (got {v})")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from longqa.ops.rope_scaling import available_methods
+
+        names = available_methods()
+        if v not in names:
+            raise ValueError(f"unknown rope method '{v}'; available: {', '.join(names)}")
+        return v
+
+
+class LoraConfig(_Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(64, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    trainable_norms: bool = True
+
+
+class DatasetSpec(_Strict):
+    path: str
+    weight: float = Field(1.0, gt=0)
+    format: Literal["auto", "messages", "text", "sharegpt", "alpaca"] = "auto"
+
+
+class PhaseConfig(_Strict):
+    """One training phase; each phase starts from the previous phase's adapter."""
+
+    name: str
+    kind: Literal["pretrain", "sft"]
+    datasets: list[DatasetSpec] = Field(default_factory=list)
+    steps: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0)
+    max_length: int | None = Field(None, ge=16, description="default: train.max_length")
+    lr: float | None = Field(None, gt=0, description="default: train.lr")
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> PhaseConfig:
+        if self.steps is None and self.epochs is None:
+            raise ValueError(f"phase '{self.name}': set steps or epochs")
+        return self
+
+
+class DataConfig(_Strict):
+    packing: bool = False
+    group_by_length: bool = True
+    overlength: Literal["truncate", "drop"] = "truncate"
+    num_proc: int = Field(1, ge=1)
+
+
+class TrainConfig(_Strict):
+    lr: float = Field(5e-5, gt=0)
+    schedule: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(0.01, ge=0, le=1)
+    micro_batch_size: int = Field(1, ge=1)
+    grad_accum: int = Field(64, ge=1)
+    max_length: int = Field(32768, ge=16)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    optim: str = "paged_adamw_8bit"
+    gradient_checkpointing: bool = True
+    loss_chunk_size: int = Field(4096, ge=1, description="tokens per chunk of the LM-head loss")
+    save_steps: int = Field(50, ge=1)
+    logging_steps: int = Field(1, ge=1)
+    seed: int = 42
+    phases: list[PhaseConfig] = Field(default_factory=list)
+
+    @property
+    def effective_batch(self) -> int:
+        return self.micro_batch_size * self.grad_accum
+
+
+class KernelsConfig(_Strict):
+    rope: bool = Field(False, description="fused Triton RoPE (GPU only)")
+    fused_ce: bool = Field(True, description="chunked/fused linear cross-entropy")
+
+
+class MemoryConfig(_Strict):
+    offload_activations: bool = Field(False, description="checkpoint inputs to pinned CPU (GPU)")
+
+
+class OutputConfig(_Strict):
+    dir: str = "runs/{name}"
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    model: ModelConfig
+    rope: RopeConfig = Field(default_factory=RopeConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    kernels: KernelsConfig = Field(default_factory=KernelsConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.dir.format(name=self.name))
+
+
+def recipes_dir() -> Path:
+    """Folder of shipped recipes (the repo's ``recipes/`` or the installed copy)."""
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "recipes", here / "_recipes"):
+        if cand.is_dir():
+            return cand
+    raise LongqaError("shipped recipes folder not found (reinstall longqa)")
+
+
+def list_recipes() -> list[str]:
+    """Names of the shipped recipes, sorted."""
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A shipped recipe name or a path to a YAML file → the file's path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise LongqaError(f"recipe file not found: {path}")
+        return path
+    cand = recipes_dir() / f"{name_or_path}.yaml"
+    if cand.is_file():
+        return cand
+    raise LongqaError(
+        f"unknown recipe '{name_or_path}'; available: {', '.join(list_recipes())} (or a YAML path)"
+    )
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node: Any = tree
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise LongqaError(
+                    f"{source}: '{'.'.join(keys[: i + 1])}' is not a valid list index"
+                )
+            node = node[int(key)]
+            continue
+        if key not in node or node[key] is None:
+            node[key] = {}
+        node = node[key]
+        if not isinstance(node, dict | list):
+            raise LongqaError(f"{source}: '{'.'.join(keys[: i + 1])}' is not a section")
+    last = keys[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise LongqaError(f"{source}: '{dotted}' is not a valid list index")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Return a copy of ``tree`` with ``key.sub=value`` overrides applied (values parsed as YAML)."""
+    out = copy.deepcopy(tree)
+    for item in overrides or []:
+        if "=" not in item:
+            raise LongqaError(f"--set '{item}': expected key=value, e.g. train.lr=1e-4")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise LongqaError(f"--set '{item}': empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise LongqaError(f"--set {key}: cannot parse value '{raw}': {exc}") from None
+        _set_dotted(out, key, value, f"--set {key}")
+    return out
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"'{loc}': {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def recipe_from_dict(tree: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """Validate a plain dict as a :class:`Recipe`, raising a one-line :class:`LongqaError`."""
+    if not isinstance(tree, dict):
+        raise LongqaError(f"{source}: expected a mapping at the top level")
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as exc:
+        raise LongqaError(_format_validation_error(exc, source)) from None
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    """Load a shipped recipe by name or a YAML file by path, apply dotted overrides, validate."""
+    path = resolve_recipe_path(name_or_path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise LongqaError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise LongqaError(f"{path}: expected a mapping at the top level")
+    tree.setdefault("name", path.stem)
+    source = str(path) + (f" (with --set {', '.join(overrides)})" if overrides else "")
+    return recipe_from_dict(apply_overrides(tree, overrides), source)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (saved next to trained adapters)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
