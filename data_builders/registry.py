@@ -16,6 +16,12 @@ from longqa.errors import LongqaError
 
 BUILDERS: dict[str, str] = {
     "paraphrase-mdqa": "data_builders.paraphrase_mdqa:build",
+    "book-summary": "data_builders.book_summary:build",
+    "paper-summary": "data_builders.paper_summary:build",
+    "paper-qa": "data_builders.paper_qa:build",
+    "long-pretrain": "data_builders.long_pretrain:build",
+    "mix": "data_builders.mix:build",
+    "passage-retrieval": "data_builders.longbench_pr:build",
 }
 
 

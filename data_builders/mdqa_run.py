@@ -1,0 +1,190 @@
+"""Driver of the paraphrase-mdqa build: resume, concurrent sample workers, progress, stats.json.
+
+Called by :func:`data_builders.paraphrase_mdqa.build`. Samples are numbered 0..num_samples-1 and
+built deterministically from (seed, number), so a rerun skips the ids already in the output or
+recorded as dropped in ``.build_state.json`` and rebuilds only the rest (LLM answers from the cache).
+Statistics are recomputed from the output files and the dropped records at the end of every run,
+so they are exact after any number of interrupted runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from data_builders.corpus import read_corpus
+from data_builders.paraphrase_mdqa import (
+    TASK,
+    Options,
+    _Context,
+    _make_client,
+    make_sample,
+    sample_id,
+)
+from data_builders.tokens import get_token_counter
+from data_builders.writer import ShardWriter, depth_histogram, length_histogram, write_stats
+from longqa.errors import LongqaError
+
+# options that do not change what a sample contains (may differ between a run and its resume)
+_RUNTIME = {
+    "out", "num_samples", "base_url", "concurrency", "timeout", "max_retries", "cache",
+    "price_input", "price_output", "shard_size", "progress",
+}  # fmt: skip
+
+
+def fingerprint(opts: Options) -> str:
+    content = {k: v for k, v in opts.model_dump().items() if k not in _RUNTIME}
+    return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_build(opts: Options) -> dict[str, Any]:
+    out = Path(opts.out)
+    counter = get_token_counter(opts.tokenizer)
+    corpus = read_corpus(
+        opts.corpus,
+        field=opts.field,
+        max_doc_tokens=opts.max_doc_tokens,
+        min_chars=opts.min_doc_chars,
+        counter=counter,
+        strict=opts.strict,
+    )
+    if len(corpus.docs) < 2:
+        raise LongqaError(
+            f"{opts.corpus}: {len(corpus.docs)} usable documents after cleaning; need at least 2"
+        )
+    client = _make_client(opts, out)
+    ctx = _Context(opts, corpus, counter, client)
+    with ShardWriter(out, shard_size=opts.shard_size, prefix="data") as writer:
+        fp = fingerprint(opts)
+        if len(writer) and writer.state.get("fingerprint") not in (None, fp):
+            raise LongqaError(
+                f"{out}: holds samples built with different options; use a new --out "
+                "(only --num-samples and runtime flags may change on resume)"
+            )
+        writer.state["fingerprint"] = fp
+        dropped = writer.state.setdefault("dropped", {})
+        writer.save_state()
+        done = writer.done_ids()
+        todo = [i for i in range(opts.num_samples) if sample_id(i) not in done | dropped.keys()]
+        asyncio.run(_drive(ctx, writer, todo))
+    stats = collect_stats(out, opts, writer.state.get("dropped", {}), opts.num_samples)
+    stats["corpus"] = {**corpus.stats, "problems": corpus.problems[:10]}
+    stats["llm"] = client.usage.as_dict() if client is not None else None
+    write_stats(out, stats)
+    return stats
+
+
+async def _drive(ctx: _Context, writer: ShardWriter, todo: list[int]) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    opts = ctx.opts
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in todo:
+        queue.put_nowait(i)
+    n_workers = 1 if opts.generator == "extractive" else max(2, 2 * opts.concurrency // opts.turns)
+    counts = Counter()
+    progress = Progress(
+        TextColumn("[bold]paraphrase-mdqa"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("accepted {task.fields[ok]} · dropped {task.fields[bad]}"),
+        disable=not opts.progress,
+    )
+    task = progress.add_task("build", total=len(todo), ok=0, bad=0, rate="")
+
+    async def worker() -> None:
+        while True:
+            try:
+                i = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            sample, info = await make_sample(ctx, i)
+            if sample is not None:
+                writer.write(sample)
+                counts["ok"] += 1
+            else:
+                writer.state["dropped"][sample_id(i)] = info
+                writer.save_state()
+                counts["bad"] += 1
+            elapsed = progress.tasks[0].elapsed or 1e-9
+            rate = f"{(counts['ok'] + counts['bad']) / elapsed:.2f} samples/s"
+            progress.update(task, advance=1, ok=counts["ok"], bad=counts["bad"], rate=rate)
+
+    with progress:
+        try:
+            await asyncio.gather(*(worker() for _ in range(n_workers)))
+        finally:
+            if ctx.client is not None:
+                await ctx.client.aclose()
+
+
+def collect_stats(
+    out: Path, opts: Options, dropped: dict[str, Any], requested: int
+) -> dict[str, Any]:
+    """Stats over every sample in ``out`` plus the dropped records (see module docstring)."""
+    lengths, depth_values = [], []
+    rejections, dropped_turns, matches = Counter(), Counter(), Counter()
+    turns = negatives = quote_tokens = answer_tokens = 0
+    n = 0
+    for s in ShardWriter(out, prefix="data").iter_samples():
+        meta = s["meta"]
+        n += 1
+        lengths.append(meta["num_tokens"])
+        rejections.update(meta.get("rejections", {}))
+        dropped_turns.update(meta.get("dropped_turns", {}))
+        for r in meta["relevant"]:
+            turns += 1
+            negatives += r["negative"]
+            quote_tokens += r["quote_tokens"]
+            answer_tokens += r["answer_tokens"]
+            if r["depth"] is not None:
+                depth_values.append(r["depth"])
+            if r["quote_match"] and not r["negative"]:
+                matches[r["quote_match"]] += 1
+    drop_reasons = Counter()
+    for info in dropped.values():
+        drop_reasons[info["reason"]] += 1
+        rejections.update(info.get("rejections", {}))
+        dropped_turns.update(info.get("dropped_turns", {}))
+    low = int(opts.target_tokens * (1 - opts.length_tolerance))
+    return {
+        "task": TASK,
+        "generator": opts.generator,
+        "requested": requested,
+        "samples": n,
+        "dropped_samples": sum(drop_reasons.values()),
+        "drop_reasons": dict(drop_reasons),
+        "turns": turns,
+        "negative_turns": negatives,
+        "dropped_turns": dict(dropped_turns),
+        "rejections": dict(rejections),
+        "quote_match": dict(matches),
+        "effective_token_share": round(quote_tokens / answer_tokens, 4) if answer_tokens else 0.0,
+        "assistant_tokens": answer_tokens,
+        "quote_tokens": quote_tokens,
+        "tokens": {
+            "tokenizer": opts.tokenizer,
+            "band": [low, opts.target_tokens],
+            "total": sum(lengths),
+            "mean": round(sum(lengths) / n, 1) if n else 0,
+            "min": min(lengths, default=0),
+            "max": max(lengths, default=0),
+        },
+        "length_histogram": length_histogram(lengths, lo=low, hi=opts.target_tokens),
+        "depth_histogram": depth_histogram(depth_values),
+        "options": opts.model_dump(),
+    }

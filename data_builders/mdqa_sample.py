@@ -1,0 +1,197 @@
+"""One paraphrase-mdqa sample: question turns, document layout at controlled depths, rendering.
+
+Used by :mod:`data_builders.paraphrase_mdqa`; see its docstring for the recipe. The pieces:
+
+- :func:`llm_turn` / :func:`extractive_turn` write one question turn about one document (LLM JSON
+  answer with quote verification and regeneration, or an offline salient-span question);
+- :func:`layout` picks distractors to fill the token budget and places each relevant document so
+  its relative depth (tokens before it / tokens of the other documents) hits a target;
+- :func:`render` turns the layout and turns into chat messages in the sample's language.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from data_builders.corpus import Document
+from data_builders.extractive import keywords, pick_salient_span, unique_prefix
+from data_builders.verify import verify_quote
+from longqa.llm import LLMClient, LLMError, parse_json_object
+
+PROMPTS = Path(__file__).parent / "prompts"
+QA_KEYS = ("question", "original_text", "answer")
+
+
+@cache
+def prompts(lang: str) -> dict[str, Template]:
+    """The text templates of ``data_builders/prompts/<lang>/`` (``$name`` placeholders)."""
+    folder = PROMPTS / lang
+    return {p.stem: Template(p.read_text(encoding="utf-8").strip()) for p in folder.glob("*.txt")}
+
+
+@dataclass
+class Turn:
+    doc: Document
+    negative: bool
+    question: str = ""
+    quote: str = ""  # verbatim span of doc.text ("" for negatives)
+    answer: str = ""  # the LLM's answer part (positives, LLM generator)
+    match: str = ""  # "exact" / "fuzzy" / "" (negatives, extractive: always exact)
+    ratio: float = 1.0
+    attempts: int = 0
+    rejections: list[str] = field(default_factory=list)
+    failed: str | None = None  # reason when the turn could not be made
+    span: str = ""  # extractive: the chosen span (question hint is fixed at render time)
+    target_depth: float | None = None
+
+
+async def llm_turn(client: LLMClient, doc: Document, negative: bool, lang: str, opts: Any) -> Turn:
+    """Ask the LLM for ``{question, original_text, answer}`` about ``doc``; verify, regenerate."""
+    turn = Turn(doc, negative)
+    msgs = [{"role": "user", "content": prompts(lang)["qa_request"].substitute(document=doc.text)}]
+    for attempt in range(opts.max_attempts):
+        turn.attempts = attempt + 1
+        try:
+            reply = await client.acomplete(
+                msgs,
+                temperature=opts.temperature,
+                max_tokens=opts.max_new_tokens,
+                json_mode=True,
+                seed=opts.seed + attempt,
+            )
+        except LLMError:
+            turn.rejections.append("llm request failed")
+            continue
+        obj, reason = parse_json_object(reply.text, QA_KEYS)
+        if obj is None:
+            turn.rejections.append(f"bad answer: {reason}")
+            continue
+        turn.question, turn.answer = obj["question"].strip(), obj["answer"].strip()
+        if negative:
+            return turn
+        if len(obj["original_text"].strip()) < opts.min_quote_chars:
+            turn.rejections.append("quote too short")
+            continue
+        m = verify_quote(obj["original_text"], doc.text, opts.quote_threshold)
+        if not m.ok:
+            turn.rejections.append("quote not in document")
+            continue
+        turn.quote, turn.match, turn.ratio = m.text, m.kind, m.ratio
+        return turn
+    turn.failed = turn.rejections[-1] if turn.rejections else "no attempts"
+    return turn
+
+
+def extractive_turn(doc: Document, negative: bool, lang: str, rng: random.Random) -> Turn:
+    """Pick a salient span of ``doc``; the question text is fixed by :func:`render`."""
+    turn = Turn(doc, negative, attempts=1, match="exact")
+    span = pick_salient_span(doc.text, rng, lang=lang)
+    if span is None:
+        turn.failed = "no suitable sentence span"
+    else:
+        turn.span = span.text
+        turn.quote = "" if negative else span.text
+    return turn
+
+
+def extractive_question(turn: Turn, others: list[str], lang: str, rng: random.Random) -> str | None:
+    """A question hinting at the span by a prefix (or keywords) that no other document contains."""
+    t = prompts(lang)
+    prefix = unique_prefix(turn.span, others, lang=lang)
+    if prefix is not None and (lang == "zh" or rng.random() < 0.7):
+        lines = t["extractive_questions"].template.splitlines()
+        return Template(rng.choice(lines)).substitute(prefix=prefix + "…")
+    if lang != "zh":
+        kws = keywords(turn.span, rng)
+        if kws and not any(all(k in o for k in kws) for o in others):
+            quoted = ", ".join(f'"{k}"' for k in kws[:-1]) + f' and "{kws[-1]}"'
+            return t["extractive_keywords"].substitute(keywords=quoted)
+    if prefix is not None:
+        lines = t["extractive_questions"].template.splitlines()
+        return Template(rng.choice(lines)).substitute(prefix=prefix + "…")
+    return None
+
+
+def layout(
+    relevant: list[Turn],
+    pool: list[Document],
+    budget: int,
+    doc_overhead: int,
+    rng: random.Random,
+) -> list[Document]:
+    """Relevant docs (at their target depths) + random distractors filling ``budget`` tokens.
+
+    Distractors are taken in random order and skipped when they would overflow the budget — the
+    paper's "randomly remove irrelevant documents until the target length".
+    """
+    used = sum(t.doc.n_tokens + doc_overhead for t in relevant)
+    chosen: list[Document] = []
+    for doc in rng.sample(pool, len(pool)):
+        need = doc.n_tokens + doc_overhead
+        if used + need <= budget:
+            chosen.append(doc)
+            used += need
+    return place(relevant, chosen)
+
+
+def place(relevant: list[Turn], distractors: list[Document]) -> list[Document]:
+    """Insert each relevant doc where the tokens before it are closest to its target depth."""
+    total = sum(d.n_tokens for d in distractors) + sum(t.doc.n_tokens for t in relevant)
+    pending = sorted(relevant, key=lambda t: t.target_depth or 0.0)
+    out: list[Document] = []
+    prefix = 0
+    for d in distractors:
+        while pending:
+            t = pending[0]
+            target = (t.target_depth or 0.0) * (total - t.doc.n_tokens)
+            if abs(prefix - target) <= abs(prefix + d.n_tokens - target):
+                out.append(t.doc)
+                prefix += t.doc.n_tokens
+                pending.pop(0)
+            else:
+                break
+        out.append(d)
+        prefix += d.n_tokens
+    out.extend(t.doc for t in pending)
+    return out
+
+
+def depths(docs: list[Document]) -> dict[str, float]:
+    """Relative depth of every doc: tokens before it / tokens of all the other docs (0..1)."""
+    total = sum(d.n_tokens for d in docs)
+    out, prefix = {}, 0
+    for d in docs:
+        rest = total - d.n_tokens
+        out[d.id] = round(prefix / rest, 4) if rest > 0 else 0.0
+        prefix += d.n_tokens
+    return out
+
+
+def render(
+    docs: list[Document], turns: list[Turn], lang: str, *, cite_index: bool, extractive: bool
+) -> list[dict[str, str]]:
+    """Chat messages: system, first user turn = numbered documents + question, then Q/A turns."""
+    t = prompts(lang)
+    index = {d.id: i + 1 for i, d in enumerate(docs)}
+    body = "\n\n".join(t["document"].substitute(index=index[d.id], text=d.text) for d in docs)
+    context = t["context"].substitute(num_docs=len(docs), documents=body)
+    messages = [{"role": "system", "content": t["system"].template}]
+    for k, turn in enumerate(turns):
+        user = f"{context}\n\n{turn.question}" if k == 0 else turn.question
+        if turn.negative:
+            answer = t["negative"].template
+        elif extractive:
+            answer = t["extractive_answer"].substitute(index=index[turn.doc.id], quote=turn.quote)
+        elif cite_index:
+            answer = t["answer_indexed"].substitute(
+                index=index[turn.doc.id], quote=turn.quote, answer=turn.answer
+            )
+        else:
+            answer = t["answer"].substitute(quote=turn.quote, answer=turn.answer)
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return messages

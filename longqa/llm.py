@@ -1,0 +1,289 @@
+"""OpenAI-compatible chat client for data building: concurrency, retries, a response cache, usage.
+
+Usage (async; the builders run many requests at once)::
+
+    client = LLMClient(base_url="http://localhost:8000/v1", model="qwen2.5-7b-instruct",
+                       concurrency=32, cache_path="out/llm_cache.sqlite")
+    reply = await client.acomplete(messages, temperature=0.7, max_tokens=512, json_mode=True)
+    obj, reason = parse_json_object(reply.text, required=("question", "answer"))
+    client.usage.as_dict()   # calls, cache hits, retries, prompt/completion tokens, cost
+    await client.aclose()
+
+Any endpoint speaking the OpenAI chat-completions API works (vLLM, llama.cpp server, Ollama,
+OpenAI itself) through the ``openai`` package. The API key comes from ``api_key`` or
+``$OPENAI_API_KEY``; local servers get a dummy key. Requests run at most ``concurrency`` at a time;
+rate limits (429), server errors (5xx), timeouts and dropped connections are retried with
+exponential backoff and jitter (``Retry-After`` honoured). A JSON-mode request the server rejects
+(400) is retried once without JSON mode and JSON mode is then off for the rest of the run.
+Successful answers are stored in a SQLite cache keyed by (model, messages, parameters), so a killed
+build resumes without paying twice; pass a different ``seed`` to ask for a fresh answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from longqa.errors import LongqaError
+from longqa.llm_cache import ResponseCache, cache_key
+
+DUMMY_KEY = "sk-local-no-key"
+
+
+class LLMError(Exception):
+    """A request that failed for good (after retries, or a non-retryable status)."""
+
+
+@dataclass
+class Usage:
+    """Counters over the client's lifetime (cache hits cost nothing)."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cost"] = round(self.cost, 6)
+        return d
+
+
+@dataclass
+class Reply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool
+    finish_reason: str | None = None
+
+
+class LLMClient:
+    """Async OpenAI-compatible chat client (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        model: str,
+        api_key: str | None = None,
+        concurrency: int = 16,
+        max_retries: int = 6,
+        timeout: float = 120.0,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        cache_path: str | Path | None = None,
+        price_input_per_1m: float = 0.0,
+        price_output_per_1m: float = 0.0,
+        json_mode: bool = True,
+    ) -> None:
+        if not model:
+            raise LongqaError("--model is required for the LLM generator (the served model name)")
+        if concurrency < 1:
+            raise LongqaError(f"--concurrency must be >= 1 (got {concurrency})")
+        self.base_url = base_url
+        self.model = model
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or DUMMY_KEY
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.cache = ResponseCache(cache_path) if cache_path else None
+        self.price_in = price_input_per_1m
+        self.price_out = price_output_per_1m
+        self.json_mode_supported = json_mode
+        self.usage = Usage()
+        self._client: Any = None
+        self._sem: asyncio.Semaphore | None = None
+
+    def _ensure(self) -> None:
+        if self._client is None:
+            import openai
+
+            self._client = openai.AsyncOpenAI(
+                base_url=self.base_url, api_key=self.api_key, max_retries=0, timeout=self.timeout
+            )
+            self._sem = asyncio.Semaphore(self.concurrency)
+
+    async def acomplete(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        temperature: float = 0.7,
+        max_tokens: int = 1024,
+        json_mode: bool = False,
+        seed: int | None = None,
+    ) -> Reply:
+        """One chat completion (cached). Raises :class:`LLMError` when it fails for good."""
+        self._ensure()
+        msgs = [dict(m) for m in messages]
+        params: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
+        if seed is not None:
+            params["seed"] = seed
+        if json_mode:
+            params["json"] = True
+        key = cache_key(self.model, msgs, params)
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.usage.cache_hits += 1
+                return Reply(hit["text"], 0, 0, True, hit.get("finish_reason"))
+        assert self._sem is not None
+        async with self._sem:
+            reply = await self._request(msgs, params)
+        if self.cache is not None:
+            self.cache.put(key, {"text": reply.text, "finish_reason": reply.finish_reason})
+        return reply
+
+    async def _request(self, msgs: list[dict[str, str]], params: dict[str, Any]) -> Reply:
+        import openai
+
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": msgs,
+            "temperature": params["temperature"],
+            "max_tokens": params["max_tokens"],
+        }
+        if "seed" in params:
+            kwargs["seed"] = params["seed"]
+        attempt = 0
+        while True:
+            if params.get("json") and self.json_mode_supported:
+                kwargs["response_format"] = {"type": "json_object"}
+            else:
+                kwargs.pop("response_format", None)
+            try:
+                resp = await self._client.chat.completions.create(**kwargs)
+            except openai.BadRequestError as exc:
+                if "response_format" in kwargs:
+                    self.json_mode_supported = False  # server without JSON mode: parse leniently
+                    continue
+                self.usage.failures += 1
+                raise LLMError(f"request rejected (400): {_short(exc)}") from None
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+                raise LongqaError(f"LLM endpoint refused the API key: {_short(exc)}") from None
+            except openai.NotFoundError as exc:
+                raise LongqaError(
+                    f"LLM endpoint {self.base_url}: model '{self.model}' or route not found "
+                    f"({_short(exc)})"
+                ) from None
+            except (
+                openai.RateLimitError,
+                openai.InternalServerError,
+                openai.APITimeoutError,
+                openai.APIConnectionError,
+                openai.APIStatusError,
+            ) as exc:
+                status = getattr(exc, "status_code", None)
+                retryable = status is None or status == 429 or status >= 500 or status == 408
+                if not retryable or attempt >= self.max_retries:
+                    self.usage.failures += 1
+                    raise LLMError(f"{type(exc).__name__} after {attempt + 1} tries") from None
+                attempt += 1
+                self.usage.retries += 1
+                await asyncio.sleep(self._delay(attempt, exc))
+                continue
+            break
+        self.usage.calls += 1
+        choice = resp.choices[0] if resp.choices else None
+        text = (choice.message.content or "") if choice else ""
+        u = resp.usage
+        pt = int(getattr(u, "prompt_tokens", 0) or 0) if u else 0
+        ct = int(getattr(u, "completion_tokens", 0) or 0) if u else 0
+        self.usage.prompt_tokens += pt
+        self.usage.completion_tokens += ct
+        self.usage.cost += (pt * self.price_in + ct * self.price_out) / 1e6
+        return Reply(text, pt, ct, False, choice.finish_reason if choice else None)
+
+    def _delay(self, attempt: int, exc: Exception) -> float:
+        response = getattr(exc, "response", None)
+        retry_after = response.headers.get("retry-after") if response is not None else None
+        if retry_after:
+            try:
+                return min(float(retry_after), self.max_backoff)
+            except ValueError:
+                pass
+        base = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
+        return base * (0.5 + random.random() / 2)
+
+    def complete(self, messages: Sequence[dict[str, str]], **kw: Any) -> Reply:
+        """Synchronous convenience wrapper (notebooks); do not call inside a running event loop."""
+
+        async def _one() -> Reply:
+            try:
+                return await self.acomplete(messages, **kw)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(_one())
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _short(exc: Exception, limit: int = 160) -> str:
+    msg = " ".join(str(exc).split())
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+
+
+def parse_json_object(
+    text: str, required: Sequence[str] = ()
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Find the JSON object in a model answer: ``(obj, None)`` or ``(None, reject_reason)``.
+
+    Tolerates code fences, prose before/after the object, and several objects (first complete one
+    with the required keys wins). Reasons: ``empty answer``, ``no JSON object``, ``invalid JSON``,
+    ``missing key 'k'``, ``empty field 'k'``, ``field 'k' is not a string``.
+    """
+    if not text or not text.strip():
+        return None, "empty answer"
+    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    decoder = json.JSONDecoder()
+    found: list[dict[str, Any]] = []
+    saw_brace = False
+    for cand in candidates:
+        for m in re.finditer(r"\{", cand):
+            saw_brace = True
+            try:
+                obj, _ = decoder.raw_decode(cand, m.start())
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                found.append(obj)
+        if found:
+            break
+    if not found:
+        return None, "invalid JSON" if saw_brace else "no JSON object"
+    reason = None
+    for obj in found:
+        reason = _check_fields(obj, required)
+        if reason is None:
+            return obj, None
+    return None, reason
+
+
+def _check_fields(obj: dict[str, Any], required: Sequence[str]) -> str | None:
+    for k in required:
+        if k not in obj:
+            return f"missing key '{k}'"
+        if not isinstance(obj[k], str):
+            return f"field '{k}' is not a string"
+        if not obj[k].strip():
+            return f"empty field '{k}'"
+    return None

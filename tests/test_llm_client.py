@@ -1,0 +1,161 @@
+"""LLM client against a real local HTTP server: retries, timeouts, cache, JSON parsing, quotes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from data_builders.verify import verify_quote
+from longqa.llm import LLMClient, LLMError, parse_json_object
+
+sys.path.insert(0, str(Path(__file__).parent))
+from stub_openai_server import QAResponder, StubOpenAIServer, StubReply  # noqa: E402
+
+MSG = [
+    {"role": "user", "content": "<document>\nFirst line. The second sentence is here.\n</document>"}
+]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _complete(client: LLMClient, msgs, **kw):
+    try:
+        return await client.acomplete(msgs, **kw)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "text, ok, reason",
+    [
+        ('{"question": "q", "original_text": "o", "answer": "a"}', True, None),
+        ('```json\n{"question": "q", "original_text": "o", "answer": "a"}\n```', True, None),
+        (
+            'Sure:\n{"question": "q", "original_text": "o", "answer": "a"} Hope it helps {',
+            True,
+            None,
+        ),
+        ('{"question": "q", "answer": "a"}', False, "missing key 'original_text'"),
+        ('{"question": "q", "original_text": "", "answer": "a"}', False, "empty field"),
+        ('{"question": 3, "original_text": "o", "answer": "a"}', False, "not a string"),
+        ('{"question": "q", "original_text": "o', False, "invalid JSON"),
+        ("I cannot do that.", False, "no JSON object"),
+        ("   ", False, "empty answer"),
+    ],
+)
+def test_parse_json_object(text, ok, reason):
+    obj, why = parse_json_object(text, ("question", "original_text", "answer"))
+    assert (obj is not None) == ok
+    if reason:
+        assert reason in why
+    else:
+        assert why is None and obj["answer"] == "a"
+
+
+def test_429_then_success_and_usage(tmp_path: Path):
+    with StubOpenAIServer(QAResponder()) as server:
+        msgs = [{"role": "user", "content": "<document>\nRATELIMIT x. Second one.\n</document>"}]
+        client = LLMClient(base_url=server.url, model="stub", backoff=0.01)
+        reply = run(_complete(client, msgs, seed=1))
+        assert server.statuses[429] == 1 and server.statuses[200] == 1
+    assert client.usage.retries == 1 and client.usage.calls == 1
+    assert client.usage.prompt_tokens > 0 and client.usage.completion_tokens > 0
+    obj, _ = parse_json_object(reply.text, ("original_text",))
+    assert obj["original_text"] == "Second one."
+
+
+def test_timeout_is_retried():
+    with StubOpenAIServer(QAResponder(timeout_delay=1.0)) as server:
+        msgs = [{"role": "user", "content": "<document>\nSLOWPOKE a. Second b.\n</document>"}]
+        client = LLMClient(base_url=server.url, model="stub", timeout=0.3, backoff=0.01)
+        reply = run(_complete(client, msgs))
+    assert client.usage.retries == 1 and "Second b." in reply.text
+
+
+def test_gives_up_after_max_retries():
+    responder = lambda body, n: StubReply(503, json.dumps({"error": {"message": "down"}}))
+    with StubOpenAIServer(responder) as server:
+        client = LLMClient(base_url=server.url, model="stub", max_retries=2, backoff=0.01)
+        with pytest.raises(LLMError, match="after 3 tries"):
+            run(_complete(client, MSG))
+        assert server.request_count == 3
+    assert client.usage.failures == 1
+
+
+def test_json_mode_rejected_falls_back_to_plain():
+    def responder(body, n):
+        if "response_format" in body:
+            return StubReply(400, json.dumps({"error": {"message": "response_format unsupported"}}))
+        return StubReply(content='{"a": 1}')
+
+    with StubOpenAIServer(responder) as server:
+        client = LLMClient(base_url=server.url, model="stub")
+        reply = run(_complete(client, MSG, json_mode=True))
+        assert reply.text == '{"a": 1}' and server.request_count == 2
+    assert client.json_mode_supported is False
+
+
+def test_cache_makes_second_run_free(tmp_path: Path):
+    cache = tmp_path / "cache.sqlite"
+    with StubOpenAIServer(QAResponder()) as server:
+        c1 = LLMClient(base_url=server.url, model="stub", cache_path=cache)
+        r1 = run(_complete(c1, MSG, temperature=0.5, seed=3))
+        c2 = LLMClient(base_url=server.url, model="stub", cache_path=cache)
+        r2 = run(_complete(c2, MSG, temperature=0.5, seed=3))
+        assert server.request_count == 1
+        c3 = LLMClient(base_url=server.url, model="stub", cache_path=cache)
+        run(_complete(c3, MSG, temperature=0.5, seed=4))  # other parameters: a new request
+        assert server.request_count == 2
+    assert r2.cached and not r1.cached and r1.text == r2.text
+    assert c2.usage.cache_hits == 1 and c2.usage.calls == 0
+
+
+def test_concurrency_limit_is_respected():
+    active, peak = [0], [0]
+
+    def responder(body, n):
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        active[0] -= 1
+        return StubReply(content="ok")
+
+    async def many(client):
+        try:
+            await asyncio.gather(
+                *[client.acomplete([{"role": "user", "content": str(i)}]) for i in range(12)]
+            )
+        finally:
+            await client.aclose()
+
+    with StubOpenAIServer(responder) as server:
+        run(many(LLMClient(base_url=server.url, model="stub", concurrency=3)))
+        assert server.request_count == 12
+    assert 2 <= peak[0] <= 3
+
+
+def test_cost_counter():
+    with StubOpenAIServer(QAResponder()) as server:
+        client = LLMClient(
+            base_url=server.url, model="stub", price_input_per_1m=1e6, price_output_per_1m=0
+        )
+        run(_complete(client, MSG))
+    assert client.usage.cost == pytest.approx(client.usage.prompt_tokens)
+
+
+def test_verify_quote_exact_fuzzy_and_absent():
+    doc = "The quick  brown fox\njumps over the “lazy” dog. Then it ran into the forest."
+    exact = verify_quote('brown fox jumps over the "lazy" dog.', doc)
+    assert exact.ok and exact.kind == "exact" and exact.text == doc[11:47]
+    fuzzy = verify_quote("brown fox jumped over the lazy dogs.", doc, threshold=0.85)
+    assert fuzzy.ok and fuzzy.kind == "fuzzy" and fuzzy.text in doc and fuzzy.ratio < 1
+    assert not verify_quote("brown fox jumped over the lazy dogs.", doc, threshold=0.99).ok
+    absent = verify_quote("Nothing like this sentence occurs anywhere.", doc)
+    assert not absent.ok and absent.kind == "none"
