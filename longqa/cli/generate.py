@@ -1,10 +1,96 @@
-"""`longqa generate` (not available yet)."""
+"""`longqa generate`: stream a reply from a base model (+ adapter, + RoPE spec), or chat with it.
+
+Thin wrapper over :mod:`longqa.generate`.
+"""
 
 from __future__ import annotations
 
-from longqa.errors import LongqaError
+import sys
+from pathlib import Path
+
+import typer
 
 
-def generate() -> None:
-    """Not available yet: arrives with the generate work."""
-    raise LongqaError("`longqa generate` is not available yet (it arrives with the generate work)")
+def generate(
+    model: str | None = typer.Option(
+        None, "--model", help="base model: alias, folder, .gguf or hub id (default: adapter's)"
+    ),
+    adapter: Path | None = typer.Option(None, "--adapter", help="adapter from `longqa train`"),
+    prompt_file: Path | None = typer.Option(
+        None, "--prompt-file", help="prompt text, read as is (default: stdin)"
+    ),
+    chat: bool = typer.Option(False, "--chat", help="multi-turn chat: one stdin line per turn"),
+    system: str | None = typer.Option(None, "--system", help="system message for --chat"),
+    raw: bool = typer.Option(False, "--raw", help="plain text prompt, no chat template"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy"),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    seed: int | None = typer.Option(None, "--seed", help="seed for sampling"),
+    rope: str | None = typer.Option(
+        None, "--rope", help="override the RoPE method (default: the adapter's spec)"
+    ),
+    rope_factor: float | None = typer.Option(None, "--rope-factor"),
+    rope_base: float | None = typer.Option(None, "--rope-base"),
+    rope_original_length: int | None = typer.Option(None, "--rope-original-length"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32|bfloat16|float16"),
+    quantization: str = typer.Option("none", "--quantization", help="none|nf4"),
+) -> None:
+    """Generate from a prompt file (or stdin), streaming the reply to stdout; --chat for a loop."""
+    from rich.console import Console
+
+    from longqa.errors import LongqaError
+    from longqa.generate import chat_loop, generate_text, load_for_generation
+    from longqa.rope_patch import rope_spec_from_options
+
+    err = Console(stderr=True)
+    spec = rope_spec_from_options(
+        rope, factor=rope_factor, base=rope_base, original_length=rope_original_length
+    )
+    if not chat:  # read the prompt before the (slow) model load so bad input fails fast
+        if prompt_file is not None:
+            if not prompt_file.is_file():
+                raise LongqaError(f"prompt file not found: {prompt_file}")
+            prompt = prompt_file.read_text(encoding="utf-8")
+        elif sys.stdin.isatty():
+            raise LongqaError("give --prompt-file FILE, pipe a prompt on stdin, or use --chat")
+        else:
+            prompt = sys.stdin.read()
+        if not prompt.strip():
+            raise LongqaError(f"empty prompt ({prompt_file or 'stdin'})")
+    with err.status("loading model"):
+        lm, tok, spec = load_for_generation(
+            model,
+            adapter=str(adapter) if adapter else None,
+            rope=spec,
+            dtype=dtype,
+            quantization=quantization,
+        )
+    if spec is not None:
+        err.print(f"rope: {spec.method} ({', '.join(f'{k}={v}' for k, v in _set(spec).items())})")
+    gen = {
+        "spec": spec,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "template": not raw,
+        "warn": lambda m: err.print(f"[yellow]warning:[/yellow] {m}"),
+    }
+    if chat:
+        chat_loop(
+            lm,
+            tok,
+            read=lambda: sys.stdin.readline() or None,
+            out=sys.stdout,
+            prompt_out=sys.stderr if sys.stdin.isatty() else None,
+            system=system,
+            **gen,
+        )
+    else:
+        generate_text(lm, tok, prompt, stream=sys.stdout, **gen)
+
+
+def _set(spec) -> dict:
+    """The spec's fields that differ from their defaults (for a short status line)."""
+    defaults = type(spec)().model_dump()
+    return {k: v for k, v in spec.model_dump().items() if k != "method" and v != defaults[k]}
