@@ -1,0 +1,282 @@
+"""Patch RoPE scaling into a loaded HF model (Llama, Qwen2, Qwen3, Mistral and their MoE kin).
+
+Usage::
+
+    from longqa.rope_patch import apply_rope_scaling, revert_rope_scaling, rope_spec_from_options
+    spec = rope_spec_from_options("yarn", factor=4.0)
+    apply_rope_scaling(model, spec)      # also works through a peft wrapper
+    ...
+    revert_rope_scaling(model)           # the original rotary module is back, logits bit-exact
+
+The model's rotary embedding module(s) (``model.model.rotary_emb`` in transformers 5.x) are swapped
+for :class:`LongqaRotaryEmbedding`, whose cos/sin carry the scaled frequencies and the attention
+factor (``longqa.ops.rope_scaling``). The model config and library source are left untouched.
+
+Dynamic methods (``dynamic-ntk``, ``dynamic-yarn``) fix their scale at prefill — a forward with more
+than one new token, the first call, or a call starting at position 0 — and keep it for the
+single-token decoding steps that follow, so cached keys and new queries share one rotation base.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch import Tensor, nn
+
+from longqa.errors import LongqaError
+from longqa.ops.rope_scaling import check_params, compute_rope, is_dynamic
+from longqa.recipe import RopeConfig
+
+SUPPORTED_MODEL_TYPES = (
+    "llama",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+)
+
+_OPTION_ALIASES = {
+    "original_length": "original_max_position_embeddings",
+    "target_length": "max_position_embeddings",
+}
+
+
+class LongqaRotaryEmbedding(nn.Module):
+    """Drop-in rotary embedding: ``forward(x, position_ids) -> (cos, sin)`` like HF's modules.
+
+    ``cos``/``sin``: ``[batch, seq, head_dim]`` in ``x.dtype``, multiplied by the attention factor.
+    """
+
+    def __init__(
+        self,
+        original: nn.Module,
+        spec: RopeConfig,
+        *,
+        head_dim: int,
+        base: float,
+        original_length: int,
+    ) -> None:
+        super().__init__()
+        object.__setattr__(self, "_original", original)  # kept unregistered: restored by revert
+        self.spec = spec
+        self.params = spec.model_dump()
+        self.head_dim, self.base, self.original_length = head_dim, base, original_length
+        self.dynamic = is_dynamic(spec.method)
+        self.fixed_seq_len: int | None = None  # length the dynamic scale was fixed at
+        self.num_rescales = 0
+        inv_freq, self.attention_scaling = self._compute(None)
+        # Float32 master copy as a plain attribute, so model.to(bfloat16) cannot round it.
+        self._inv_freq = inv_freq
+        self.rope_type = f"longqa-{spec.method}"
+
+    @property
+    def inv_freq(self) -> Tensor:
+        """Current inverse frequencies, float32 ``[head_dim // 2]``."""
+        return self._inv_freq
+
+    @property
+    def original_module(self) -> nn.Module:
+        return self._original
+
+    def _compute(self, seq_len: int | None) -> tuple[Tensor, float]:
+        return compute_rope(
+            self.params,
+            head_dim=self.head_dim,
+            base=self.base,
+            original_max_position_embeddings=self.original_length,
+            seq_len=seq_len,
+        )
+
+    def _maybe_rescale(self, position_ids: Tensor) -> None:
+        new_tokens = position_ids.shape[-1]
+        is_prefill = (
+            self.fixed_seq_len is None or new_tokens > 1 or int(position_ids.min().item()) == 0
+        )
+        if not is_prefill:
+            return  # decoding step: keep the prefill's scale
+        seq_len = int(position_ids.max().item()) + 1
+        if seq_len == self.fixed_seq_len:
+            return
+        inv_freq, self.attention_scaling = self._compute(seq_len)
+        self._inv_freq = inv_freq.to(self._inv_freq.device)
+        self.fixed_seq_len = seq_len
+        self.num_rescales += 1
+
+    @torch.no_grad()
+    def forward(
+        self, x: Tensor, position_ids: Tensor | None = None, *args: Any, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        if position_ids is None:
+            position_ids = torch.arange(x.shape[-2], device=x.device)[None]
+        if self.dynamic:
+            self._maybe_rescale(position_ids)
+        if self._inv_freq.device != x.device:
+            self._inv_freq = self._inv_freq.to(x.device)
+        freqs = position_ids[..., None].float() * self._inv_freq  # [B, T, d/2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, d]
+        cos = emb.cos() * self.attention_scaling
+        sin = emb.sin() * self.attention_scaling
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"method={self.spec.method}, head_dim={self.head_dim}, base={self.base:g}"
+
+
+def _as_spec(spec: RopeConfig | dict[str, Any]) -> RopeConfig:
+    if isinstance(spec, RopeConfig):
+        out = spec
+    else:
+        try:
+            check_params(dict(spec))  # clearest messages for the common mistakes
+        except (TypeError, ValueError):
+            pass  # wrong types: reported by the schema below
+        try:
+            out = RopeConfig.model_validate(dict(spec))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"]) or "rope"
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            raise LongqaError(f"rope spec: '{loc}': {msg}") from None
+    check_params(out.model_dump())
+    return out
+
+
+def _rotary_modules(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, module) for every rotary embedding module inside ``model``."""
+    found = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        is_ours = isinstance(module, LongqaRotaryEmbedding)
+        is_hf = type(module).__name__.endswith("RotaryEmbedding") and hasattr(module, "inv_freq")
+        if is_ours or is_hf:
+            parent_name, _, attr = name.rpartition(".")
+            found.append((model.get_submodule(parent_name) if parent_name else model, attr, module))
+    return found
+
+
+def _rope_parameters(config: Any) -> dict[str, Any]:
+    params = getattr(config, "rope_parameters", None) or {}
+    if params and all(isinstance(v, dict) for v in params.values()):
+        raise LongqaError(
+            f"model type '{getattr(config, 'model_type', '?')}' uses per-layer RoPE parameters, "
+            "which rope scaling does not support"
+        )
+    return dict(params)
+
+
+def _model_base(config: Any) -> float:
+    params = _rope_parameters(config)
+    base = params.get("rope_theta") or getattr(config, "rope_theta", None)
+    base = base or getattr(config, "default_theta", None) or 10000.0
+    return float(base)
+
+
+def _original_length(config: Any) -> int:
+    params = _rope_parameters(config)
+    length = params.get("original_max_position_embeddings") or getattr(
+        config, "max_position_embeddings", None
+    )
+    if not length:
+        raise LongqaError("model config has no max_position_embeddings: cannot scale RoPE")
+    return int(length)
+
+
+def apply_rope_scaling(model: nn.Module, spec: RopeConfig | dict[str, Any]) -> nn.Module:
+    """Replace the rotary embedding module(s) of ``model`` with scaled ones; returns ``model``.
+
+    Re-applying first reverts the previous patch. ``method: none`` just reverts (native RoPE).
+    Frequencies are computed from the model's base RoPE (``rope_theta``) and its original window
+    (``original_max_position_embeddings`` or ``max_position_embeddings``) unless the spec sets them.
+    """
+    rope = _as_spec(spec)
+    revert_rope_scaling(model)
+    if rope.method == "none" and rope.attention_factor is None and rope.base is None:
+        return model
+    targets = _rotary_modules(model)
+    if not targets:
+        raise LongqaError(
+            f"{type(model).__name__}: no rotary embedding module found; rope scaling supports "
+            f"model types {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    for parent, attr, module in targets:
+        config = getattr(module, "config", None) or getattr(model, "config", None)
+        model_type = getattr(config, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise LongqaError(
+                f"rope scaling does not support model type '{model_type}'; "
+                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        head_dim = 2 * int(module.inv_freq.numel())
+        patched = LongqaRotaryEmbedding(
+            module,
+            rope,
+            head_dim=head_dim,
+            base=_model_base(config),
+            original_length=_original_length(config),
+        )
+        patched._inv_freq = patched._inv_freq.to(module.inv_freq.device)
+        setattr(parent, attr, patched)
+    return model
+
+
+def revert_rope_scaling(model: nn.Module) -> nn.Module:
+    """Put the original rotary embedding module(s) back (no-op when not patched)."""
+    for parent, attr, module in _rotary_modules(model):
+        if isinstance(module, LongqaRotaryEmbedding):
+            setattr(parent, attr, module.original_module)
+    return model
+
+
+def get_rope_spec(model: nn.Module) -> RopeConfig | None:
+    """The spec patched into ``model``, or ``None`` when it runs its native RoPE."""
+    for _, _, module in _rotary_modules(model):
+        if isinstance(module, LongqaRotaryEmbedding):
+            return module.spec
+    return None
+
+
+def rope_spec_from_options(method: str | None, **kw: Any) -> RopeConfig | None:
+    """CLI flags → spec. ``None`` method → ``None`` (not set); ``"none"`` → explicit no scaling.
+
+    Keyword names are :class:`RopeConfig` fields, plus ``original_length`` and ``target_length``
+    (aliases of ``original_max_position_embeddings`` / ``max_position_embeddings``); ``None`` values
+    are ignored. Errors (unknown method, factor < 1, missing factor) are one-line LongqaErrors.
+    """
+    if method is None or method == "":
+        return None
+    fields = set(RopeConfig.model_fields)
+    values: dict[str, Any] = {"method": method}
+    for key, value in kw.items():
+        if value is None:
+            continue
+        name = _OPTION_ALIASES.get(key, key)
+        if name not in fields:
+            raise LongqaError(f"unknown rope option '{key}'; known: {', '.join(sorted(fields))}")
+        values[name] = value
+    return _as_spec(values)
+
+
+def addressable_length(model_config: Any, spec: RopeConfig | dict[str, Any] | None) -> int | None:
+    """Longest context ``spec`` is meant to address on a model with ``model_config``.
+
+    ``spec.max_position_embeddings`` when set; ``factor × original window`` when a factor is set;
+    the model's own window for no scaling; ``None`` when the method sets no limit (dynamic methods
+    without a factor, ``abf`` without a target length).
+    """
+    native = getattr(model_config, "max_position_embeddings", None)
+    if spec is None:
+        return int(native) if native else None
+    rope = _as_spec(spec)
+    if rope.max_position_embeddings is not None:
+        return int(rope.max_position_embeddings)
+    if rope.method == "none":
+        return int(native) if native else None
+    original = rope.original_max_position_embeddings or _original_length(model_config)
+    if rope.factor is not None:
+        return int(rope.factor * original)
+    return None
