@@ -172,10 +172,35 @@ def depths(docs: list[Document]) -> dict[str, float]:
     return out
 
 
+def doc_spans(
+    docs: list[Document], messages: list[dict[str, str]], lang: str
+) -> dict[str, list[int]]:
+    """``[start, end)`` of every document's text inside the first user message (for analysis)."""
+    t = prompts(lang)
+    first_user = next(m["content"] for m in messages if m["role"] == "user")
+    spans: dict[str, list[int]] = {}
+    for i, d in enumerate(docs):
+        block = t["document"].substitute(index=i + 1, text=d.text)
+        at = first_user.find(block)
+        if at < 0:
+            raise ValueError(f"document {d.id} not found in the rendered prompt")
+        start = at + block.index(d.text)
+        spans[d.id] = [start, start + len(d.text)]
+    return spans
+
+
 def render(
-    docs: list[Document], turns: list[Turn], lang: str, *, cite_index: bool, extractive: bool
+    docs: list[Document],
+    turns: list[Turn],
+    lang: str,
+    *,
+    cite_index: bool,
+    extractive: bool,
+    plain: bool = False,
 ) -> list[dict[str, str]]:
-    """Chat messages: system, first user turn = numbered documents + question, then Q/A turns."""
+    """Chat messages: system, first user turn = numbered documents + question, then Q/A turns.
+
+    ``plain`` answers leave the quote out (the same documents and questions, for comparisons)."""
     t = prompts(lang)
     index = {d.id: i + 1 for i, d in enumerate(docs)}
     body = "\n\n".join(t["document"].substitute(index=index[d.id], text=d.text) for d in docs)
@@ -185,6 +210,10 @@ def render(
         user = f"{context}\n\n{turn.question}" if k == 0 else turn.question
         if turn.negative:
             answer = t["negative"].template
+        elif plain and extractive:
+            answer = t["extractive_plain_answer"].substitute(index=index[turn.doc.id])
+        elif plain:
+            answer = t["plain_answer"].substitute(answer=turn.answer)
         elif extractive:
             answer = t["extractive_answer"].substitute(index=index[turn.doc.id], quote=turn.quote)
         elif cite_index:

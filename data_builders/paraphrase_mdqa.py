@@ -61,6 +61,9 @@ class Options(BaseModel):
     min_turns: int = Field(1, ge=1, description="drop a sample with fewer valid turns")
     negative_ratio: float = Field(0.1, ge=0, le=1)
     cite_index: bool = Field(False, description="answers name the document number (llm)")
+    answer_style: Literal["paraphrase", "plain"] = Field(
+        "paraphrase", description="plain: answers without the quote (a control set for analysis)"
+    )
     lang: Literal["en", "zh", "auto"] = "auto"
     seed: int = 0
     quote_threshold: float = Field(0.9, gt=0, le=1)
@@ -151,7 +154,14 @@ def _skeleton_tokens(ctx: _Context, turns: list[ms.Turn], lang: str) -> int:
             t.question = t.question or t.span  # worst-case length until the hint is chosen
     docs = [t.doc for t in turns if not t.negative]
     extractive = ctx.opts.generator == "extractive"
-    msgs = ms.render(docs, turns, lang, cite_index=ctx.opts.cite_index, extractive=extractive)
+    msgs = ms.render(
+        docs,
+        turns,
+        lang,
+        cite_index=ctx.opts.cite_index,
+        extractive=extractive,
+        plain=ctx.opts.answer_style == "plain",
+    )
     return count_messages(msgs, ctx.counter)
 
 
@@ -183,7 +193,14 @@ def _fit(ctx, i, turns, positives, pool, excluded, lang, rng):  # noqa: ANN001, 
             if len(kept) < opts.min_turns or all(t.negative for t in kept):
                 return None, "no unique question hint"
             turns = kept
-        messages = ms.render(docs, turns, lang, cite_index=opts.cite_index, extractive=extractive)
+        messages = ms.render(
+            docs,
+            turns,
+            lang,
+            cite_index=opts.cite_index,
+            extractive=extractive,
+            plain=opts.answer_style == "plain",
+        )
         n_tokens = count_messages(messages, counter)
         rel = {t.doc.id for t in turns}
         distractors = [d for d in docs if d.id not in rel]
@@ -200,6 +217,7 @@ def _sample(ctx, i, docs, turns, messages, n_tokens, lang):  # noqa: ANN001, ANN
     depth = ms.depths(docs)
     index = {d.id: k + 1 for k, d in enumerate(docs)}
     answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    spans = ms.doc_spans(docs, messages, lang)
     relevant = []
     for t, ans in zip(turns, answers, strict=False):
         relevant.append(
@@ -212,7 +230,11 @@ def _sample(ctx, i, docs, turns, messages, n_tokens, lang):  # noqa: ANN001, ANN
                 "quote_match": t.match or None,
                 "quote_ratio": t.ratio,
                 "attempts": t.attempts,
-                "quote_tokens": counter.count(t.quote) if t.quote and not t.negative else 0,
+                "quote": t.quote if t.quote and not t.negative and t.quote in ans else None,
+                "doc_span": None if t.negative else spans[t.doc.id],
+                "quote_tokens": (
+                    counter.count(t.quote) if t.quote and not t.negative and t.quote in ans else 0
+                ),
                 "answer_tokens": counter.count(ans),
             }
         )
