@@ -41,3 +41,19 @@ def get_builder_module(task: str) -> Any:
     if task not in BUILDERS:
         raise LongqaError(f"unknown task '{task}'; available: {', '.join(available_builders())}")
     return importlib.import_module(BUILDERS[task].split(":")[0])
+
+
+def describe_builder(task: str) -> str:
+    """A task's help: its module docstring (behaviour, malformed-input handling) and its options
+    with types, defaults and descriptions, as ``longqa build-data --task T --describe`` prints."""
+    module = get_builder_module(task)
+    lines = [f"task {task}", "", (module.__doc__ or "").strip(), "", "options (flag = field name):"]
+    for name, field in module.Options.model_fields.items():
+        default = "required" if field.is_required() else f"default {field.default!r}"
+        desc = f" — {field.description}" if field.description else ""
+        a = field.annotation
+        ann = a.__name__ if isinstance(a, type) else str(a)
+        lines.append(
+            f"  --{name.replace('_', '-')} ({ann.replace('typing.', '')}, {default}){desc}"
+        )
+    return "\n".join(lines)

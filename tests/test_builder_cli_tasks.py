@@ -95,3 +95,15 @@ def test_cli_unknown_flag_and_bad_input_are_one_line_errors(tmp_path):
     assert ok.returncode == 0, ok.stderr
     (sample,) = read_samples(tmp_path / "o")
     assert sample.messages[-1].content == "A summary."
+
+
+def test_describe_prints_behaviour_and_options():
+    from typer.testing import CliRunner
+
+    from longqa.cli.app import app
+
+    res = CliRunner().invoke(app, ["build-data", "--task", "paper-summary", "--describe"])
+    assert res.exit_code == 0, res.output
+    assert "no_abstract" in res.output and "--min-abstract-words" in res.output
+    res = CliRunner().invoke(app, ["build-data", "--task", "paraphrase-mdqa", "--describe"])
+    assert "--answer-style" in res.output and "'paraphrase', 'plain'" in res.output

@@ -71,6 +71,9 @@ def run_builder(task: str, values: dict[str, Any]) -> dict[str, Any]:
 
 def build_data(
     task: str = typer.Option(..., "--task", help="builder: paraphrase-mdqa, book-summary, ..."),
+    describe: bool = typer.Option(
+        False, "--describe", help="print the task's behaviour and all its options, then exit"
+    ),
     out: Path = typer.Option(None, "--out", help="output folder (JSONL shards + stats.json)"),
     corpus: Path = typer.Option(None, "--corpus", help="input corpus (file or folder)"),
     input: Path = typer.Option(None, "--input", help="input file/folder (builders that use it)"),
@@ -89,6 +92,7 @@ def build_data(
     turns: int = typer.Option(None, "--turns", help="QA turns per sample"),
     negative_ratio: float = typer.Option(None, "--negative-ratio", help="share of negatives"),
     cite_index: bool = typer.Option(None, "--cite-index/--no-cite-index", help="name doc number"),
+    answer_style: str = typer.Option(None, "--answer-style", help="paraphrase | plain (control)"),
     max_attempts: int = typer.Option(None, "--max-attempts", help="LLM tries per turn"),
     quote_threshold: float = typer.Option(None, "--quote-threshold", help="fuzzy quote ratio"),
     lang: str = typer.Option(None, "--lang", help="en | zh | auto"),
@@ -114,7 +118,13 @@ def build_data(
 
     if task not in available_builders():
         raise LongqaError(f"unknown task '{task}'; available: {', '.join(available_builders())}")
-    given = {k: v for k, v in params.items() if k not in ("task", "opt") and v not in (None, [])}
+    if describe:
+        from data_builders.registry import describe_builder
+
+        print(describe_builder(task))
+        return
+    skip = ("task", "opt", "describe")
+    given = {k: v for k, v in params.items() if k not in skip and v not in (None, [])}
     given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
     extra = _parse_opts(opt or [])
     clash = sorted(set(extra) & set(given))
