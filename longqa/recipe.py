@@ -203,43 +203,53 @@ def resolve_recipe_path(name_or_path: str) -> Path:
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
     keys = dotted.split(".")
     node: Any = tree
-    for i, key in enumerate(keys[:-1]):
+    for i, key in enumerate(keys):
+        here = ".".join(keys[: i + 1])
+        last = i == len(keys) - 1
         if isinstance(node, list):
             if not key.isdigit() or int(key) >= len(node):
                 raise LongqaError(
-                    f"{source}: '{'.'.join(keys[: i + 1])}' is not a valid list index"
+                    f"{source}: '{here}' is not a valid list index (the list has {len(node)} items)"
                 )
-            node = node[int(key)]
-            continue
-        if key not in node or node[key] is None:
-            node[key] = {}
-        node = node[key]
-        if not isinstance(node, dict | list):
-            raise LongqaError(f"{source}: '{'.'.join(keys[: i + 1])}' is not a section")
-    last = keys[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise LongqaError(f"{source}: '{dotted}' is not a valid list index")
-        node[int(last)] = value
-    else:
-        node[last] = value
+            index: int | str = int(key)
+        elif isinstance(node, dict):
+            index = key
+            if not last and node.get(key) is None:
+                node[key] = {}
+        else:
+            parent = ".".join(keys[:i])
+            raise LongqaError(
+                f"{source}: '{parent}' is a value, not a section (cannot set '{here}')"
+            )
+        if last:
+            node[index] = value
+        else:
+            node = node[index]
 
 
-def apply_overrides(tree: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Return a copy of ``tree`` with ``key.sub=value`` overrides applied (values parsed as YAML)."""
+def apply_overrides(
+    tree: dict[str, Any], overrides: list[str] | None, source: str | None = None
+) -> dict[str, Any]:
+    """Return a copy of ``tree`` with ``key.sub=value`` overrides applied (values parsed as YAML).
+
+    List items are addressed by index (``train.phases.0.steps=5``); ``source`` (the recipe file)
+    prefixes error messages.
+    """
     out = copy.deepcopy(tree)
+    prefix = f"{source}: " if source else ""
     for item in overrides or []:
         if "=" not in item:
-            raise LongqaError(f"--set '{item}': expected key=value, e.g. train.lr=1e-4")
+            raise LongqaError(f"{prefix}--set '{item}': expected key=value, e.g. train.lr=1e-4")
         key, raw = item.split("=", 1)
         key = key.strip()
-        if not key:
-            raise LongqaError(f"--set '{item}': empty key")
+        if not key or any(not part for part in key.split(".")):
+            raise LongqaError(f"{prefix}--set '{item}': empty key")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise LongqaError(f"--set {key}: cannot parse value '{raw}': {exc}") from None
-        _set_dotted(out, key, value, f"--set {key}")
+            why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise LongqaError(f"{prefix}--set {key}: cannot parse value '{raw}': {why}") from None
+        _set_dotted(out, key, value, f"{prefix}--set {key}")
     return out
 
 
@@ -275,7 +285,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
         raise LongqaError(f"{path}: expected a mapping at the top level")
     tree.setdefault("name", path.stem)
     source = str(path) + (f" (with --set {', '.join(overrides)})" if overrides else "")
-    return recipe_from_dict(apply_overrides(tree, overrides), source)
+    return recipe_from_dict(apply_overrides(tree, overrides, str(path)), source)
 
 
 def dump_recipe(recipe: Recipe) -> str:

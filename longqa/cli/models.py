@@ -1,14 +1,64 @@
-"""`longqa models …` (not available yet)."""
+"""`longqa models list|prepare|convert`: see which base models are ready, convert them once.
+
+Thin wrappers over :mod:`longqa.models` and :mod:`longqa.qwen_convert`.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 from longqa.errors import LongqaError
 
-app = typer.Typer(help="models (not available yet).", no_args_is_help=True)
+app = typer.Typer(
+    help="Model aliases, one-time GGUF preparation, original-Qwen conversion.", no_args_is_help=True
+)
 
 
-@app.callback(invoke_without_command=True)
-def _not_yet() -> None:
-    raise LongqaError("`longqa models` is not available yet (it arrives with the foundation work)")
+@app.command("list")
+def list_cmd() -> None:
+    """Show the model aliases, whether each is prepared, and where it lives."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from longqa.models import list_models
+
+    table = Table(title="model aliases")
+    for col in ("alias", "prepared", "path", "description"):
+        table.add_column(col, overflow="fold")
+    for row in list_models():
+        table.add_row(
+            row["name"],
+            "[green]yes[/green]" if row["prepared"] else "no",
+            row["path"] if row["prepared"] else row["source"],
+            row["description"],
+        )
+    Console().print(table)
+    Console().print("Also accepted: a .gguf file, a local HF folder, or a hub id (org/name).")
+
+
+@app.command("prepare")
+def prepare(
+    name: str = typer.Argument(..., help="alias (e.g. smollm2-135m), .gguf file, or local folder"),
+) -> None:
+    """Convert a model once into the cache so later loads are fast and offline."""
+    from longqa.models import is_prepared, prepare_model
+
+    already = is_prepared(name)
+    path = prepare_model(name, progress=True)
+    typer.echo(f"{name}: {'already prepared' if already else 'prepared'} at {path}")
+
+
+@app.command("convert")
+def convert(
+    src: Path = typer.Argument(..., help="original-Qwen checkpoint folder (e.g. Qwen-14B-Chat)"),
+    out: Path = typer.Argument(..., help="output folder (native Qwen2 layout)"),
+) -> None:
+    """Convert an original-Qwen checkpoint to the native transformers Qwen2 layout on disk."""
+    try:
+        from longqa.qwen_convert import convert_checkpoint
+    except (ImportError, AttributeError):
+        raise LongqaError("`longqa models convert` is not available yet in this install") from None
+    result = convert_checkpoint(src, out, progress=True)
+    typer.echo(f"converted {src} -> {result or out}")

@@ -1,14 +1,39 @@
-"""`longqa recipes …` (not available yet)."""
+"""`longqa recipes list|show`: the shipped training recipes and their resolved values.
+
+Thin wrappers over :mod:`longqa.recipe`.
+"""
 
 from __future__ import annotations
 
 import typer
 
-from longqa.errors import LongqaError
-
-app = typer.Typer(help="recipes (not available yet).", no_args_is_help=True)
+app = typer.Typer(help="Shipped training recipes (list, show resolved YAML).", no_args_is_help=True)
 
 
-@app.callback(invoke_without_command=True)
-def _not_yet() -> None:
-    raise LongqaError("`longqa recipes` is not available yet (it arrives with the foundation work)")
+@app.command("list")
+def list_cmd() -> None:
+    """Name and one-line description of every shipped recipe."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from longqa.recipe import list_recipes, load_recipe
+
+    table = Table(title="recipes")
+    table.add_column("name", no_wrap=True)
+    table.add_column("description")
+    for name in list_recipes():
+        table.add_row(name, load_recipe(name).description)
+    Console().print(table)
+
+
+@app.command("show")
+def show(
+    name: str = typer.Argument(..., help="shipped recipe name or path to a YAML file"),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="dotted override key=value, e.g. train.lr=1e-4 (repeatable)"
+    ),
+) -> None:
+    """Print the resolved recipe (defaults filled in, overrides applied) as YAML."""
+    from longqa.recipe import dump_recipe, load_recipe
+
+    typer.echo(dump_recipe(load_recipe(name, overrides or None)), nl=False)

