@@ -1,0 +1,250 @@
+"""Switch the recipe's kernels and memory features on a loaded HF model, reversibly.
+
+Usage::
+
+    from longqa.kernels_patch import apply_kernels, revert_kernels, fused_causal_lm_loss
+    model.activation_checkpointing_enable()        # first: offloading wraps its checkpoint function
+    notes = apply_kernels(model, recipe.kernels, recipe.memory)   # e.g. ["fused RoPE on (16 layers)"]
+    loss = fused_causal_lm_loss(model, input_ids, labels, attention_mask=mask)  # no [B, S, V] logits
+    revert_kernels(model)                          # back to the unpatched model
+
+* ``kernels.rope``: Llama / Qwen2 / Mistral / Qwen3 attention calls the module-level
+  ``apply_rotary_pos_emb`` of its modeling file. That name is swapped for a dispatcher which, while a
+  patched model's attention module is running (forward pre/post hooks set a flag), rotates q and k
+  with :func:`longqa.ops.rope_triton.fused_rope`, and otherwise calls the original function, so other
+  models in the process are untouched. The original is restored when the last patched model is
+  reverted. Library source is never edited. Needs CUDA (or ``force_triton=True`` with
+  ``TRITON_INTERPRET=1``, used by the tests).
+* ``kernels.fused_ce``: :func:`fused_causal_lm_loss` computes the shifted causal-LM loss from the
+  final hidden states with :func:`longqa.ops.fused_ce.chunked_linear_cross_entropy` (Triton on CUDA,
+  chunked torch on CPU).
+* ``memory.offload_activations``: :class:`longqa.ops.offload.ActivationOffloader` on every
+  gradient-checkpointed decoder layer (CUDA only).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from longqa.errors import LongqaError
+from longqa.ops.offload import ActivationOffloader
+from longqa.recipe import KernelsConfig, MemoryConfig
+
+ROPE_FAMILIES = ("llama", "qwen2", "mistral", "qwen3")
+_STATE_ATTR = "_longqa_kernels"
+_local = threading.local()
+_patched_modules: dict[str, tuple[Any, int]] = {}  # modeling module name -> (original fn, users)
+FUSED_ROPE_CALLS = {"fused": 0, "fallback": 0}
+
+
+def _rope_active() -> bool:
+    return getattr(_local, "depth", 0) > 0
+
+
+def _make_dispatcher(original: Any) -> Any:
+    def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):  # noqa: ANN001, ANN202
+        unsqueeze_dim = args[0] if args else kwargs.get("unsqueeze_dim", 1)
+        plain_call = not args[1:] and not set(kwargs) - {"unsqueeze_dim"}
+        if _rope_active() and unsqueeze_dim == 1 and plain_call:
+            from longqa.ops._triton_util import interpreting
+            from longqa.ops.rope_triton import fused_rope
+
+            if q.is_cuda or interpreting():
+                FUSED_ROPE_CALLS["fused"] += 1
+                return fused_rope(q, k, cos, sin)
+        FUSED_ROPE_CALLS["fallback"] += 1
+        return original(q, k, cos, sin, *args, **kwargs)
+
+    apply_rotary_pos_emb.__wrapped__ = original  # type: ignore[attr-defined]
+    apply_rotary_pos_emb._longqa_fused = True  # type: ignore[attr-defined]
+    return apply_rotary_pos_emb
+
+
+def _enter(module: nn.Module, args: Any) -> None:
+    _local.depth = getattr(_local, "depth", 0) + 1
+
+
+def _exit(module: nn.Module, args: Any, output: Any) -> None:
+    _local.depth = max(0, getattr(_local, "depth", 0) - 1)
+
+
+def _attention_modules(model: nn.Module) -> tuple[list[tuple[nn.Module, str]], set[str]]:
+    found, unsupported = [], set()
+    for module in model.modules():
+        cls = type(module)
+        if not cls.__name__.endswith("Attention") or not cls.__module__.startswith(
+            "transformers.models."
+        ):
+            continue
+        family = cls.__module__.split(".")[2]
+        mod = sys.modules.get(cls.__module__)
+        if family in ROPE_FAMILIES and hasattr(mod, "apply_rotary_pos_emb"):
+            found.append((module, cls.__module__))
+        else:
+            unsupported.add(cls.__name__)
+    return found, unsupported
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _install_rope(model: nn.Module, state: dict[str, Any]) -> str:
+    from longqa.ops.rope_triton import MAX_HEAD_DIM
+
+    attn, unsupported = _attention_modules(model)
+    if not attn:
+        names = ", ".join(sorted(unsupported)) or type(model).__name__
+        return f"fused RoPE skipped: {names} not supported (supported: {', '.join(ROPE_FAMILIES)})"
+    for module, _ in attn:
+        head_dim = getattr(module, "head_dim", None)
+        if head_dim is not None and (head_dim % 2 or head_dim > MAX_HEAD_DIM):
+            raise LongqaError(
+                f"kernels.rope: head_dim {head_dim} unsupported by the fused RoPE kernel; "
+                f"supported: even sizes up to {MAX_HEAD_DIM} (set kernels.rope: false)"
+            )
+    for modname in sorted({n for _, n in attn}):
+        mod = sys.modules[modname]
+        if modname in _patched_modules:
+            original, users = _patched_modules[modname]
+            _patched_modules[modname] = (original, users + 1)
+        else:
+            original = mod.apply_rotary_pos_emb
+            _patched_modules[modname] = (original, 1)
+            mod.apply_rotary_pos_emb = _make_dispatcher(original)
+        state["rope_modules"].append(modname)
+    for module, _ in attn:
+        state["handles"].append(module.register_forward_pre_hook(_enter))
+        state["handles"].append(module.register_forward_hook(_exit, always_call=True))
+    return f"fused RoPE on ({len(attn)} attention layers)"
+
+
+def _uninstall_rope(state: dict[str, Any]) -> None:
+    for handle in state["handles"]:
+        handle.remove()
+    state["handles"].clear()
+    for modname in state["rope_modules"]:
+        original, users = _patched_modules[modname]
+        if users <= 1:
+            sys.modules[modname].apply_rotary_pos_emb = original
+            del _patched_modules[modname]
+        else:
+            _patched_modules[modname] = (original, users - 1)
+    state["rope_modules"].clear()
+
+
+def apply_kernels(
+    model: nn.Module,
+    kernels: KernelsConfig,
+    memory: MemoryConfig,
+    *,
+    force_triton: bool = False,
+    offloader: ActivationOffloader | None = None,
+) -> list[str]:
+    """Turn on what ``kernels`` / ``memory`` ask for; returns one note per feature considered.
+
+    GPU-only features are skipped on a CPU model with a note. ``force_triton`` installs fused RoPE
+    on CPU too (for ``TRITON_INTERPRET=1``); ``offloader`` replaces the default offloader.
+    """
+    revert_kernels(model)
+    device = _model_device(model)
+    on_cuda = device.type == "cuda"
+    state: dict[str, Any] = {"handles": [], "rope_modules": [], "offloader": None, "notes": []}
+    notes: list[str] = []
+    if kernels.rope:
+        if on_cuda or force_triton:
+            notes.append(_install_rope(model, state))
+        else:
+            notes.append(f"fused RoPE skipped: needs CUDA (model is on {device.type})")
+    if kernels.fused_ce:
+        path = "Triton" if on_cuda else "chunked torch"
+        notes.append(f"fused cross-entropy on ({path} path)")
+    if memory.offload_activations:
+        off = offloader or ActivationOffloader()
+        if not (on_cuda or off.simulate):
+            notes.append(f"activation offloading skipped: needs CUDA (model is on {device.type})")
+        elif not any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):
+            notes.append(
+                "activation offloading skipped: needs gradient checkpointing enabled first"
+            )
+        else:
+            n = off.install(model)
+            state["offloader"] = off
+            notes.append(f"activation offloading on ({n} checkpointed layers)")
+    state["notes"] = notes
+    setattr(model, _STATE_ATTR, state)
+    return notes
+
+
+def revert_kernels(model: nn.Module) -> None:
+    """Undo :func:`apply_kernels` on ``model`` (a no-op when nothing is applied)."""
+    state = model.__dict__.pop(_STATE_ATTR, None)
+    if not state:
+        return
+    _uninstall_rope(state)
+    if state.get("offloader") is not None:
+        ActivationOffloader.uninstall(model)
+
+
+def applied_kernels(model: nn.Module) -> list[str]:
+    """The notes of the kernels currently applied to ``model`` (empty when none)."""
+    state = model.__dict__.get(_STATE_ATTR)
+    return list(state["notes"]) if state else []
+
+
+def fused_causal_lm_loss(
+    model: nn.Module,
+    input_ids: Tensor,
+    labels: Tensor,
+    *,
+    attention_mask: Tensor | None = None,
+    position_ids: Tensor | None = None,
+    chunk_size: int = 4096,
+    ignore_index: int = -100,
+    **model_kwargs: Any,
+) -> Tensor:
+    """Causal-LM loss (labels shifted by one, mean over non-ignored) without ``[B, S, V]`` logits.
+
+    Works for HF ``*ForCausalLM`` models and peft wrappers around them.
+    """
+    from longqa.ops.fused_ce import chunked_linear_cross_entropy
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "final_logit_softcapping", None):
+        raise LongqaError("fused cross-entropy: logit soft-capping models are not supported")
+    head = base.get_output_embeddings()
+    decoder = base.get_decoder()
+    if head is None or decoder is None:
+        raise LongqaError(f"fused cross-entropy: {type(base).__name__} has no LM head / decoder")
+    if type(head) is not nn.Linear or not head.weight.is_floating_point():
+        raise LongqaError(
+            f"fused cross-entropy: the LM head is a {type(head).__name__} (quantized or adapted); "
+            "it needs a plain floating-point nn.Linear head (set kernels.fused_ce: false)"
+        )
+    out = decoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+        **model_kwargs,
+    )
+    hidden = out.last_hidden_state  # [B, S, H]; position t predicts token t+1
+    labels = labels.to(hidden.device)
+    pad = torch.full_like(labels[:, :1], ignore_index)
+    shifted = torch.cat([labels[:, 1:], pad], dim=1)  # [B, S]; shift labels, not hidden (no copy)
+    return chunked_linear_cross_entropy(
+        hidden.reshape(-1, hidden.shape[-1]),
+        head.weight,
+        shifted.reshape(-1),
+        chunk_size=chunk_size,
+        ignore_index=ignore_index,
+        bias=getattr(head, "bias", None),
+    )

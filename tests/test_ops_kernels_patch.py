@@ -1,0 +1,172 @@
+"""apply_kernels / revert_kernels on tiny Llama and Qwen2 models (Triton RoPE in the interpreter)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run in the CPU interpreter here
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers.models.llama import modeling_llama
+from transformers.models.qwen2 import modeling_qwen2
+
+from longqa import kernels_patch
+from longqa.errors import LongqaError
+from longqa.kernels_patch import apply_kernels, fused_causal_lm_loss, revert_kernels
+from longqa.ops.offload import ActivationOffloader
+from longqa.recipe import KernelsConfig, MemoryConfig
+
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=128,
+)
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM, modeling_llama),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, modeling_qwen2),
+}
+ALL_ON = KernelsConfig(rope=True, fused_ce=True)
+OFFLOAD = MemoryConfig(offload_activations=True)
+
+
+def _model(family: str, seed: int = 0, **overrides):
+    config_cls, model_cls, _ = FAMILIES[family]
+    torch.manual_seed(seed)
+    return model_cls(config_cls(**{**TINY, **overrides})).eval()
+
+
+def _ids(shape=(2, 12), seed=1):
+    return torch.randint(0, 128, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(autouse=True)
+def _restore_library_functions():
+    yield
+    for _, _, modeling in FAMILIES.values():  # a failed test must not leak a patch into the next
+        fn = modeling.apply_rotary_pos_emb
+        if getattr(fn, "_longqa_fused", False):
+            modeling.apply_rotary_pos_emb = fn.__wrapped__
+            kernels_patch._patched_modules.pop(modeling.__name__, None)
+
+
+def test_cpu_skips_gpu_only_features_with_notes():
+    model = _model("llama")
+    model.activation_checkpointing_enable()
+    original = modeling_llama.apply_rotary_pos_emb
+    notes = apply_kernels(model, ALL_ON, OFFLOAD)
+    assert "fused RoPE skipped: needs CUDA (model is on cpu)" in notes
+    assert "activation offloading skipped: needs CUDA (model is on cpu)" in notes
+    assert "fused cross-entropy on (chunked torch path)" in notes
+    assert modeling_llama.apply_rotary_pos_emb is original
+    assert kernels_patch.applied_kernels(model) == notes
+    revert_kernels(model)
+    assert kernels_patch.applied_kernels(model) == []
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_forced_fused_rope_matches_unpatched_model_and_reverts(family):
+    _, _, modeling = FAMILIES[family]
+    original = modeling.apply_rotary_pos_emb
+    model = _model(family)
+    other = _model(family, seed=3)  # an unpatched model in the same process
+    ids = _ids()
+    pos = torch.cat([torch.arange(5), torch.arange(7)]).repeat(2, 1)  # packed: positions restart
+    with torch.no_grad():
+        expected = model(input_ids=ids, position_ids=pos).logits
+        other_expected = other(input_ids=ids).logits
+
+    notes = apply_kernels(
+        model, KernelsConfig(rope=True, fused_ce=False), MemoryConfig(), force_triton=True
+    )
+    assert notes == ["fused RoPE on (2 attention layers)"]
+    assert modeling.apply_rotary_pos_emb is not original
+    before = dict(kernels_patch.FUSED_ROPE_CALLS)
+    with torch.no_grad():
+        got = model(input_ids=ids, position_ids=pos).logits
+    assert kernels_patch.FUSED_ROPE_CALLS["fused"] == before["fused"] + 2  # one per layer
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        other_got = other(input_ids=ids).logits
+    assert kernels_patch.FUSED_ROPE_CALLS["fused"] == before["fused"] + 2  # other model: eager
+    torch.testing.assert_close(other_got, other_expected, rtol=0, atol=0)
+
+    revert_kernels(model)
+    assert modeling.apply_rotary_pos_emb is original
+    assert not model._forward_pre_hooks and all(
+        not m._forward_pre_hooks and not m._forward_hooks for m in model.modules()
+    )
+
+
+def test_forced_fused_rope_gradients_match_with_checkpointing():
+    ids = _ids(seed=4)
+    ref_model = _model("llama").train()
+    ref_model.activation_checkpointing_enable()
+    ref_model(input_ids=ids, labels=ids).loss.backward()
+    model = _model("llama").train()
+    model.activation_checkpointing_enable()
+    apply_kernels(model, ALL_ON, MemoryConfig(), force_triton=True)
+    before = kernels_patch.FUSED_ROPE_CALLS["fused"]
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert kernels_patch.FUSED_ROPE_CALLS["fused"] == before + 4  # forward + recompute, 2 layers
+    revert_kernels(model)
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_simulated_offload_through_apply_kernels():
+    model = _model("llama").train()
+    off = ActivationOffloader(min_bytes=0, simulate=True)
+    notes = apply_kernels(model, KernelsConfig(fused_ce=False), OFFLOAD, offloader=off)
+    assert notes == ["activation offloading skipped: needs gradient checkpointing enabled first"]
+    model.activation_checkpointing_enable()
+    notes = apply_kernels(model, KernelsConfig(fused_ce=False), OFFLOAD, offloader=off)
+    assert notes == ["activation offloading on (2 checkpointed layers)"]
+    ids = _ids()
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert off.stats.packed == 2 and off.stats.unpacked == 2
+    revert_kernels(model)
+    assert not hasattr(
+        model.model.layers[0]._gradient_checkpointing_func, "_longqa_offload_original"
+    )
+
+
+def test_unsupported_head_dim_is_a_clear_error():
+    model = _model("llama", head_dim=512, num_attention_heads=2, num_key_value_heads=1)
+    with pytest.raises(LongqaError, match="head_dim 512 unsupported.*even sizes up to 256"):
+        apply_kernels(model, ALL_ON, MemoryConfig(), force_triton=True)
+    assert modeling_llama.apply_rotary_pos_emb.__name__ == "apply_rotary_pos_emb"
+    assert not hasattr(modeling_llama.apply_rotary_pos_emb, "_longqa_fused")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_fused_causal_lm_loss_matches_hf_loss_and_grads(family):
+    ids = _ids((2, 10), seed=5)
+    labels = ids.clone()
+    labels[:, :4] = -100  # prompt tokens are not counted
+    ref = _model(family).train()
+    ref(input_ids=ids, labels=labels).loss.backward()
+    model = _model(family).train()
+    loss = fused_causal_lm_loss(model, ids, labels, chunk_size=7)
+    loss.backward()
+    torch.testing.assert_close(loss, ref(input_ids=ids, labels=labels).loss, rtol=1e-5, atol=1e-6)
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_causal_lm_loss_through_peft_lora():
+    from peft import LoraConfig, get_peft_model
+
+    ids = _ids((1, 9), seed=6)
+    model = get_peft_model(_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    expected = model(input_ids=ids, labels=ids).loss
+    loss = fused_causal_lm_loss(model, ids, ids)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert lora and all(p.grad is not None for p in lora)
+    assert model.get_base_model().lm_head.weight.grad is None  # frozen head: no gradient
