@@ -1,14 +1,364 @@
-"""`longqa eval …` (not available yet)."""
+"""`longqa eval …`: passkey, needle, passage-retrieval, perplexity, compare.
+
+Examples::
+
+    longqa eval passkey --model smollm2-135m --rope dynamic-yarn --lengths 4096,12288 --trials 10
+    longqa eval passkey --model smollm2-135m --rope yarn --factor 2 --out runs/pk-yarn2
+    longqa eval needle --model smollm2-135m --haystack ../shared/corpora/paul_graham_essays \\
+        --lengths 1000,2000,4000 --depths 0,25,50,75,100 --out runs/needle
+    longqa eval passage-retrieval --model M --adapter runs/x/adapter --data pr_en.jsonl --out runs/pr
+    longqa eval perplexity --model M --rope yarn --factor 2 --data docs/ --lengths 2048,8192,16384
+    longqa eval compare runs/pk-none runs/pk-yarn2
+
+Thin wrappers over ``longqa.eval``; every run writes ``results.jsonl`` + ``summary.json`` in
+``--out`` and resumes there when rerun with the same settings.
+"""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from longqa.errors import LongqaError
 
-app = typer.Typer(help="eval (not available yet).", no_args_is_help=True)
+app = typer.Typer(help="Evaluate long-context ability (results.jsonl + summary.json in --out).")
+
+ModelOpt = Annotated[str, typer.Option(help="model alias, HF folder, .gguf or hub id")]
+AdapterOpt = Annotated[
+    str | None, typer.Option(help="LoRA adapter folder (its saved RoPE spec is applied)")
+]
+RopeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="RoPE scaling method (none, linear, ntk, dynamic-ntk, yarn, dynamic-yarn, …)"
+    ),
+]
+FactorOpt = Annotated[float | None, typer.Option(help="scale s = target / original length")]
+OrigOpt = Annotated[int | None, typer.Option(help="original (pretraining) window")]
+BaseOpt = Annotated[float | None, typer.Option(help="new rope base (abf, ntk)")]
+MarginOpt = Annotated[int | None, typer.Option(help="dynamic-yarn: length margin")]
+BetaFastOpt = Annotated[float | None, typer.Option(help="yarn: extrapolation bound")]
+BetaSlowOpt = Annotated[float | None, typer.Option(help="yarn: interpolation bound")]
+AttnFactorOpt = Annotated[float | None, typer.Option(help="override the attention (mscale) factor")]
+TargetOpt = Annotated[int | None, typer.Option(help="target window after scaling")]
+NtkVariantOpt = Annotated[str | None, typer.Option(help="dynamic-ntk: hf or qwen")]
+DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
+OutOpt = Annotated[Path | None, typer.Option(help="output folder (default: runs/eval/…)")]
+OverwriteOpt = Annotated[bool, typer.Option(help="discard earlier results in --out")]
+BatchOpt = Annotated[int, typer.Option(help="prompts per batch (1 enables KV prefix reuse)")]
 
 
-@app.callback(invoke_without_command=True)
-def _not_yet() -> None:
-    raise LongqaError("`longqa eval` is not available yet (it arrives with the evaluation work)")
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LongqaError(f"{flag}: expected comma-separated integers (got '{text}')") from None
+    if not values or any(v < 1 for v in values):
+        raise LongqaError(f"{flag}: expected positive integers (got '{text}')")
+    return values
+
+
+def _depths(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LongqaError(f"--depths: expected comma-separated percents (got '{text}')") from None
+    if not values or any(not 0 <= v <= 100 for v in values):
+        raise LongqaError(f"--depths: percents between 0 and 100 expected (got '{text}')")
+    return [v / 100 for v in values]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:60] or "run"
+
+
+def _load(model: str, adapter: str | None, rope: str | None, dtype: str, **rope_kw: Any):
+    from longqa.eval.runner import load_for_eval
+    from longqa.rope_patch import rope_spec_from_options
+
+    given = {k: v for k, v in rope_kw.items() if v is not None}
+    if rope is None and given:
+        raise LongqaError(f"--{next(iter(given)).replace('_', '-')} needs --rope METHOD")
+    spec = rope_spec_from_options(rope, **rope_kw)
+    return load_for_eval(model, adapter=adapter, rope=spec, dtype=dtype)
+
+
+def _out(out: Path | None, task: str, model: str, spec: Any) -> Path:
+    if out is not None:
+        return out
+    from longqa.eval.runner import spec_label
+
+    return Path("runs/eval") / _slug(f"{task}-{Path(model).name}-{spec_label(spec)}")
+
+
+def _warn(mdl: Any, spec: Any, lengths: list[int]) -> None:
+    import warnings
+
+    from rich.console import Console
+
+    from longqa.eval.runner import context_warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        msgs = context_warnings(mdl, spec, lengths)
+    for msg in msgs:
+        Console(stderr=True).print(f"[bold yellow]warning:[/] {msg}")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+@app.command("passkey")
+def passkey(
+    model: ModelOpt = "smollm2-135m",
+    adapter: AdapterOpt = None,
+    rope: RopeOpt = None,
+    factor: FactorOpt = None,
+    original_length: OrigOpt = None,
+    base: BaseOpt = None,
+    margin: MarginOpt = None,
+    beta_fast: BetaFastOpt = None,
+    beta_slow: BetaSlowOpt = None,
+    attention_factor: AttnFactorOpt = None,
+    target_length: TargetOpt = None,
+    ntk_variant: NtkVariantOpt = None,
+    lengths: Annotated[str, typer.Option(help="context lengths in tokens")] = "4096,12288",
+    trials: Annotated[int, typer.Option(help="trials per length")] = 10,
+    depths: Annotated[str, typer.Option(help="key depths in percent")] = "0,25,50,75,100",
+    max_new_tokens: Annotated[int, typer.Option(help="tokens to generate")] = 8,
+    seed: Annotated[int, typer.Option(help="seed for the pass keys")] = 0,
+    dtype: DtypeOpt = "float32",
+    batch_size: BatchOpt = 1,
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Passkey retrieval: a number hidden in filler text at several depths and lengths."""
+    from longqa.eval.passkey import run_passkey
+
+    lens = _ints(lengths, "--lengths")
+    mdl, tok, spec = _load(
+        model, adapter, rope, dtype, factor=factor, original_length=original_length, base=base,
+        margin=margin, beta_fast=beta_fast, beta_slow=beta_slow,
+        attention_factor=attention_factor, target_length=target_length, ntk_variant=ntk_variant,
+    )  # fmt: skip
+    _warn(mdl, spec, lens)
+    summary = run_passkey(
+        mdl, tok, spec, lengths=lens, trials=trials, depths=tuple(_depths(depths)),
+        out_dir=_out(out, "passkey", model, spec), max_new_tokens=max_new_tokens, seed=seed,
+        batch_size=batch_size, model_name=model, overwrite=overwrite,
+    )  # fmt: skip
+    _print_grid(summary["table"], "length", "depth", f"passkey accuracy [{summary['rope']}]")
+    for length, acc in summary["by_length"].items():
+        typer.echo(f"length {length}: accuracy {acc:.2f}")
+    typer.echo(f"overall accuracy {summary['accuracy']:.2f} → {summary['out_dir']}")
+
+
+def _print_grid(table: dict[str, dict[str, float]], row_name: str, col_name: str, title: str):
+    from rich.table import Table
+
+    cols = sorted({c for r in table.values() for c in r}, key=float)
+    from rich.markup import escape
+
+    t = Table(title=escape(title))
+    t.add_column(f"{row_name} \\ {col_name}")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r, vals in table.items():
+        t.add_row(r, *(f"{vals[c]:.2f}" if c in vals else "—" for c in cols))
+    _console().print(t)
+
+
+def _make_judge(judge_model: str | None, judge_url: str | None):
+    if not judge_model:
+        return None
+    from longqa.eval.needle import make_judge
+
+    return make_judge(judge_model, base_url=judge_url)
+
+
+@app.command("needle")
+def needle(
+    model: ModelOpt = "smollm2-135m",
+    adapter: AdapterOpt = None,
+    rope: RopeOpt = None,
+    factor: FactorOpt = None,
+    original_length: OrigOpt = None,
+    base: BaseOpt = None,
+    margin: MarginOpt = None,
+    beta_fast: BetaFastOpt = None,
+    beta_slow: BetaSlowOpt = None,
+    attention_factor: AttnFactorOpt = None,
+    target_length: TargetOpt = None,
+    ntk_variant: NtkVariantOpt = None,
+    haystack: Annotated[
+        Path | None, typer.Option(help="folder of .txt/.md files (default: shared essays)")
+    ] = None,
+    lengths: Annotated[str, typer.Option(help="context lengths in tokens")] = "1000,2000,4000",
+    depths: Annotated[str, typer.Option(help="needle depths in percent")] = "0,25,50,75,100",
+    needle_text: Annotated[str | None, typer.Option("--needle", help="the needle sentence")] = None,
+    question: Annotated[str | None, typer.Option(help="question asked at the end")] = None,
+    answer: Annotated[str | None, typer.Option(help="expected answer (containment)")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="tokens to generate")] = 48,
+    judge_model: Annotated[
+        str | None, typer.Option(help="score with an OpenAI-compatible judge model")
+    ] = None,
+    judge_url: Annotated[str | None, typer.Option(help="judge endpoint base URL")] = None,
+    dtype: DtypeOpt = "float32",
+    batch_size: BatchOpt = 1,
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Needle in a haystack over lengths × depths; writes heatmap.png + heatmap.json."""
+    from longqa.eval import needle as nd
+
+    if (needle_text is None) != (answer is None) or (needle_text is None) != (question is None):
+        raise LongqaError("--needle, --question and --answer go together (set all three or none)")
+    lens, deps = _ints(lengths, "--lengths"), _depths(depths)
+    if haystack is not None:
+        nd.load_haystack(haystack)  # fail on an empty folder before loading the model
+    judge = _make_judge(judge_model, judge_url)
+    mdl, tok, spec = _load(
+        model, adapter, rope, dtype, factor=factor, original_length=original_length, base=base,
+        margin=margin, beta_fast=beta_fast, beta_slow=beta_slow,
+        attention_factor=attention_factor, target_length=target_length, ntk_variant=ntk_variant,
+    )  # fmt: skip
+    _warn(mdl, spec, lens)
+    out_dir = _out(out, "needle", model, spec)
+    summary = nd.run_needle(
+        mdl, tok, spec, haystack=haystack, lengths=lens, depths=deps, out_dir=out_dir,
+        needle=needle_text or nd.NEEDLE, question=question or nd.QUESTION,
+        answer=answer or nd.ANSWER, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        judge=judge, model_name=model, overwrite=overwrite,
+    )  # fmt: skip
+    table = {
+        f"{d * 100:g}%": {str(L): v for L, v in zip(lens, row, strict=True) if v is not None}
+        for d, row in zip(deps, summary["grid"], strict=True)
+    }
+    _print_grid(table, "depth", "length", f"needle score [{summary['rope']}]")
+    typer.echo(f"accuracy {summary['accuracy']:.2f} → {out_dir / 'heatmap.png'}")
+
+
+@app.command("passage-retrieval")
+def passage_retrieval(
+    data: Annotated[Path, typer.Option(help="LongBench JSONL (passage_retrieval_en/zh format)")],
+    model: ModelOpt = "smollm2-135m",
+    adapter: AdapterOpt = None,
+    rope: RopeOpt = None,
+    factor: FactorOpt = None,
+    original_length: OrigOpt = None,
+    base: BaseOpt = None,
+    margin: MarginOpt = None,
+    beta_fast: BetaFastOpt = None,
+    beta_slow: BetaSlowOpt = None,
+    attention_factor: AttnFactorOpt = None,
+    target_length: TargetOpt = None,
+    ntk_variant: NtkVariantOpt = None,
+    lang: Annotated[str | None, typer.Option(help="en or zh (default: from the data)")] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="prompt token budget (middle truncation beyond it)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="only the first N samples")] = None,
+    dtype: DtypeOpt = "float32",
+    batch_size: BatchOpt = 1,
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """LongBench passage retrieval with its prompts and scorer (score ×100 and accuracy)."""
+    from longqa.eval.passage_retrieval import read_longbench, run_passage_retrieval
+
+    rows = read_longbench(data)  # validate before loading the model
+    mdl, tok, spec = _load(
+        model, adapter, rope, dtype, factor=factor, original_length=original_length, base=base,
+        margin=margin, beta_fast=beta_fast, beta_slow=beta_slow,
+        attention_factor=attention_factor, target_length=target_length, ntk_variant=ntk_variant,
+    )  # fmt: skip
+    if max_length:
+        _warn(mdl, spec, [max_length])
+    summary = run_passage_retrieval(
+        mdl, tok, spec, data=data, out_dir=_out(out, "passage-retrieval", model, spec), lang=lang,
+        max_length=max_length, limit=limit, batch_size=batch_size, model_name=model,
+        overwrite=overwrite,
+    )  # fmt: skip
+    typer.echo(
+        f"{summary['dataset']}: score {summary['score']:.2f} (×100), accuracy "
+        f"{summary['accuracy']:.2f} over {summary['n']} of {len(rows)} samples"
+    )
+
+
+@app.command("perplexity")
+def perplexity(
+    data: Annotated[Path, typer.Option(help="text file, folder of .txt/.md, or JSONL with 'text'")],
+    model: ModelOpt = "smollm2-135m",
+    adapter: AdapterOpt = None,
+    rope: RopeOpt = None,
+    factor: FactorOpt = None,
+    original_length: OrigOpt = None,
+    base: BaseOpt = None,
+    margin: MarginOpt = None,
+    beta_fast: BetaFastOpt = None,
+    beta_slow: BetaSlowOpt = None,
+    attention_factor: AttnFactorOpt = None,
+    target_length: TargetOpt = None,
+    ntk_variant: NtkVariantOpt = None,
+    lengths: Annotated[str, typer.Option(help="context lengths in tokens")] = "2048,4096,8192",
+    stride: Annotated[int | None, typer.Option(help="window stride (default: length / 2)")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="tokens of text to score (default: 2 × max length)")
+    ] = None,
+    dtype: DtypeOpt = "float32",
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Perplexity vs context length (sliding window); writes perplexity_by_length.png."""
+    from longqa.eval.perplexity import load_documents, run_perplexity
+
+    lens = _ints(lengths, "--lengths")
+    if stride is not None and (stride < 1 or stride > min(lens)):
+        raise LongqaError(f"--stride must be between 1 and the smallest length {min(lens)}")
+    load_documents(data)
+    mdl, tok, spec = _load(
+        model, adapter, rope, dtype, factor=factor, original_length=original_length, base=base,
+        margin=margin, beta_fast=beta_fast, beta_slow=beta_slow,
+        attention_factor=attention_factor, target_length=target_length, ntk_variant=ntk_variant,
+    )  # fmt: skip
+    _warn(mdl, spec, lens)
+    out_dir = _out(out, "perplexity", model, spec)
+    summary = run_perplexity(
+        mdl, tok, spec, data=data, lengths=lens, out_dir=out_dir, stride=stride,
+        max_tokens=max_tokens, model_name=model, overwrite=overwrite,
+    )  # fmt: skip
+    for length, ppl in summary["by_length"].items():
+        typer.echo(f"length {length}: perplexity {ppl:.3f}")
+    typer.echo(f"→ {out_dir / 'perplexity_by_length.png'}")
+
+
+@app.command("compare")
+def compare(
+    run1: Annotated[Path, typer.Argument(help="first --out folder")],
+    run2: Annotated[Path, typer.Argument(help="second --out folder")],
+) -> None:
+    """Side-by-side table of two runs' summaries (headline, by length, by depth)."""
+    from rich.table import Table
+
+    from longqa.eval.compare import compare_runs, format_value
+
+    info, rows = compare_runs(run1, run2)
+    if info["tasks"][0] != info["tasks"][1]:
+        typer.echo(f"note: comparing different tasks {info['tasks'][0]} vs {info['tasks'][1]}")
+    from rich.markup import escape
+
+    t = Table(title=escape(f"{info['tasks'][0]}: {run1} vs {run2}"))
+    t.add_column("metric")
+    t.add_column(escape(f"{run1}\n{info['ropes'][0]}"), justify="right")
+    t.add_column(escape(f"{run2}\n{info['ropes'][1]}"), justify="right")
+    t.add_column("Δ", justify="right")
+    for name, a, b, delta in rows:
+        d = "" if delta is None else f"{delta:+.4g}"
+        t.add_row(name, format_value(a), format_value(b), d)
+    _console().print(t)

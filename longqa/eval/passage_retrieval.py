@@ -1,0 +1,210 @@
+"""LongBench passage retrieval (``passage_retrieval_en`` / ``passage_retrieval_zh``), scored as
+LongBench scores it.
+
+Reference: Bai et al., "LongBench" (2023), https://github.com/THUDM/LongBench — prompts from
+``config/dataset2prompt.json``, 32 new tokens from ``config/dataset2maxlen.json``, middle truncation
+and chat template as in ``pred.py``, scores from ``metrics.py`` (``retrieval_score`` /
+``retrieval_zh_score``) averaged ×100 as in ``eval.py``.
+
+Input: LongBench JSONL, one object per line with ``input`` (the abstract), ``context`` (the
+numbered paragraphs), ``answers`` (e.g. ``["Paragraph 7"]``), ``length`` and ``_id``.
+
+Usage::
+
+    from longqa.eval.passage_retrieval import run_passage_retrieval, retrieval_score
+    retrieval_score("Paragraph 3, Paragraph 5", "Paragraph 3")  # 0.5
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from longqa.errors import LongqaError
+from longqa.recipe import RopeConfig
+
+PROMPTS = {
+    "en": (
+        "Here are 30 paragraphs from Wikipedia, along with an abstract. Please determine which "
+        "paragraph the abstract is from.\n\n{context}\n\nThe following is an abstract.\n\n{input}"
+        "\n\nPlease enter the number of the paragraph that the abstract is from. The answer format "
+        'must be like "Paragraph 1", "Paragraph 2", etc.\n\nThe answer is: '
+    ),
+    "zh": (
+        "以下是若干段落文字，以及其中一个段落的摘要。请确定给定的摘要出自哪一段。\n\n{context}\n\n"
+        '下面是一个摘要\n\n{input}\n\n请输入摘要所属段落的编号。答案格式必须是"段落1"，"段落2"等格式'
+        "\n\n答案是："
+    ),
+}
+ANSWER_PATTERN = {"en": r"Paragraph (\d+)", "zh": r"段落(\d+)"}
+MAX_NEW_TOKENS = 32
+REQUIRED_FIELDS = {"input": str, "context": str, "answers": list, "length": int, "_id": str}
+
+
+def retrieval_score(prediction: str, ground_truth: str, lang: str = "en") -> float:
+    """LongBench's rule: the id N from "Paragraph N" (or "段落N") in the ground truth; the score is
+    the share of all integers in the prediction that equal N (0 when it has none)."""
+    match = re.search(ANSWER_PATTERN[lang], ground_truth)
+    if match is None:
+        raise LongqaError(f"answer '{ground_truth}' has no '{ANSWER_PATTERN[lang]}' paragraph id")
+    numbers = re.findall(r"\d+", prediction)
+    if not numbers:
+        return 0.0
+    return sum(n == match.group(1) for n in numbers) / len(numbers)
+
+
+def sample_score(prediction: str, answers: list[str], lang: str) -> float:
+    """Best score over the sample's ground truths (LongBench ``scorer``)."""
+    return max((retrieval_score(prediction, a, lang) for a in answers), default=0.0)
+
+
+def read_longbench(path: str | Path) -> list[dict[str, Any]]:
+    """Validated LongBench rows; a bad line raises naming ``file:line`` and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise LongqaError(f"LongBench file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LongqaError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise LongqaError(f"{path}:{lineno}: expected a JSON object")
+            for field, kind in REQUIRED_FIELDS.items():
+                if field not in row:
+                    raise LongqaError(f"{path}:{lineno}: field '{field}' missing")
+                if not isinstance(row[field], kind) or isinstance(row[field], bool):
+                    raise LongqaError(
+                        f"{path}:{lineno}: field '{field}' should be {kind.__name__}, "
+                        f"got {type(row[field]).__name__}"
+                    )
+            if not row["answers"] or not all(isinstance(a, str) for a in row["answers"]):
+                raise LongqaError(f"{path}:{lineno}: field 'answers' should be a list of strings")
+            rows.append(row)
+    if not rows:
+        raise LongqaError(f"{path}: no samples")
+    return rows
+
+
+def detect_lang(rows: list[dict[str, Any]], path: str | Path) -> str:
+    """``zh`` for passage_retrieval_zh data (``dataset``/``language`` field or file name)."""
+    first = rows[0]
+    hint = f"{first.get('dataset', '')} {first.get('language', '')} {Path(path).name}".lower()
+    return "zh" if ("_zh" in hint or " zh" in hint) else "en"
+
+
+def truncate_middle(tokenizer: Any, prompt: str, max_length: int) -> str:
+    """Keep the first and last ``max_length // 2`` tokens when the prompt is longer (LongBench)."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_length:
+        return prompt
+    half = max_length // 2
+    return tokenizer.decode(ids[:half], skip_special_tokens=True) + tokenizer.decode(
+        ids[-half:], skip_special_tokens=True
+    )
+
+
+def build_prompt(tokenizer: Any, row: dict[str, Any], lang: str, max_length: int) -> str:
+    from longqa.eval.runner import chat_prompt
+
+    raw = PROMPTS[lang].format(context=row["context"], input=row["input"])
+    return chat_prompt(tokenizer, truncate_middle(tokenizer, raw, max_length))
+
+
+def default_max_length(model: Any, spec: RopeConfig | None) -> int:
+    """Prompt token budget: what the model + RoPE spec address, minus generation and template."""
+    config = getattr(model, "config", None)
+    try:
+        from longqa.rope_patch import addressable_length
+
+        limit = addressable_length(config, spec)
+    except ImportError:
+        limit = None
+    limit = limit or getattr(config, "max_position_embeddings", None) or 4096
+    return max(64, int(limit) - MAX_NEW_TOKENS - 64)
+
+
+def summarize(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """``score`` = LongBench's ×100 mean (2 decimals); ``accuracy`` = share of exact hits."""
+    scores = [r["score"] for r in rows]
+    n = len(scores)
+    buckets: dict[str, list[float]] = {"0-4k": [], "4-8k": [], "8k+": []}
+    for r in rows:  # LongBench-E length buckets
+        key = "0-4k" if r["length"] < 4000 else "4-8k" if r["length"] < 8000 else "8k+"
+        buckets[key].append(r["score"])
+    return {
+        "task": "passage-retrieval",
+        "metric": "score",
+        "score": round(100 * sum(scores) / n, 2) if n else 0.0,
+        "accuracy": sum(s == 1.0 for s in scores) / n if n else 0.0,
+        "n": n,
+        "by_length": {k: round(100 * sum(v) / len(v), 2) for k, v in buckets.items() if v},
+        **extra,
+    }
+
+
+def run_passage_retrieval(
+    model: Any,
+    tokenizer: Any,
+    spec: RopeConfig | None,
+    *,
+    data: str | Path,
+    out_dir: str | Path,
+    lang: str | None = None,
+    max_length: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 1,
+    model_name: str = "",
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) passage retrieval on a LongBench JSONL file; returns the summary."""
+    from longqa.eval.runner import GreedyGenerator, ResultStore, run_items, spec_label
+
+    rows = read_longbench(data)[:limit] if limit else read_longbench(data)
+    lang = lang or detect_lang(rows, data)
+    if lang not in PROMPTS:
+        raise LongqaError(f"--lang must be one of {', '.join(PROMPTS)} (got '{lang}')")
+    budget = max_length or default_max_length(model, spec)
+    config = {
+        "task": "passage-retrieval",
+        "model": model_name,
+        "rope": spec.model_dump() if spec else None,
+        "data": str(data),
+        "lang": lang,
+        "max_length": budget,
+    }
+    store = ResultStore(out_dir, config, overwrite=overwrite)
+    items = []
+    for row in rows:
+        for a in row["answers"]:  # fail early on answers without a paragraph id
+            retrieval_score("", a, lang)
+        prompt = build_prompt(tokenizer, row, lang, budget)
+        ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        items.append(
+            {"key": row["_id"], "length": row["length"], "answers": row["answers"], "ids": ids}
+        )
+    gen = GreedyGenerator(model, tokenizer, rope=spec)
+    run_items(
+        items,
+        gen,
+        store,
+        max_new_tokens=MAX_NEW_TOKENS,
+        score=lambda it, out: {"score": sample_score(out, it["answers"], lang)},
+        description=f"passage_retrieval_{lang} [{spec_label(spec)}]",
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
+    wanted = {it["key"] for it in items}
+    done = [r for r in store.rows if r["key"] in wanted]
+    summary = summarize(
+        done, dataset=f"passage_retrieval_{lang}", model=model_name, rope=spec_label(spec)
+    )
+    store.write_summary(summary)
+    return summary

@@ -1,0 +1,341 @@
+"""The one runner every evaluation shares: load, generate greedily, keep resumable result files.
+
+Usage (what ``longqa eval …`` does, callable from a notebook)::
+
+    from longqa.eval.runner import load_for_eval, GreedyGenerator, ResultStore
+    model, tok, spec = load_for_eval("smollm2-135m", adapter=None, rope=RopeConfig(method="yarn", factor=2))
+    gen = GreedyGenerator(model, tok, rope=spec)
+    store = ResultStore("runs/pk", config={"task": "passkey", ...})
+    for item in items:
+        if not store.done(item.key):
+            store.append({"key": item.key, "output": gen.generate([item.ids], 8)[0], ...})
+
+Result files in ``--out DIR``: ``results.jsonl`` (one JSON object per finished sample, appended and
+flushed as it completes, so a rerun skips what is done), ``run.json`` (the settings; a rerun with
+different settings is refused instead of mixing runs) and ``summary.json`` (written atomically; the
+task's headline metric sits under the key named by its ``"metric"`` field).
+
+KV-cache reuse: with batch size 1 the generator keeps the previous prompt's cache and reuses its
+longest common token prefix (``DynamicCache.crop``), the documented HF prefix-caching pattern. Tasks
+order prompts so consecutive ones share most of their prefix. Dynamic RoPE methods fix their scale
+from the full prompt length at prefill, so there a cache is reused only between prompts of equal
+length (identical scale).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+from longqa.errors import LongqaError
+from longqa.eval.results import (  # noqa: F401  (re-exported: one import for task modules)
+    RESULTS_FILE,
+    RUN_FILE,
+    SUMMARY_FILE,
+    ResultStore,
+    read_run,
+)
+from longqa.recipe import RopeConfig
+
+
+# ----------------------------------------------------------------------------------------- loading
+def load_for_eval(
+    model: str,
+    *,
+    adapter: str | None = None,
+    rope: RopeConfig | None = None,
+    dtype: str = "float32",
+) -> tuple[Any, Any, RopeConfig | None]:
+    """Load ``model`` (+ LoRA ``adapter``) for inference and apply the RoPE spec.
+
+    An adapter brings its own saved spec; an explicit ``rope`` overrides it (``method="none"``
+    removes scaling). Returns ``(model, tokenizer, effective_spec_or_None)``.
+    """
+    from longqa.rope_patch import apply_rope_scaling, revert_rope_scaling
+
+    if adapter:
+        from longqa.adapters import load_model_with_adapter
+
+        mdl, tok, spec = load_model_with_adapter(adapter, base=model or None, dtype=dtype)
+    else:
+        from longqa.models import load_model, load_tokenizer
+
+        mdl = load_model(model, dtype=dtype, quantization="none")
+        tok = load_tokenizer(model)
+        spec = None
+    if rope is not None:
+        inner = mdl.get_base_model() if hasattr(mdl, "get_base_model") else mdl
+        if rope.method == "none":
+            if spec is not None:
+                revert_rope_scaling(inner)
+            spec = None
+        else:
+            apply_rope_scaling(inner, rope)
+            spec = rope
+    mdl.eval()
+    return mdl, tok, spec
+
+
+def spec_label(spec: RopeConfig | None) -> str:
+    """Short human label of a spec, e.g. ``yarn(factor=2.0)`` or ``none``."""
+    if spec is None or spec.method == "none":
+        return "none"
+    defaults = RopeConfig(method=spec.method).model_dump()
+    changed = {k: v for k, v in spec.model_dump().items() if k != "method" and v != defaults[k]}
+    inner = ", ".join(f"{k}={v}" for k, v in changed.items())
+    return f"{spec.method}({inner})" if inner else spec.method
+
+
+def context_warnings(model: Any, spec: RopeConfig | None, lengths: Iterable[int]) -> list[str]:
+    """Messages for requested context lengths above what the model + RoPE spec can address.
+
+    Also emitted through :func:`warnings.warn` so notebook users see them.
+    """
+    config = getattr(model, "config", None)
+    limit: int | None
+    try:
+        from longqa.rope_patch import addressable_length
+
+        limit = addressable_length(config, spec)
+    except ImportError:
+        limit = getattr(config, "max_position_embeddings", None)
+    if not limit:
+        return []
+    msgs = []
+    for length in sorted(set(lengths)):
+        if length > limit:
+            msgs.append(
+                f"context length {length} is above the {limit} tokens this model can address with "
+                f"rope '{spec_label(spec)}'; expect it to fail at that length "
+                f"(use --rope with a larger --factor, or dynamic-yarn)"
+            )
+    for msg in msgs:
+        warnings.warn(msg, stacklevel=2)
+    return msgs
+
+
+# -------------------------------------------------------------------------------------- generation
+def _rope_is_dynamic(spec: RopeConfig | None) -> bool:
+    if spec is None:
+        return False
+    try:
+        from longqa.ops.rope_scaling import is_dynamic
+
+        return bool(is_dynamic(spec.method))
+    except (ImportError, AttributeError):
+        return spec.method.startswith("dynamic")
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token-id sequences."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class GreedyGenerator:
+    """Greedy decoding with optional batched prompts and KV-cache reuse of shared prefixes.
+
+    Prefix reuse is on by default (``reuse_prefix``). With a dynamic RoPE method the scale is
+    fixed from the prompt length at prefill, so a cached prefix is reused only by a prompt of the
+    same length (same scale, exact); other prompts are prefilled from scratch.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        rope: RopeConfig | None = None,
+        reuse_prefix: bool | None = None,
+        min_reuse: int = 16,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.dynamic = _rope_is_dynamic(rope)
+        self.reuse_prefix = True if reuse_prefix is None else reuse_prefix
+        self.min_reuse = min_reuse
+        self.reused_tokens = 0
+        self.prefilled_tokens = 0
+        self._ids: list[int] | None = None
+        self._cache: Any = None
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
+
+    def encode(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return list(prompt)
+
+    def _gen_kwargs(self, max_new_tokens: int) -> dict[str, Any]:
+        return {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": False,
+            "num_beams": 1,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+            "pad_token_id": self.pad_id,
+            "return_dict_in_generate": True,
+        }
+
+    def _one(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        import torch
+        from transformers import DynamicCache
+
+        device = self.model.device
+        cache = None
+        same_scale = not self.dynamic or (self._ids is not None and len(self._ids) == len(ids))
+        if self.reuse_prefix and same_scale and self._ids is not None and self._cache is not None:
+            n = min(common_prefix_len(self._ids, ids), len(ids) - 1)
+            if n >= self.min_reuse:
+                cache = self._cache
+                extra = cache.get_seq_length() - n
+                if extra > 0:
+                    cache.crop(-extra)  # transformers 5: a negative count of tokens to drop
+                self.reused_tokens += n
+        if cache is None:
+            cache = DynamicCache(config=self.model.config)
+        self.prefilled_tokens += len(ids) - cache.get_seq_length()
+        input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                past_key_values=cache,
+                **self._gen_kwargs(max_new_tokens),
+            )
+        if self.reuse_prefix:
+            self._ids, self._cache = ids, out.past_key_values
+        return out.sequences[0, len(ids) :].tolist()
+
+    def _batch(self, batch: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        import torch
+
+        width = max(len(x) for x in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, x in enumerate(batch):  # left padding: the last prompt token is aligned
+            ids[i, width - len(x) :] = torch.tensor(x)
+            mask[i, width - len(x) :] = 1
+        self.prefilled_tokens += int(mask.sum())
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids.to(self.model.device),
+                attention_mask=mask.to(self.model.device),
+                **self._gen_kwargs(max_new_tokens),
+            )
+        return [row[width:].tolist() for row in out.sequences]
+
+    def generate_ids(
+        self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int, batch_size: int = 1
+    ) -> list[list[int]]:
+        """New token ids for each prompt (eos/pad stripped)."""
+        encoded = [self.encode(p) for p in prompts]
+        if any(not x for x in encoded):
+            raise LongqaError("empty prompt")
+        outs: list[list[int]] = []
+        if batch_size <= 1:
+            outs = [self._one(x, max_new_tokens) for x in encoded]
+        else:
+            for i in range(0, len(encoded), batch_size):
+                outs.extend(self._batch(encoded[i : i + batch_size], max_new_tokens))
+        stops = {self.tokenizer.eos_token_id, self.pad_id}
+        cleaned = []
+        for seq in outs:
+            cut = next((j for j, t in enumerate(seq) if t in stops), len(seq))
+            cleaned.append(seq[:cut])
+        return cleaned
+
+    def generate(
+        self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int, batch_size: int = 1
+    ) -> list[str]:
+        """Decoded greedy continuations of ``prompts`` (text or token ids)."""
+        ids = self.generate_ids(prompts, max_new_tokens, batch_size)
+        return [self.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
+
+
+def greedy_generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str | Sequence[int]],
+    max_new_tokens: int,
+    *,
+    batch_size: int = 1,
+    rope: RopeConfig | None = None,
+) -> list[str]:
+    """One-shot helper: greedy continuations of ``prompts`` (see :class:`GreedyGenerator`)."""
+    gen = GreedyGenerator(model, tokenizer, rope=rope)
+    return gen.generate(prompts, max_new_tokens, batch_size=batch_size)
+
+
+def chat_prompt(tokenizer: Any, user: str, system: str | None = None) -> str:
+    """``user`` wrapped in the tokenizer's chat template (plain text when it has none)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return user if system is None else f"{system}\n\n{user}"
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": user})
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def progress_bar(total: int, description: str):
+    """A rich progress bar (context manager); ``advance()`` via the returned ``(progress, task)``."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+    from rich.markup import escape
+
+    return progress, progress.add_task(escape(description), total=total)
+
+
+def run_items(
+    items: Sequence[dict[str, Any]],
+    gen: GreedyGenerator,
+    store: ResultStore,
+    *,
+    max_new_tokens: int,
+    score: Any,
+    description: str,
+    batch_size: int = 1,
+    show_progress: bool = True,
+) -> int:
+    """Generate for every item not yet in ``store`` and append its scored row.
+
+    Each item is a dict with ``key``, ``ids`` (prompt token ids) and any fields to keep; ``score``
+    maps ``(item, output_text) -> dict`` of extra fields (e.g. ``correct``). Returns how many
+    samples ran now (the rest were already done).
+    """
+    todo = [it for it in items if not store.done(it["key"])]
+    progress, task = progress_bar(len(items), description)
+    progress.update(task, completed=len(items) - len(todo))
+    step = max(1, batch_size)
+    with progress if show_progress else nullcontext():
+        for i in range(0, len(todo), step):
+            chunk = todo[i : i + step]
+            outs = gen.generate([it["ids"] for it in chunk], max_new_tokens, batch_size=step)
+            for it, out in zip(chunk, outs, strict=True):
+                row = {k: v for k, v in it.items() if k != "ids"}
+                row["prompt_tokens"] = len(it["ids"])
+                row["output"] = out
+                row.update(score(it, out))
+                store.append(row)
+            progress.advance(task, len(chunk))
+    return len(todo)

@@ -1,0 +1,69 @@
+"""Tiny random Llama + a tiny byte-level BPE tokenizer for the eval tests (built in-process)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+CORPORA = Path(__file__).resolve().parents[1].parent / "shared/corpora"
+ESSAYS = CORPORA / "paul_graham_essays"
+
+_TRAIN_TEXT = [
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.",
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them.",
+    "What is the pass key? The pass key is 12345. Remember it. 0123456789 is the pass key.",
+    "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park.",
+    "Here are 30 paragraphs from Wikipedia, along with an abstract. Paragraph 1: Paragraph 2:",
+    "以下是若干段落文字，以及其中一个段落的摘要。段落1 段落2 答案是",
+] * 4
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer():
+    """A fast byte-level BPE tokenizer with ~320 tokens and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<eos>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_TRAIN_TEXT, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_llama(max_position_embeddings: int = 256, seed: int = 0):
+    """A 2-layer random Llama whose vocabulary matches :func:`tiny_tokenizer`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_position_embeddings,
+        rope_theta=10000.0,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model
