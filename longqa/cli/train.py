@@ -1,10 +1,54 @@
-"""`longqa train` (not available yet)."""
+"""`longqa train`: QLoRA training of a recipe's phases (or `--plan` for a memory estimate).
+
+Examples::
+
+    longqa train --recipe smollm2-135m-yarn16k --max-steps 3 --data runs/data/mix
+    longqa train --recipe qwen14b-yarn32k --plan --gpu-mem 80
+    longqa train --recipe my.yaml --resume --set train.lr=1e-4
+"""
 
 from __future__ import annotations
 
-from longqa.errors import LongqaError
+from pathlib import Path
+
+import typer
 
 
-def train() -> None:
-    """Not available yet: arrives with the trainer work."""
-    raise LongqaError("`longqa train` is not available yet (it arrives with the trainer work)")
+def train(
+    recipe: str = typer.Option(..., "--recipe", help="shipped recipe name or path to a YAML file"),
+    data: str | None = typer.Option(
+        None, "--data", help="dataset file/folder replacing the recipe's instruction-tuning data"
+    ),
+    out: Path | None = typer.Option(None, "--out", help="output dir (default: the recipe's)"),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", min=1, help="cap every phase at N optimizer steps"
+    ),
+    resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
+    plan: bool = typer.Option(False, "--plan", help="print the GPU memory plan and exit"),
+    gpu_mem: float = typer.Option(80.0, "--gpu-mem", min=1, help="GPU memory in GB for --plan"),
+    set_: list[str] | None = typer.Option(
+        None, "--set", help="recipe override key=value (repeatable), e.g. train.lr=1e-4"
+    ),
+) -> None:
+    """Train a LoRA adapter with the recipe's RoPE scaling (phases: pretrain, sft)."""
+    from rich.console import Console
+
+    from longqa.recipe import load_recipe
+
+    rec = load_recipe(recipe, overrides=set_ or [])
+    if plan:
+        from longqa.train.plan import plan_memory, render_plan
+
+        render_plan(plan_memory(rec, gpu_mem_gb=gpu_mem), Console())
+        return
+    from longqa.train.trainer import run_training
+
+    final = run_training(
+        rec,
+        data=data,
+        out=str(out) if out is not None else None,
+        max_steps=max_steps,
+        resume=resume,
+        console=Console(stderr=True),
+    )
+    print(final)

@@ -1,0 +1,190 @@
+"""Model setup for QLoRA training: load (4-bit NF4), RoPE scaling, kernels, LoRA, checkpointing.
+
+Usage::
+
+    from longqa.train.model import runtime_for, build_trainable_model
+    rt = runtime_for(recipe)                       # device, dtype, quantization, optimizer + notices
+    model, notes = build_trainable_model(recipe, rt, start_adapter=None)
+
+QLoRA (https://arxiv.org/abs/2305.14314): frozen 4-bit NF4 base, LoRA on every linear layer. As in
+the paraphrasing paper (https://arxiv.org/abs/2312.11193) the norm layers are trained too; they are
+peft ``modules_to_save`` so they travel inside the adapter file. Gradient checkpointing is on
+(non-reentrant).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from longqa.recipe import Recipe
+
+
+@dataclass
+class Runtime:
+    """Where and how this run trains, after adapting the recipe to the machine."""
+
+    device: str
+    dtype: str
+    quantization: str
+    optim: str
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def runtime_for(recipe: Recipe, device: str | None = None) -> Runtime:
+    """Adapt the recipe to this machine: on CPU train in float32 with a torch optimizer."""
+    import torch
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rt = Runtime(dev, recipe.model.dtype, recipe.model.quantization, recipe.train.optim)
+    if rt.on_cuda:
+        if rt.dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            rt.dtype = "float16"
+            rt.notices.append("GPU lacks bfloat16: training in float16")
+        return rt
+    if rt.dtype != "float32":
+        rt.notices.append(f"CPU: training in float32 instead of {rt.dtype}")
+        rt.dtype = "float32"
+    if release_freed_memory_on_cpu():
+        rt.notices.append("CPU: freed activation memory is returned to the OS (mmap threshold)")
+    if "8bit" in rt.optim or "paged" in rt.optim:
+        rt.notices.append(f"CPU: optimizer {rt.optim} needs CUDA; using adamw_torch")
+        rt.optim = "adamw_torch"
+    return rt
+
+
+def release_freed_memory_on_cpu() -> bool:
+    """Make glibc return freed large blocks to the OS (fixed 128 KiB mmap threshold).
+
+    glibc raises its mmap threshold after large frees, so activations recomputed and freed layer
+    by layer stay resident: a CPU step's RSS then grows like no checkpointing at all. Linux only;
+    returns whether the setting was applied.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 128 * 1024))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+def norm_module_names(model: Any) -> list[str]:
+    """Distinct leaf names of normalisation modules (``input_layernorm``, ``norm``, …)."""
+    names = set()
+    for name, module in model.named_modules():
+        cls = type(module).__name__
+        if name and ("Norm" in cls and "Embedding" not in cls):
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def lora_config(recipe: Recipe, model: Any) -> Any:
+    """peft ``LoraConfig`` from the recipe (all linear layers unless a list is given)."""
+    from peft import LoraConfig, TaskType
+
+    lc = recipe.lora
+    return LoraConfig(
+        r=lc.r,
+        lora_alpha=lc.alpha,
+        lora_dropout=lc.dropout,
+        target_modules=lc.target_modules,
+        modules_to_save=norm_module_names(model) if lc.trainable_norms else None,
+        task_type=TaskType.CAUSAL_LM,
+        bias="none",
+    )
+
+
+def load_base(recipe: Recipe, rt: Runtime) -> tuple[Any, list[str]]:
+    """The base model in 4-bit (or not), with the recipe's RoPE scaling applied."""
+    import torch
+
+    from longqa.models import load_model
+
+    notes: list[str] = []
+    cfg = recipe.model
+    model = load_model(
+        cfg.name,
+        dtype=rt.dtype,
+        quantization=rt.quantization,
+        attn_implementation=cfg.attn_implementation,
+        layout=cfg.layout,
+        device=rt.device if rt.quantization == "nf4" or rt.on_cuda else None,
+        double_quant=cfg.double_quant,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    model.config.use_cache = False
+    if rt.quantization == "nf4":
+        # 4-bit matmuls compute in the training dtype (float32 on CPU, bf16/fp16 on GPU).
+        compute = getattr(torch, rt.dtype)
+        for m in model.modules():
+            if type(m).__name__ == "Linear4bit":
+                m.compute_dtype = compute
+                m.compute_type_is_set = True
+        notes.append(f"weights: 4-bit NF4 (bitsandbytes), compute {rt.dtype}")
+    else:
+        notes.append(f"weights: {rt.dtype}, not quantized")
+    if recipe.rope.method != "none":
+        from longqa.rope_patch import apply_rope_scaling
+
+        model = apply_rope_scaling(model, recipe.rope)
+        notes.append(f"rope: {recipe.rope.method} factor {recipe.rope.factor}")
+    return model, notes
+
+
+def build_trainable_model(
+    recipe: Recipe, rt: Runtime, start_adapter: str | Path | None = None
+) -> tuple[Any, list[str]]:
+    """Base model + LoRA (fresh, or continued from ``start_adapter``) ready for training."""
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    model, notes = load_base(recipe, rt)
+    gc = recipe.train.gradient_checkpointing
+    if rt.quantization == "nf4":
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gc,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif gc:
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+        model.enable_input_require_grads()
+    if start_adapter is not None:
+        model = PeftModel.from_pretrained(model, str(start_adapter), is_trainable=True)
+        notes.append(f"LoRA: continued from {start_adapter}")
+    else:
+        model = get_peft_model(model, lora_config(recipe, model))
+    trainable, total = model.get_nb_trainable_parameters()
+    notes.append(
+        f"LoRA r={recipe.lora.r} alpha={recipe.lora.alpha} on {recipe.lora.target_modules}"
+        f"{' + norms' if recipe.lora.trainable_norms else ''}: {trainable:,} trainable of {total:,}"
+    )
+    notes.append(f"gradient checkpointing: {'on' if gc else 'off'}")
+    notes.extend(_apply_kernels(model, recipe))
+    model.train()
+    return model, notes
+
+
+def _apply_kernels(model: Any, recipe: Recipe) -> list[str]:
+    """Fused RoPE / activation offloading per recipe (the fused CE switch is read by the loss)."""
+    try:
+        from longqa.kernels_patch import apply_kernels
+    except ImportError:
+        wanted = recipe.kernels.rope or recipe.memory.offload_activations
+        return ["kernels: patch module unavailable, switches ignored"] if wanted else []
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    notes = list(apply_kernels(base, recipe.kernels, recipe.memory) or [])
+    ce = "chunked" if recipe.kernels.fused_ce else "full logits"
+    notes.append(f"loss: {ce} cross-entropy (chunk {recipe.train.loss_chunk_size} tokens)")
+    return notes

@@ -1,0 +1,234 @@
+"""GPU memory planner for a recipe: will one training step at the recipe's length fit?
+
+Usage::
+
+    from longqa.train.plan import plan_memory, render_plan
+    plan = plan_memory(recipe, gpu_mem_gb=80)      # MemoryPlan: items (GB), total, fits, max_fit
+    render_plan(plan, console)
+
+The estimate (bytes) adds, for one micro-batch of ``B × T`` tokens:
+
+* 4-bit weights: 0.5 B/param for every decoder linear layer plus NF4 constants (an fp32 absmax per
+  64 weights, or ~1/64 B with double quantization), QLoRA https://arxiv.org/abs/2305.14314; the
+  embedding and LM head stay unquantized (fp32 after ``prepare_model_for_kbit_training``).
+* LoRA + optimizer: trainable params in fp32, their gradients, and Adam moments (8 B/param, or
+  2 B/param for 8-bit optimizers); norms trained alongside.
+* checkpointed activations: each layer's input ``B·T·H`` kept per layer (on CPU when activation
+  offloading is on), plus one layer's recompute working set ≈ ``B·T·(12·H + 5·I)`` values.
+* attention: flash/SDPA kernels keep O(T) state; eager attention holds ``B·heads·T²`` scores+probs.
+* loss: chunked cross-entropy holds ``chunk × V`` fp32 logits and their gradient; without it the
+  full ``B·T × V`` logits (+ fp32 copy + gradient) exist at once.
+* CUDA context, workspace and allocator slack: 1 GB + 5 %.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from longqa.recipe import Recipe
+
+GB = 2**30
+
+# Shapes of the recipes' models, for planning without the weights on disk.
+KNOWN_SHAPES: dict[str, dict[str, Any]] = {
+    "qwen-14b": dict(hidden=5120, layers=40, heads=40, kv_heads=40, inter=13696, vocab=152064),
+    "qwen-7b": dict(hidden=4096, layers=32, heads=32, kv_heads=32, inter=11008, vocab=151936),
+    "llama-2-7b": dict(hidden=4096, layers=32, heads=32, kv_heads=32, inter=11008, vocab=32000),
+    "llama-2-13b": dict(hidden=5120, layers=40, heads=40, kv_heads=40, inter=13824, vocab=32000),
+    "llama-3-8b": dict(hidden=4096, layers=32, heads=32, kv_heads=8, inter=14336, vocab=128256),
+    "llama-3.1-8b": dict(hidden=4096, layers=32, heads=32, kv_heads=8, inter=14336, vocab=128256),
+    "smollm2-135m": dict(
+        hidden=576, layers=30, heads=9, kv_heads=3, inter=1536, vocab=49152, tied=True
+    ),
+}
+
+
+@dataclass
+class ModelShape:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    inter: int
+    vocab: int
+    head_dim: int = 0
+    tied: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.head_dim:
+            self.head_dim = self.hidden // self.heads
+
+    def linear_shapes(self) -> list[tuple[int, int]]:
+        """(in, out) of every LoRA-able linear layer in one decoder layer."""
+        h, q, kv, i = (
+            self.hidden,
+            self.heads * self.head_dim,
+            self.kv_heads * self.head_dim,
+            self.inter,
+        )
+        return [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+
+
+@dataclass
+class MemoryPlan:
+    model: str
+    seq_len: int
+    batch: int
+    gpu_mem_gb: float
+    items: dict[str, float] = field(default_factory=dict)
+    max_fit_len: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_gb(self) -> float:
+        return sum(self.items.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.total_gb <= self.gpu_mem_gb
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("meta-llama-3", "llama-3").replace("_", "-")
+
+
+def model_shape(recipe: Recipe) -> tuple[ModelShape, str]:
+    """Shape from the model's config on disk, else from :data:`KNOWN_SHAPES` by name."""
+    name = recipe.model.name
+    try:
+        from transformers import AutoConfig
+
+        from longqa.models import is_prepared, resolve_for_loading
+
+        if name in KNOWN_SHAPES and not is_prepared(name):
+            raise LookupError  # don't convert a GGUF just to plan
+        cfg = AutoConfig.from_pretrained(resolve_for_loading(name, recipe.model.layout))
+        tc = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        shape = ModelShape(
+            hidden=tc.hidden_size,
+            layers=tc.num_hidden_layers,
+            heads=tc.num_attention_heads,
+            kv_heads=getattr(tc, "num_key_value_heads", None) or tc.num_attention_heads,
+            inter=tc.intermediate_size,
+            vocab=tc.vocab_size,
+            head_dim=getattr(tc, "head_dim", None) or 0,
+            tied=bool(getattr(tc, "tie_word_embeddings", False)),
+        )
+        return shape, "model config"
+    except Exception:
+        key = _norm(name)
+        for known, dims in sorted(KNOWN_SHAPES.items(), key=lambda kv: -len(kv[0])):
+            if known in key:
+                return ModelShape(**dims), f"built-in shape '{known}'"
+    from longqa.errors import LongqaError
+
+    raise LongqaError(
+        f"--plan: cannot find the shape of model '{name}' (not on disk and not one of "
+        f"{', '.join(KNOWN_SHAPES)})"
+    )
+
+
+def estimate_bytes(
+    recipe: Recipe, shape: ModelShape, seq_len: int, *, on_gpu: bool = True
+) -> dict[str, float]:
+    """Itemised bytes for one training step of ``micro_batch_size × seq_len`` tokens."""
+    tc, lc = recipe.train, recipe.lora
+    tokens = tc.micro_batch_size * seq_len
+    act = 4 if recipe.model.dtype == "float32" else 2
+    per_layer = shape.linear_shapes()
+    lin_params = shape.layers * sum(i * o for i, o in per_layer)
+    if recipe.model.quantization == "nf4":
+        const = 1 / 64 + 4 / (64 * 256) if recipe.model.double_quant else 4 / 64
+        weights = lin_params * (0.5 + const)
+    else:
+        weights = lin_params * act
+    emb = shape.vocab * shape.hidden * (1 if shape.tied else 2) * 4
+    lora = shape.layers * sum(lc.r * (i + o) for i, o in per_layer)
+    if lc.trainable_norms:
+        lora += (2 * shape.layers + 1) * shape.hidden
+    opt = 2 if "8bit" in tc.optim else 8
+    stored = shape.layers * tokens * shape.hidden * act
+    if recipe.memory.offload_activations and on_gpu:
+        stored = 2 * tokens * shape.hidden * act  # two layers in flight on the GPU
+    if not tc.gradient_checkpointing:
+        stored = shape.layers * tokens * (12 * shape.hidden + 5 * shape.inter) * act
+    working = tokens * (12 * shape.hidden + 5 * shape.inter) * act
+    if recipe.model.attn_implementation == "eager":
+        attn = 2 * tc.micro_batch_size * shape.heads * seq_len * seq_len * act
+    else:
+        attn = 4 * tokens * shape.heads * 4  # log-sum-exp and friends, O(T)
+    if recipe.kernels.fused_ce:
+        chunk = min(tc.loss_chunk_size, tokens)
+        loss = 2 * chunk * shape.vocab * 4 + tokens * shape.hidden * 4
+    else:
+        loss = tokens * shape.vocab * (act + 4 + 4)
+    items = {
+        "4-bit weights" if recipe.model.quantization == "nf4" else "weights": weights,
+        "embeddings + LM head": emb,
+        "LoRA + grads + optimizer": lora * (4 + 4 + opt),
+        "checkpointed activations": stored,
+        "layer recompute": working,
+        "attention": attn,
+        "loss": loss,
+    }
+    subtotal = sum(items.values())
+    items["CUDA context + slack"] = 1 * GB + 0.05 * subtotal
+    return items
+
+
+def plan_memory(recipe: Recipe, gpu_mem_gb: float = 80.0, seq_len: int | None = None) -> MemoryPlan:
+    """Estimate the peak GPU memory of one step at the recipe's longest length."""
+    from longqa.adapters import recipe_max_length
+
+    shape, source = model_shape(recipe)
+    length = seq_len or recipe_max_length(recipe)
+    items = estimate_bytes(recipe, shape, length)
+    plan = MemoryPlan(
+        model=recipe.model.name,
+        seq_len=length,
+        batch=recipe.train.micro_batch_size,
+        gpu_mem_gb=gpu_mem_gb,
+        items={k: v / GB for k, v in items.items()},
+        notes=[f"shape from {source}: hidden {shape.hidden}, {shape.layers} layers, "
+               f"{shape.heads}/{shape.kv_heads} heads, vocab {shape.vocab}"],
+    )  # fmt: skip
+    plan.max_fit_len = _max_fit(recipe, shape, gpu_mem_gb)
+    return plan
+
+
+def _max_fit(recipe: Recipe, shape: ModelShape, gpu_mem_gb: float) -> int | None:
+    def fits(n: int) -> bool:
+        return sum(estimate_bytes(recipe, shape, n).values()) / GB <= gpu_mem_gb
+
+    if not fits(1024):
+        return None
+    lo, hi = 1024, 2048
+    while fits(hi) and hi < 2**24:
+        lo, hi = hi, hi * 2
+    while hi - lo > 256:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def render_plan(plan: MemoryPlan, console: Any) -> None:
+    """Print the plan as a rich table with a fits / does-not-fit verdict."""
+    from rich.table import Table
+
+    table = Table(title=f"memory plan: {plan.model}, {plan.batch} × {plan.seq_len:,} tokens")
+    table.add_column("item")
+    table.add_column("GB", justify="right")
+    for k, v in plan.items.items():
+        table.add_row(k, f"{v:.2f}")
+    table.add_row("[bold]total[/]", f"[bold]{plan.total_gb:.2f}[/]")
+    console.print(table)
+    for n in plan.notes:
+        console.print(n, highlight=False)
+    verdict = "[green]fits[/]" if plan.fits else "[red]does not fit[/]"
+    console.print(
+        f"{verdict} in a {plan.gpu_mem_gb:g} GB GPU (estimated {plan.total_gb:.1f} GB)",
+        highlight=False,
+    )
+    if plan.max_fit_len:
+        console.print(f"longest length that fits: ~{plan.max_fit_len:,} tokens", highlight=False)

