@@ -28,6 +28,7 @@ from data_builders.paraphrase_mdqa import (
 from data_builders.tokens import get_token_counter
 from data_builders.writer import ShardWriter, depth_histogram, length_histogram, write_stats
 from longqa.errors import LongqaError
+from longqa.llm import run_sync
 
 # options that do not change what a sample contains (may differ between a run and its resume)
 _RUNTIME = {
@@ -70,7 +71,7 @@ def run_build(opts: Options) -> dict[str, Any]:
         writer.save_state()
         done = writer.done_ids()
         todo = [i for i in range(opts.num_samples) if sample_id(i) not in done | dropped.keys()]
-        asyncio.run(_drive(ctx, writer, todo))
+        run_sync(_drive(ctx, writer, todo))
     stats = collect_stats(out, opts, writer.state.get("dropped", {}), opts.num_samples)
     stats["corpus"] = {**corpus.stats, "problems": corpus.problems[:10]}
     stats["llm"] = client.usage.as_dict() if client is not None else None

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_builders.text import count_words, detect_lang
+from longqa.llm import run_sync
 
 TASK = "paper-qa"
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -351,7 +352,7 @@ def build(options: Options) -> dict:
         batch: list[tuple] = []
 
         def flush() -> None:
-            results = asyncio.run(run_batch(batch))
+            results = run_sync(run_batch(batch))
             for job, qa in zip(batch, results, strict=True):
                 emit(writer, job, qa)
             progress.update(bar, advance=len(batch), bad=counts["dropped"])

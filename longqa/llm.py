@@ -41,6 +41,19 @@ class LLMError(Exception):
     """A request that failed for good (after retries, or a non-retryable status)."""
 
 
+def run_sync(coro: Any) -> Any:
+    """Run a coroutine to completion from synchronous code, also where an event loop is already
+    running (Jupyter): then it runs on a fresh loop in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 @dataclass
 class Usage:
     """Counters over the client's lifetime (cache hits cost nothing)."""
@@ -218,7 +231,7 @@ class LLMClient:
         return base * (0.5 + random.random() / 2)
 
     def complete(self, messages: Sequence[dict[str, str]], **kw: Any) -> Reply:
-        """Synchronous convenience wrapper (notebooks); do not call inside a running event loop."""
+        """Synchronous convenience wrapper (scripts and notebooks)."""
 
         async def _one() -> Reply:
             try:
@@ -226,7 +239,7 @@ class LLMClient:
             finally:
                 await self.aclose()
 
-        return asyncio.run(_one())
+        return run_sync(_one())
 
     async def aclose(self) -> None:
         if self._client is not None:

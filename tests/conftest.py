@@ -1,11 +1,20 @@
-"""Shared fixtures: the real SmolLM2 model (prepared once) and the shared essays corpus."""
+"""Shared fixtures: the real SmolLM2 model (prepared once), the shared essays corpus, and the
+Triton interpreter switch for CPU-only machines."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton decides between its CPU interpreter and the GPU compiler when it is first imported, and any
+# test module may import it (through transformers or bitsandbytes) before a kernel test runs: on a
+# machine without CUDA, every Triton kernel in the suite runs in the interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpora" / "paul_graham_essays"

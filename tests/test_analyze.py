@@ -176,7 +176,9 @@ def test_builder_meta_locates_documents_and_quotes(essays_dir, tmp_path):
     for a, b in zip(para, plain, strict=True):
         docs, quotes = relevant_targets(a)
         answers = [m.content for m in a.messages if m.role == "assistant"]
-        assert len(quotes) == len(answers) and all(q and q in ans for q, ans in zip(quotes, answers))
+        assert len(quotes) == len(answers) and all(
+            q and q in ans for q, ans in zip(quotes, answers, strict=True)
+        )
         first_user = next(m.content for m in a.messages if m.role == "user")
         for e, doc in zip(a.meta["relevant"], docs, strict=True):
             assert first_user[e["doc_span"][0] : e["doc_span"][1]] == doc
@@ -184,4 +186,4 @@ def test_builder_meta_locates_documents_and_quotes(essays_dir, tmp_path):
         plain_docs, plain_quotes = relevant_targets(b)
         assert plain_docs == docs and plain_quotes == [None] * len(answers)
         plain_answers = [m.content for m in b.messages if m.role == "assistant"]
-        assert all(q not in ans for q, ans in zip(quotes, plain_answers))
+        assert all(q not in ans for q, ans in zip(quotes, plain_answers, strict=True))

@@ -159,3 +159,21 @@ def test_verify_quote_exact_fuzzy_and_absent():
     assert not verify_quote("brown fox jumped over the lazy dogs.", doc, threshold=0.99).ok
     absent = verify_quote("Nothing like this sentence occurs anywhere.", doc)
     assert not absent.ok and absent.kind == "none"
+
+
+def test_run_sync_works_inside_a_running_event_loop():
+    """Builders call run_sync; in Jupyter an event loop is already running."""
+    import asyncio
+
+    from longqa.llm import run_sync
+
+    async def double(x: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * x
+
+    assert run_sync(double(3)) == 6
+
+    async def outer() -> int:  # a running loop, as in a notebook cell
+        return run_sync(double(5))
+
+    assert asyncio.run(outer()) == 10

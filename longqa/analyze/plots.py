@@ -65,7 +65,9 @@ def plot_attention_profiles(
         (line,) = ax.plot(xs.numpy(), mean.numpy(), marker=".", label=name)
         span = prof.span  # type: ignore[attr-defined]
         if span:  # the relevant span, shaded in the curve's colour
-            ax.axvspan(span[0], max(span[1], span[0] + 0.5 / bins), color=line.get_color(), alpha=0.2)
+            ax.axvspan(
+                span[0], max(span[1], span[0] + 0.5 / bins), color=line.get_color(), alpha=0.2
+            )
     ax.set_xlabel("relative position in the context (0 = start, 1 = end)")
     ax.set_ylabel("attention mass of answer tokens")
     ax.set_yscale("log")

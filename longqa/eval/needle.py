@@ -285,9 +285,7 @@ JUDGE_PROMPT = (
 
 def make_judge(model: str, base_url: str | None = None) -> Any:
     """An OpenAI-compatible judge ``(question, answer, output) -> 0.0 | 1.0`` (``longqa.llm``)."""
-    import asyncio
-
-    from longqa.llm import LLMClient, LLMError
+    from longqa.llm import LLMClient, LLMError, run_sync
 
     def judge(question: str, answer: str, output: str) -> float:
         async def ask() -> str:
@@ -301,7 +299,7 @@ def make_judge(model: str, base_url: str | None = None) -> Any:
                 await client.aclose()
 
         try:
-            text = asyncio.run(ask())
+            text = run_sync(ask())
         except LLMError as exc:
             raise LongqaError(f"judge {model}: {exc}") from None
         match = re.search(r"[01]", text)
