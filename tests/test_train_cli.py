@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from train_fixtures import tiny_model_dir, toy_sft_rows, write_jsonl
 
@@ -24,7 +23,6 @@ def test_plan_prints_verdict():
     assert "checkpointed activations" in res.stdout
 
 
-@pytest.mark.slow
 def test_cli_trains_tiny_recipe_with_data_out_set(tmp_path):
     model_dir = tiny_model_dir(tmp_path)
     data = write_jsonl(tmp_path / "toy.jsonl", toy_sft_rows(4))
@@ -53,7 +51,6 @@ def test_cli_trains_tiny_recipe_with_data_out_set(tmp_path):
     assert (out / "adapter_model.safetensors").is_file()
 
 
-@pytest.mark.slow
 def test_bad_inputs_are_one_line_errors(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "x"}])
     with open(bad, "a") as fh:

@@ -25,7 +25,6 @@ def _phase(data, steps, name="sft", kind="sft"):
     return {"name": name, "kind": kind, "datasets": [{"path": str(data)}], "steps": steps}
 
 
-@pytest.mark.slow
 def test_tiny_model_learns_and_adapter_reloads(setup):
     tmp, model_dir, data = setup
     out = tmp / "learn"
@@ -67,7 +66,6 @@ class _Crash(TrainerCallback):
             raise KeyboardInterrupt("simulated kill")
 
 
-@pytest.mark.slow
 def test_resume_after_kill_continues_at_right_step_with_same_data(setup):
     tmp, model_dir, data = setup
     ref_out, out = tmp / "ref", tmp / "resumed"
