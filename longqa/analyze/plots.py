@@ -11,17 +11,8 @@ from pathlib import Path
 
 import torch
 
-
-def _pyplot():
-    import sys
-
-    import matplotlib
-
-    if "ipykernel" not in sys.modules:  # headless: PNG files only; notebooks keep inline figures
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from longqa.plotting import pyplot as _pyplot
+from longqa.plotting import save_figure
 
 
 def plot_gap_histograms(
@@ -45,11 +36,9 @@ def plot_gap_histograms(
     ax.set_title(title or "Effective tokens")
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 def plot_attention_profiles(
@@ -74,11 +63,9 @@ def plot_attention_profiles(
     ax.set_title(title or "Attention profile")
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 def plot_layer_heatmap(profile: object, path: str | Path, title: str = "") -> Path:
@@ -97,10 +84,9 @@ def plot_layer_heatmap(profile: object, path: str | Path, title: str = "") -> Pa
     ax.set_ylabel("layer")
     ax.set_title(title or "Attention profile per layer")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 def plot_rope_methods(
@@ -141,7 +127,7 @@ def plot_rope_methods(
     ax2.legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path)
     return fig
 
 
@@ -181,5 +167,5 @@ def plot_dynamic_scale(
     ax2.set_ylabel("attention factor")
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path)
     return fig

@@ -17,12 +17,12 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from longqa.errors import LongqaError
+from longqa.paths import iter_jsonl
 from longqa.recipe import RopeConfig
 
 PROMPTS = {
@@ -66,27 +66,18 @@ def read_longbench(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise LongqaError(f"LongBench file not found: {path}")
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LongqaError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise LongqaError(f"{path}:{lineno}: expected a JSON object")
-            for field, kind in REQUIRED_FIELDS.items():
-                if field not in row:
-                    raise LongqaError(f"{path}:{lineno}: field '{field}' missing")
-                if not isinstance(row[field], kind) or isinstance(row[field], bool):
-                    raise LongqaError(
-                        f"{path}:{lineno}: field '{field}' should be {kind.__name__}, "
-                        f"got {type(row[field]).__name__}"
-                    )
-            if not row["answers"] or not all(isinstance(a, str) for a in row["answers"]):
-                raise LongqaError(f"{path}:{lineno}: field 'answers' should be a list of strings")
-            rows.append(row)
+    for lineno, row in iter_jsonl(path):
+        for field, kind in REQUIRED_FIELDS.items():
+            if field not in row:
+                raise LongqaError(f"{path}:{lineno}: field '{field}' missing")
+            if not isinstance(row[field], kind) or isinstance(row[field], bool):
+                raise LongqaError(
+                    f"{path}:{lineno}: field '{field}' should be {kind.__name__}, "
+                    f"got {type(row[field]).__name__}"
+                )
+        if not row["answers"] or not all(isinstance(a, str) for a in row["answers"]):
+            raise LongqaError(f"{path}:{lineno}: field 'answers' should be a list of strings")
+        rows.append(row)
     if not rows:
         raise LongqaError(f"{path}: no samples")
     return rows

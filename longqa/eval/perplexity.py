@@ -18,12 +18,12 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from longqa.errors import LongqaError
+from longqa.paths import iter_jsonl
 from longqa.recipe import RopeConfig
 
 
@@ -39,17 +39,10 @@ def load_documents(path: str | Path) -> list[str]:
     docs: list[str] = []
     for f in files:
         if f.suffix == ".jsonl":
-            with open(f, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise LongqaError(f"{f}:{lineno}: invalid JSON ({exc.msg})") from None
-                    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                        raise LongqaError(f"{f}:{lineno}: field 'text' missing (a string)")
-                    docs.append(row["text"])
+            for lineno, row in iter_jsonl(f):
+                if not isinstance(row.get("text"), str):
+                    raise LongqaError(f"{f}:{lineno}: field 'text' missing (a string)")
+                docs.append(row["text"])
         else:
             text = f.read_text(encoding="utf-8", errors="replace").strip()
             if text:

@@ -1,4 +1,4 @@
-"""PNG figures for eval runs (matplotlib, Agg backend — no display needed).
+"""PNG figures for eval runs (matplotlib; headless outside notebooks, see ``longqa.plotting``).
 
 Usage::
 
@@ -12,31 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> Path:
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+from longqa.plotting import pyplot as _pyplot
+from longqa.plotting import save_figure as _save
 
 
 def plot_heatmap(
