@@ -47,19 +47,14 @@ def tiny_tokenizer():
 def tiny_llama(max_position_embeddings: int = 256, seed: int = 0):
     """A 2-layer random Llama whose vocabulary matches :func:`tiny_tokenizer`."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny import tiny_llama_config
+    from transformers import LlamaForCausalLM
 
     tok = tiny_tokenizer()
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
+    cfg = tiny_llama_config(
         vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=max_position_embeddings,
-        rope_theta=10000.0,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         bos_token_id=None,

@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny import tiny_llama_config
+from transformers import LlamaForCausalLM
 
 from data_builders.schema import Sample, read_samples
 from longqa.analyze.attention import attention_profile, bin_context_attention
@@ -26,15 +27,7 @@ FILLER = (
 
 def _tiny(attn: str = "eager") -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        attn_implementation=attn,
-    )
+    cfg = tiny_llama_config(attn_implementation=attn)
     return LlamaForCausalLM(cfg).eval()
 
 

@@ -41,18 +41,13 @@ def tiny_tokenizer() -> Any:
 def tiny_model_dir(tmp: Path, *, vocab: int = 128, seed: int = 0) -> Path:
     """Save a random 2-layer Llama (hidden 64) plus the tiny tokenizer as an HF folder."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny import tiny_llama_config
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    cfg = tiny_llama_config(
         vocab_size=vocab,
         max_position_embeddings=512,
-        rope_theta=10000.0,
         tie_word_embeddings=False,
         initializer_range=0.1,
         pad_token_id=0,
