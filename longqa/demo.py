@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="output folder")
     parser.add_argument("--trials", type=int, default=3, help="passkey trials per length")
-    parser.add_argument("--length", type=int, default=9216, help="passkey context length")
+    parser.add_argument("--length", type=int, default=12288, help="passkey context length")
     parser.add_argument("--corpus", default=None, help="corpus folder for build-data")
     parser.add_argument("--train-steps", type=int, default=3)
     opts = parser.parse_args(argv)
