@@ -24,17 +24,10 @@ def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny import tiny_llama_config
+    from transformers import LlamaForCausalLM
 
-    cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=256,
-    )
+    cfg = tiny_llama_config(max_position_embeddings=256)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
     out = tmp_path_factory.mktemp("tiny") / "llama"

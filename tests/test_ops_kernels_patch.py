@@ -8,6 +8,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run in the CPU 
 
 import pytest
 import torch
+from tiny import TINY_SHAPE
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 from transformers.models.llama import modeling_llama
 from transformers.models.qwen2 import modeling_qwen2
@@ -18,14 +19,7 @@ from longqa.kernels_patch import apply_kernels, fused_causal_lm_loss, revert_ker
 from longqa.ops.offload import ActivationOffloader
 from longqa.recipe import KernelsConfig, MemoryConfig
 
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=128,
-)
+TINY = TINY_SHAPE
 FAMILIES = {
     "llama": (LlamaConfig, LlamaForCausalLM, modeling_llama),
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, modeling_qwen2),
