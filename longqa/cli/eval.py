@@ -75,15 +75,25 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:60] or "run"
 
 
-def _load(model: str, adapter: str | None, rope: str | None, dtype: str, **rope_kw: Any):
+ROPE_FLAGS = (
+    "factor", "original_length", "base", "margin", "beta_fast", "beta_slow",
+    "attention_factor", "target_length", "ntk_variant",
+)  # fmt: skip
+
+
+def _load(params: dict[str, Any]):
+    """Model + adapter + RoPE spec from a command's parameters (its ``locals()``)."""
     from longqa.eval.runner import load_for_eval
     from longqa.rope_patch import rope_spec_from_options
 
-    given = {k: v for k, v in rope_kw.items() if v is not None}
-    if rope is None and given:
-        raise LongqaError(f"--{next(iter(given)).replace('_', '-')} needs --rope METHOD")
-    spec = rope_spec_from_options(rope, **rope_kw)
-    return load_for_eval(model, adapter=adapter, rope=spec, dtype=dtype)
+    rope_kw = {k: params[k] for k in ROPE_FLAGS}
+    given = [k for k, v in rope_kw.items() if v is not None]
+    if params["rope"] is None and given:
+        raise LongqaError(f"--{given[0].replace('_', '-')} needs --rope METHOD")
+    spec = rope_spec_from_options(params["rope"], **rope_kw)
+    return load_for_eval(
+        params["model"], adapter=params["adapter"], rope=spec, dtype=params["dtype"]
+    )
 
 
 def _out(out: Path | None, task: str, model: str, spec: Any) -> Path:
@@ -142,11 +152,7 @@ def passkey(
     from longqa.eval.passkey import run_passkey
 
     lens = _ints(lengths, "--lengths")
-    mdl, tok, spec = _load(
-        model, adapter, rope, dtype, factor=factor, original_length=original_length, base=base,
-        margin=margin, beta_fast=beta_fast, beta_slow=beta_slow,
-        attention_factor=attention_factor, target_length=target_length, ntk_variant=ntk_variant,
-    )  # fmt: skip
+    mdl, tok, spec = _load(locals())
     _warn(mdl, spec, lens)
     summary = run_passkey(
         mdl, tok, spec, lengths=lens, trials=trials, depths=tuple(_depths(depths)),
@@ -223,11 +229,7 @@ def needle(
     if haystack is not None:
         nd.load_haystack(haystack)  # fail on an empty folder before loading the model
     judge = _make_judge(judge_model, judge_url)
-    mdl, tok, spec = _load(
-        model, adapter, rope, dtype, factor=factor, original_length=original_length, base=base,
-        margin=margin, beta_fast=beta_fast, beta_slow=beta_slow,
-        attention_factor=attention_factor, target_length=target_length, ntk_variant=ntk_variant,
-    )  # fmt: skip
+    mdl, tok, spec = _load(locals())
     _warn(mdl, spec, lens)
     out_dir = _out(out, "needle", model, spec)
     summary = nd.run_needle(
@@ -273,11 +275,7 @@ def passage_retrieval(
     from longqa.eval.passage_retrieval import read_longbench, run_passage_retrieval
 
     rows = read_longbench(data)  # validate before loading the model
-    mdl, tok, spec = _load(
-        model, adapter, rope, dtype, factor=factor, original_length=original_length, base=base,
-        margin=margin, beta_fast=beta_fast, beta_slow=beta_slow,
-        attention_factor=attention_factor, target_length=target_length, ntk_variant=ntk_variant,
-    )  # fmt: skip
+    mdl, tok, spec = _load(locals())
     if max_length:
         _warn(mdl, spec, [max_length])
     summary = run_passage_retrieval(
@@ -322,11 +320,7 @@ def perplexity(
     if stride is not None and (stride < 1 or stride > min(lens)):
         raise LongqaError(f"--stride must be between 1 and the smallest length {min(lens)}")
     load_documents(data)
-    mdl, tok, spec = _load(
-        model, adapter, rope, dtype, factor=factor, original_length=original_length, base=base,
-        margin=margin, beta_fast=beta_fast, beta_slow=beta_slow,
-        attention_factor=attention_factor, target_length=target_length, ntk_variant=ntk_variant,
-    )  # fmt: skip
+    mdl, tok, spec = _load(locals())
     _warn(mdl, spec, lens)
     out_dir = _out(out, "perplexity", model, spec)
     summary = run_perplexity(
