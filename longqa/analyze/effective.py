@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from longqa.train.data import IGNORE_INDEX, assistant_spans, ensure_chat_template
+from longqa.train.data import IGNORE_INDEX, encode_conversation, ensure_chat_template
 
 
 @dataclass
@@ -71,22 +71,6 @@ class EffectiveResult:
         }
 
 
-def _encode(tokenizer, messages: list[dict[str, str]]):
-    """Rendered ids, offsets, label positions and assistant char spans of a conversation."""
-    text, spans = assistant_spans(tokenizer, messages)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
-    positions, turns = [], []
-    j = 0
-    for k, (s, _e) in enumerate(offsets):
-        while j < len(spans) and spans[j][1] <= s:
-            j += 1
-        if k > 0 and j < len(spans) and spans[j][0] <= s < spans[j][1]:
-            positions.append(k)
-            turns.append(j)
-    return text, ids, offsets, positions, turns, spans
-
-
 @torch.no_grad()
 def token_logprobs(model, input_ids: list[int], positions: Sequence[int]) -> torch.Tensor:
     """log p(input_ids[p] | input_ids[:p]) for each p in ``positions`` → [len(positions)] float32."""
@@ -114,18 +98,20 @@ def effective_tokens(
     it are flagged ``in_quote`` so the split between quote and answer can be reported.
     """
     ensure_chat_template(tokenizer)
-    text, ids, offsets, pos, turns, spans = _encode(tokenizer, messages)
-    _, ids_ab, _, pos_ab, _, _ = _encode(tokenizer, ablated_messages)
-    tokens = [ids[p] for p in pos]
-    if tokens != [ids_ab[p] for p in pos_ab]:
+    full = encode_conversation(tokenizer, messages)
+    abl = encode_conversation(tokenizer, ablated_messages)
+    text, offsets, pos = full.text, full.offsets, full.positions
+    if [full.input_ids[p] for p in pos] != [abl.input_ids[p] for p in abl.positions]:
         raise ValueError("assistant tokens differ between the full and ablated conversations")
     if not pos:
         raise ValueError("conversation has no assistant tokens")
-    gaps = token_logprobs(model, ids, pos) - token_logprobs(model, ids_ab, pos_ab)
+    gaps = token_logprobs(model, full.input_ids, pos) - token_logprobs(
+        model, abl.input_ids, abl.positions
+    )
 
     quote_ranges: list[tuple[int, int]] = []
     assistant_turns = [m for m in messages if m["role"] == "assistant"]
-    for i, (start, _end) in enumerate(spans):
+    for i, (start, _end) in enumerate(full.spans):
         quote = quotes[i] if quotes is not None and i < len(quotes) else None
         if not quote:
             continue
@@ -139,7 +125,7 @@ def effective_tokens(
     return EffectiveResult(
         gaps=gaps,
         in_quote=in_quote,
-        turn=torch.tensor(turns, dtype=torch.long),
+        turn=torch.tensor(full.turns, dtype=torch.long),
         threshold=threshold,
     )
 

@@ -161,15 +161,14 @@ def conversation_for_attention(sample: Sample, turn: int = 0) -> tuple[list[dict
 
 def attention_inputs(tokenizer, sample: Sample, turn: int = 0):
     """(input_ids [1, T], answer token positions, context_end, relevant span in tokens or None)."""
-    from longqa.train.data import assistant_spans, ensure_chat_template
+    from longqa.train.data import encode_conversation, ensure_chat_template
 
     ensure_chat_template(tokenizer)
     msgs, k = conversation_for_attention(sample, turn)
-    text, spans = assistant_spans(tokenizer, msgs)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    a_start, a_end = spans[-1]
-    answer = [i for i, (s, _e) in enumerate(offsets) if a_start <= s < a_end]
+    enc = encode_conversation(tokenizer, msgs)
+    text, ids, offsets = enc.text, enc.input_ids, enc.offsets
+    last = len(enc.spans) - 1
+    answer = [p for p, t in zip(enc.positions, enc.turns, strict=True) if t == last]
     context_end = answer[0]
     span_tok = None
     entry = (sample.meta.get("relevant") or [{}])[k] if sample.meta.get("relevant") else {}

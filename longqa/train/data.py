@@ -256,21 +256,41 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
     return text, spans
 
 
-def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> Example:
-    """Token ids of the rendered conversation and labels on assistant tokens only."""
+@dataclass
+class EncodedConversation:
+    """A rendered, tokenized conversation and where its assistant tokens are."""
+
+    text: str
+    input_ids: list[int]
+    offsets: list[tuple[int, int]]  # character span of each token in ``text``
+    spans: list[tuple[int, int]]  # character spans of the assistant replies
+    positions: list[int]  # token indices inside an assistant reply (never index 0)
+    turns: list[int]  # for each position, the index of its assistant reply
+
+
+def encode_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> EncodedConversation:
+    """Render with the chat template, tokenize, and locate every assistant token."""
     text, spans = assistant_spans(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    labels = [IGNORE_INDEX] * len(ids)
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    positions, turns = [], []
     j = 0
     for k, (s, _e) in enumerate(offsets):
         while j < len(spans) and spans[j][1] <= s:
             j += 1
-        if j < len(spans) and spans[j][0] <= s < spans[j][1]:
-            labels[k] = ids[k]
-    if labels:
-        labels[0] = IGNORE_INDEX
-    return Example(input_ids=list(ids), labels=labels)
+        if k > 0 and j < len(spans) and spans[j][0] <= s < spans[j][1]:
+            positions.append(k)
+            turns.append(j)
+    return EncodedConversation(text, ids, offsets, spans, positions, turns)
+
+
+def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> Example:
+    """Token ids of the rendered conversation and labels on assistant tokens only."""
+    enc = encode_conversation(tokenizer, messages)
+    labels = [IGNORE_INDEX] * len(enc.input_ids)
+    for k in enc.positions:
+        labels[k] = enc.input_ids[k]
+    return Example(input_ids=enc.input_ids, labels=labels)
 
 
 def tokenize_sft(
