@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m longqa.demo --out $(DEMO_OUT)
+	$(BIN)/python -m longqa.cli.demo --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

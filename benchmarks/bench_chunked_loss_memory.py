@@ -39,7 +39,7 @@ def worker(mode: str, tokens: int, chunk: int) -> dict:
 
     import torch
 
-    from longqa.recipe import load_recipe
+    from longqa.config.recipe import load_recipe
     from longqa.train.loss import causal_lm_loss
     from longqa.train.model import build_trainable_model, runtime_for
 

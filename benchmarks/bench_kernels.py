@@ -196,7 +196,7 @@ def train_step(env: Env, model, seq: int, fused_ce: bool) -> tuple[float, float]
     """(peak GiB, tokens/s) of one forward+backward at ``seq`` tokens; raises on OOM."""
     import torch
 
-    from longqa.kernels_patch import fused_causal_lm_loss
+    from longqa.patch.kernels import fused_causal_lm_loss
 
     vocab = model.get_base_model().config.vocab_size
     ids = torch.randint(0, vocab, (1, seq), device=env.device)
@@ -260,9 +260,9 @@ def find_longest(fits: Callable[[int], bool], start: int, resolution: int, cap: 
 
 def bench_train(env: Env, name: str, lengths: list[int], variants: list[str], search: list[str],
                 resolution: int, cap: int) -> str:  # fmt: skip
-    from longqa.kernels_patch import apply_kernels, revert_kernels
+    from longqa.config.recipe import KernelsConfig, MemoryConfig
     from longqa.ops.offload import ActivationOffloader
-    from longqa.recipe import KernelsConfig, MemoryConfig
+    from longqa.patch.kernels import apply_kernels, revert_kernels
 
     model = build_model(env, name)
     rows = []

@@ -37,7 +37,7 @@ def _serve(latency: float, port_queue: mp.Queue, stop: mp.Event) -> None:  # typ
 
 
 async def _fire(url: str, n: int, concurrency: int) -> tuple[float, dict]:
-    from longqa.llm import LLMClient
+    from longqa.data.llm import LLMClient
 
     client = LLMClient(base_url=url, model="stub", concurrency=concurrency)
     warm = [{"role": "user", "content": "warm-up"}]
@@ -77,9 +77,10 @@ def bench_client(n: int, concurrency: int, latency: float) -> None:
 
 def bench_extractive(samples: int, tokenizer: str) -> None:
     from data_builders.paraphrase_mdqa import Options, build
+    from longqa.core.paths import shared_essays
 
-    corpus = REPO.parent / "shared" / "corpora" / "paul_graham_essays"
-    if not corpus.exists():
+    corpus = shared_essays()
+    if corpus is None:
         print("extractive: skipped (shared essay corpus not present)")
         return
     with tempfile.TemporaryDirectory() as tmp:

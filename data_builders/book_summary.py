@@ -37,7 +37,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_builders.text import count_words, detect_lang
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 TASK = "book-summary"
 
@@ -338,8 +338,8 @@ def read_books(opts: Options, counts: Counter) -> Iterator[Book]:
 
 def build(options: Options) -> dict:
     """Write book-summary samples to ``options.out``; returns the stats (also stats.json)."""
-    from data_builders.tokens import get_token_counter
     from data_builders.writer import ShardWriter, length_histogram, write_stats
+    from longqa.data.tokens import get_token_counter
 
     counter = get_token_counter(options.tokenizer)
     counts: Counter = Counter()

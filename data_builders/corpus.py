@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from data_builders.text import detect_lang
-from data_builders.tokens import TokenCounter, get_token_counter
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
+from longqa.data.tokens import TokenCounter, get_token_counter
 
 TEXT_EXTS = {".txt", ".md", ".markdown"}
 JSONL_EXTS = {".jsonl", ".json"}

@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data_builders.text import count_words, detect_lang
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 TASK = "long-pretrain"
 
@@ -113,10 +113,10 @@ class HFCodec:
 
 
 def get_codec(name: str) -> ApproxCodec | HFCodec:
-    """``approx`` → :class:`ApproxCodec`; anything else loads through ``longqa.models``."""
+    """``approx`` → :class:`ApproxCodec`; anything else loads through ``longqa.models.loading``."""
     if name.strip().lower() in {"approx", "fast", "simple", "none"}:
         return ApproxCodec()
-    from longqa.models import load_tokenizer
+    from longqa.models.loading import load_tokenizer
 
     return HFCodec(load_tokenizer(name), name)
 

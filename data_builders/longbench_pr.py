@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data_builders.corpus import clean_text, iter_raw_documents, split_sentences
 from data_builders.text import count_words, detect_lang
-from longqa.errors import LongqaError
-from longqa.paths import atomic_write_json, atomic_write_text
+from longqa.core.errors import LongqaError
+from longqa.core.paths import atomic_write_json, atomic_write_text
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\-]{3,}|[\u4e00-\u9fff]")
 _STOP = set(

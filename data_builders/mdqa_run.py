@@ -25,10 +25,10 @@ from data_builders.paraphrase_mdqa import (
     make_sample,
     sample_id,
 )
-from data_builders.tokens import get_token_counter
 from data_builders.writer import ShardWriter, depth_histogram, length_histogram, write_stats
-from longqa.errors import LongqaError
-from longqa.llm import run_sync
+from longqa.core.errors import LongqaError
+from longqa.data.llm import run_sync
+from longqa.data.tokens import get_token_counter
 
 # options that do not change what a sample contains (may differ between a run and its resume)
 _RUNTIME = {

@@ -35,7 +35,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from data_builders.text import count_words, detect_lang
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 TASK = "mix"
 
@@ -226,7 +226,7 @@ def _from_alpaca(rec: dict[str, Any], source: str) -> tuple[dict[str, Any] | Non
 def _from_messages(rec: dict[str, Any], source: str) -> tuple[dict[str, Any] | None, str]:
     from pydantic import ValidationError
 
-    from data_builders.schema import Sample
+    from longqa.data.schema import Sample
 
     if "id" in rec and "task" in rec:
         try:
@@ -319,7 +319,7 @@ def build(options: Options) -> dict:
     """Write the shuffled mixture, stats.json and README.md (the dataset card) to ``options.out``."""
     from data_builders.dataset_card import render_card
     from data_builders.writer import ShardWriter, length_histogram, write_stats
-    from longqa.paths import atomic_write_text
+    from longqa.core.paths import atomic_write_text
 
     sources = parse_inputs(options.inputs)
     rng = random.Random(options.seed)

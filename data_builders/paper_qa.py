@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_builders.text import count_words, detect_lang
-from longqa.llm import run_sync
+from longqa.data.llm import run_sync
 
 TASK = "paper-qa"
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -206,7 +206,7 @@ async def _llm_qa(
     """Ask up to ``max_attempts`` times; a quote must verify against the passage (a near-verbatim
     one is replaced by the passage's own words, so every kept quote is a true copy)."""
     from data_builders.verify import verify_quote
-    from longqa.llm import LLMError, parse_json_object
+    from longqa.data.llm import LLMError, parse_json_object
 
     quoting = opts.answer_style == "quote-first"
     required = ("question", "original_text", "answer") if quoting else ("question", "answer")
@@ -277,8 +277,8 @@ def _jobs(options: Options, counts: Counter, counter: Any) -> Any:
 def build(options: Options) -> dict:
     """Write paper-QA samples to ``options.out``; returns the stats (also stats.json)."""
     from data_builders.paper_summary import make_sample
-    from data_builders.tokens import get_token_counter
     from data_builders.writer import ShardWriter, length_histogram, write_stats
+    from longqa.data.tokens import get_token_counter
 
     counts: Counter = Counter()
     reasons: Counter = Counter()
@@ -286,8 +286,8 @@ def build(options: Options) -> dict:
     lengths: list[int] = []
     client = None
     if options.generator == "llm":
-        from longqa.errors import LongqaError
-        from longqa.llm import LLMClient
+        from longqa.core.errors import LongqaError
+        from longqa.data.llm import LLMClient
 
         if not options.model:
             raise LongqaError("--generator llm needs --model (or use --generator extractive)")

@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data_builders import mdqa_sample as ms
 from data_builders.corpus import Corpus, Document
-from data_builders.tokens import TokenCounter, count_messages
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
+from longqa.data.tokens import TokenCounter, count_messages
 
 TASK = "paraphrase-mdqa"
 
@@ -253,7 +253,7 @@ def _sample(ctx, i, docs, turns, messages, n_tokens, lang):  # noqa: ANN001, ANN
 def _make_client(opts: Options, out: Path) -> Any:
     if opts.generator != "llm":
         return None
-    from longqa.llm import LLMClient
+    from longqa.data.llm import LLMClient
 
     if not opts.base_url and not opts.model:
         raise LongqaError(

@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 BUILDERS: dict[str, str] = {
     "paraphrase-mdqa": "data_builders.paraphrase_mdqa:build",

@@ -29,8 +29,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from longqa.errors import LongqaError
-from longqa.paths import atomic_write_json, atomic_write_text
+from longqa.core.errors import LongqaError
+from longqa.core.paths import atomic_write_json, atomic_write_text
 
 STATE_FILE = ".build_state.json"
 

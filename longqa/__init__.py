@@ -2,10 +2,10 @@
 
 Library entry points (the CLI in ``longqa.cli`` is a thin layer over these):
 
-- ``longqa.recipe.load_recipe`` — typed recipes from ``recipes/*.yaml`` with dotted overrides.
+- ``longqa.config.recipe.load_recipe`` — typed recipes from ``recipes/*.yaml`` with dotted overrides.
 - ``longqa.ops.rope_scaling`` — pure-torch RoPE scaling methods (a registry).
-- ``longqa.rope_patch.apply_rope_scaling`` / ``revert_rope_scaling`` — patch HF Llama/Qwen2 models.
-- ``longqa.models.load_model`` / ``load_tokenizer`` — local folders, hub ids, GGUF files, aliases.
+- ``longqa.patch.rope.apply_rope_scaling`` / ``revert_rope_scaling`` — patch HF Llama/Qwen2 models.
+- ``longqa.models.loading.load_model`` / ``load_tokenizer`` — local folders, hub ids, GGUF files, aliases.
 """
 
 __version__ = "0.1.0"

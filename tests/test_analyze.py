@@ -9,11 +9,11 @@ import torch
 from tiny import tiny_llama_config
 from transformers import LlamaForCausalLM
 
-from data_builders.schema import Sample, read_samples
 from longqa.analyze.attention import attention_profile, bin_context_attention
 from longqa.analyze.effective import ablate, effective_tokens
 from longqa.analyze.runner import attention_inputs, relevant_targets
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
+from longqa.data.schema import Sample, read_samples
 
 DOC = (
     "Document 7:\nThe warehouse inventory codes are: plover 4821, marten 9034, quetzal 1177, "

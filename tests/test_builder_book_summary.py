@@ -7,8 +7,8 @@ import json
 from builder_texts import paragraphs, prose
 
 from data_builders.book_summary import Options, build, split_chapters
-from data_builders.schema import read_samples
-from data_builders.tokens import get_token_counter
+from longqa.data.schema import read_samples
+from longqa.data.tokens import get_token_counter
 
 
 def test_split_chapters_english_chinese_markdown_and_none():

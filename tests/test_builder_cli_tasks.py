@@ -10,8 +10,8 @@ from pathlib import Path
 from builder_texts import en_paper, paragraphs, prose, zh_paper
 from typer.testing import CliRunner
 
-from data_builders.schema import read_samples
 from longqa.cli.app import app
+from longqa.data.schema import read_samples
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,9 +8,9 @@ import pytest
 from builder_texts import prose
 
 from data_builders.long_pretrain import ApproxCodec, HFCodec, Options, build, pack
-from data_builders.schema import read_samples
 from data_builders.text import count_words
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
+from longqa.data.schema import read_samples
 
 
 def test_pack_exact_lengths_in_order_and_tail():
@@ -150,7 +150,7 @@ def test_real_tokenizer_exact_lengths(essays_dir, tmp_path):
     stats = build(opts)
     samples, ids = _all_ids(tmp_path / "o")
     assert samples and all(len(s.meta["input_ids"]) == 8192 for s in samples)
-    from longqa.models import load_tokenizer
+    from longqa.models.loading import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
     assert tok.decode(ids).count("<s>") >= stats["selected_documents"] - 1

@@ -10,8 +10,8 @@ import pytest
 from builder_texts import en_paper, paragraphs, zh_paper
 
 from data_builders.mix import Options, apportion, build, convert
-from data_builders.schema import read_samples
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
+from longqa.data.schema import read_samples
 
 
 def test_convert_formats():

@@ -12,9 +12,9 @@ from stub_openai_server import StubOpenAIServer, StubReply
 
 from data_builders.corpus import clean_text
 from data_builders.paper_qa import Options, build, pick_passage
-from data_builders.schema import read_samples
 from data_builders.text import count_words
 from data_builders.verify import verify_quote
+from longqa.data.schema import read_samples
 
 
 @pytest.mark.parametrize("lang,limit", [("en", 120), ("zh", 300)])
@@ -120,7 +120,7 @@ def test_llm_generator_quote_first_with_stub_server(tmp_path):
 
 
 def test_llm_generator_needs_model(tmp_path):
-    from longqa.errors import LongqaError
+    from longqa.core.errors import LongqaError
 
     with pytest.raises(LongqaError, match="--model"):
         build(Options(input=_papers(tmp_path / "p"), out=tmp_path / "o", generator="llm"))

@@ -8,7 +8,7 @@ import re
 from builder_texts import en_paper, prose, zh_paper
 
 from data_builders.paper_summary import Options, build, split_abstract
-from data_builders.schema import read_samples
+from longqa.data.schema import read_samples
 
 
 def _squash(text: str) -> str:
@@ -80,7 +80,7 @@ def test_too_long_and_strict(tmp_path):
     bad.write_text('{"text": "x"}\n{oops\n')
     import pytest
 
-    from longqa.errors import LongqaError
+    from longqa.core.errors import LongqaError
 
     with pytest.raises(LongqaError, match=r"bad\.jsonl:2"):
         build(Options(input=bad, out=tmp_path / "o2", tokenizer="approx", strict=True))

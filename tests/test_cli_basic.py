@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from longqa.cli import doctor as doctor_mod
 from longqa.cli.app import app
-from longqa.errors import LongqaError
-from longqa.recipe import list_recipes, load_recipe
+from longqa.config.recipe import list_recipes, load_recipe
+from longqa.core.errors import LongqaError
 
 runner = CliRunner()
 
@@ -116,7 +116,7 @@ def test_models_convert_reports_missing_source(tmp_path: Path) -> None:
 
 
 def test_models_convert_without_converter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "longqa.qwen_convert", None)
+    monkeypatch.setitem(sys.modules, "longqa.models.qwen_convert", None)
     result = runner.invoke(app, ["models", "convert", str(tmp_path), str(tmp_path / "o")])
     assert isinstance(result.exception, LongqaError)
     assert "not available" in str(result.exception)

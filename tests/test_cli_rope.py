@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from longqa.cli.app import app
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 from longqa.ops.rope_scaling import compute_rope
 
 runner = CliRunner()

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from data_builders.corpus import clean_text, read_corpus, split_passages
-from data_builders.schema import read_samples
-from data_builders.tokens import ApproxTokenCounter, count_messages, get_token_counter
 from data_builders.writer import ShardWriter, depth_histogram, histogram, length_histogram
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
+from longqa.data.schema import read_samples
+from longqa.data.tokens import ApproxTokenCounter, count_messages, get_token_counter
 
 PARA = "Alpha beta gamma delta epsilon. Zeta eta theta iota kappa! Lambda mu nu xi omicron? "
 

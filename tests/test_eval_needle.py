@@ -7,7 +7,7 @@ import json
 import pytest
 from eval_fixtures import ESSAYS, tiny_llama, tiny_tokenizer
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 from longqa.eval import needle as nd
 
 TEXT = "Alpha beta gamma. Delta epsilon! Zeta eta theta? Iota kappa lambda. Mu nu xi omicron."

@@ -8,7 +8,7 @@ import pytest
 from eval_fixtures import ESSAYS, tiny_llama, tiny_tokenizer
 
 from data_builders.longbench_pr import Options, build, extractive_summary
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 from longqa.eval import passage_retrieval as pr
 
 # Cases written from LongBench's rule: the id N of "Paragraph N"/"段落N" in the ground truth;

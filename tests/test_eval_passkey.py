@@ -7,7 +7,8 @@ import json
 import pytest
 from eval_fixtures import tiny_llama, tiny_tokenizer
 
-from longqa.errors import LongqaError
+from longqa.config.recipe import RopeConfig
+from longqa.core.errors import LongqaError
 from longqa.eval import passkey as pk
 from longqa.eval.runner import (
     GreedyGenerator,
@@ -15,7 +16,6 @@ from longqa.eval.runner import (
     common_prefix_len,
     context_warnings,
 )
-from longqa.recipe import RopeConfig
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +104,8 @@ def test_batched_left_padded_matches_single(tok, model):
 
 
 def test_dynamic_rope_reuses_only_equal_length_prompts(tok, model):
-    pytest.importorskip("longqa.rope_patch")
-    from longqa.rope_patch import apply_rope_scaling, revert_rope_scaling
+    pytest.importorskip("longqa.patch.rope")
+    from longqa.patch.rope import apply_rope_scaling, revert_rope_scaling
 
     spec = RopeConfig(method="dynamic-yarn")
     apply_rope_scaling(model, spec)

@@ -66,7 +66,7 @@ def test_run_perplexity_files_and_full_window_value(tmp_path):
 
 
 def test_perplexity_bad_data(tmp_path):
-    from longqa.errors import LongqaError
+    from longqa.core.errors import LongqaError
 
     (tmp_path / "x.jsonl").write_text('{"txt": "no text field"}\n')
     with pytest.raises(LongqaError, match=r"x\.jsonl:1: field 'text' missing"):
@@ -106,7 +106,7 @@ def _cli(args):
 
 
 def test_cli_bad_inputs_fail_before_loading_a_model(tmp_path):
-    from longqa.errors import LongqaError
+    from longqa.core.errors import LongqaError
 
     (tmp_path / "bad.jsonl").write_text(
         '{"input": "a", "context": "b", "answers": ["Paragraph 1"]}\n'
@@ -130,7 +130,7 @@ def test_cli_bad_inputs_fail_before_loading_a_model(tmp_path):
 
 
 def test_cli_rope_flags_are_checked_before_loading_a_model(tmp_path):
-    from longqa.errors import LongqaError
+    from longqa.core.errors import LongqaError
 
     doc = tmp_path / "doc.txt"
     doc.write_text("Some text to score. " * 20)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from longqa.errors import LongqaError
-from longqa.recipe import ModelConfig, Recipe, RopeConfig, TrainConfig
+from longqa.config.recipe import ModelConfig, Recipe, RopeConfig, TrainConfig
+from longqa.core.errors import LongqaError
 
 L0 = 64  # tiny model's pretraining window
 
@@ -63,7 +63,7 @@ def make_bundle(tmp: Path, rope: dict | None, max_length: int, base: Path | None
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from longqa.adapters import save_adapter_bundle
+    from longqa.models.adapters import save_adapter_bundle
 
     base = base or make_tiny_llama(tmp / "base")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
@@ -98,9 +98,9 @@ CASES = {
 def test_merged_export_matches_patched_training_model(tmp_path, case):
     from transformers import AutoModelForCausalLM
 
-    from longqa.adapters import load_model_with_adapter
-    from longqa.export import export_adapter
-    from longqa.rope_patch import LongqaRotaryEmbedding, revert_rope_scaling
+    from longqa.models.adapters import load_model_with_adapter
+    from longqa.models.export import export_adapter
+    from longqa.patch.rope import LongqaRotaryEmbedding, revert_rope_scaling
 
     rope, max_length, length = CASES[case]
     adapter = make_bundle(tmp_path, rope, max_length)
@@ -139,8 +139,8 @@ def test_dynamic_yarn_differs_below_trained_length(tmp_path):
     """The warning is real: at a short prompt, training-time dynamic yarn used a smaller scale."""
     from transformers import AutoModelForCausalLM
 
-    from longqa.adapters import load_model_with_adapter
-    from longqa.export import export_adapter
+    from longqa.models.adapters import load_model_with_adapter
+    from longqa.models.export import export_adapter
 
     adapter = make_bundle(tmp_path, CASES["dynamic-yarn"][0], 192)
     trained, _, _ = load_model_with_adapter(adapter, dtype="float32")
@@ -155,7 +155,7 @@ def test_adapter_only_export_and_bf16_default(tmp_path):
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from longqa.export import export_adapter
+    from longqa.models.export import export_adapter
 
     adapter = make_bundle(tmp_path, {"method": "yarn", "factor": 4.0}, 256)
     export_adapter(adapter, tmp_path / "keep", merge=False)
@@ -177,7 +177,7 @@ def test_adapter_only_export_and_bf16_default(tmp_path):
 
 
 def test_bad_input(tmp_path):
-    from longqa.export import check_supported_checkpoint, export_adapter
+    from longqa.models.export import check_supported_checkpoint, export_adapter
 
     adapter = make_bundle(tmp_path, {"method": "yarn", "factor": 4.0}, 256)
     other = make_tiny_llama(tmp_path / "other", seed=1)
@@ -214,7 +214,7 @@ def test_from_nf4_merges_into_dequantised_weights(tmp_path):
     bnb_f = pytest.importorskip("bitsandbytes.functional")
     from safetensors.torch import load_file
 
-    from longqa.export import export_adapter
+    from longqa.models.export import export_adapter
 
     adapter = make_bundle(tmp_path, {"method": "yarn", "factor": 4.0}, 256)
     export_adapter(adapter, tmp_path / "nf4", merge=True, dtype="float32", from_nf4=True)

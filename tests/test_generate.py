@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from longqa.cli.app import app
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 try:  # tiny model + adapter bundle builders shared with the export tests
     from tests.test_export import make_bundle, make_tiny_llama
@@ -83,7 +83,7 @@ def test_chat_two_turns_keeps_history(tiny):
 
 
 def test_long_prompt_warns_not_truncates(tiny, tmp_path):
-    from longqa.generate import generate_text
+    from longqa.eval.generate import generate_text
 
     base, model, tok = tiny
     long_text = "abcdefghij" * 10  # 100 byte tokens > the 64-token window
@@ -111,7 +111,7 @@ def test_long_prompt_warns_not_truncates(tiny, tmp_path):
 
 
 def test_rope_spec_comes_from_adapter(tmp_path):
-    from longqa.adapters import load_model_with_adapter
+    from longqa.models.adapters import load_model_with_adapter
 
     adapter = make_bundle(tmp_path, {"method": "yarn", "factor": 4.0}, 256)
     trained, tok, spec = load_model_with_adapter(adapter, dtype="float32")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from data_builders.verify import verify_quote
-from longqa.llm import LLMClient, LLMError, parse_json_object
+from longqa.data.llm import LLMClient, LLMError, parse_json_object
 
 sys.path.insert(0, str(Path(__file__).parent))
 from stub_openai_server import QAResponder, StubOpenAIServer, StubReply  # noqa: E402
@@ -165,7 +165,7 @@ def test_run_sync_works_inside_a_running_event_loop():
     """Builders call run_sync; in Jupyter an event loop is already running."""
     import asyncio
 
-    from longqa.llm import run_sync
+    from longqa.data.llm import run_sync
 
     async def double(x: int) -> int:
         await asyncio.sleep(0)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from longqa import models
-from longqa.errors import LongqaError
-from longqa.recipe import ModelConfig
+from longqa.config.recipe import ModelConfig
+from longqa.core.errors import LongqaError
+from longqa.models import loading as models
 
 
 @pytest.fixture
@@ -212,10 +212,10 @@ def test_original_qwen_hook_is_called(
 ) -> None:
     path, _ = tiny_llama
     seen: list[str] = []
-    fake = types.ModuleType("longqa.qwen_convert")
+    fake = types.ModuleType("longqa.models.qwen_convert")
     fake.is_original_qwen = lambda p: Path(p) == tmp_path
     fake.ensure_converted = lambda p: seen.append(str(p)) or path
-    monkeypatch.setitem(sys.modules, "longqa.qwen_convert", fake)
+    monkeypatch.setitem(sys.modules, "longqa.models.qwen_convert", fake)
     (tmp_path / "config.json").write_text('{"model_type": "qwen"}')
     model = models.load_model(str(tmp_path), dtype="float32")
     assert seen == [str(tmp_path)] and model.config.model_type == "llama"
@@ -228,7 +228,9 @@ def test_loading_works_without_the_qwen_converter(
     tiny_llama: tuple[Path, torch.nn.Module], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, _ = tiny_llama
-    monkeypatch.setitem(sys.modules, "longqa.qwen_convert", None)  # import raises ImportError
+    monkeypatch.setitem(
+        sys.modules, "longqa.models.qwen_convert", None
+    )  # import raises ImportError
     assert models.load_model(str(path), dtype="float32").config.model_type == "llama"
     with pytest.raises(LongqaError, match="original-Qwen conversion is not available"):
         models.load_model(str(path), layout="original-qwen")

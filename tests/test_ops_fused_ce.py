@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 from longqa.ops.fused_ce import chunked_linear_cross_entropy
 
 BACKENDS = ["torch", "triton"]

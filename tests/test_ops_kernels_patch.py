@@ -13,11 +13,11 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from transformers.models.llama import modeling_llama
 from transformers.models.qwen2 import modeling_qwen2
 
-from longqa import kernels_patch
-from longqa.errors import LongqaError
-from longqa.kernels_patch import apply_kernels, fused_causal_lm_loss, revert_kernels
+from longqa.config.recipe import KernelsConfig, MemoryConfig
+from longqa.core.errors import LongqaError
 from longqa.ops.offload import ActivationOffloader
-from longqa.recipe import KernelsConfig, MemoryConfig
+from longqa.patch import kernels as kernels_patch
+from longqa.patch.kernels import apply_kernels, fused_causal_lm_loss, revert_kernels
 
 TINY = TINY_SHAPE
 FAMILIES = {

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 from longqa.ops.rope_triton import _launch, fused_rope, rope_reference
 
 TOL = {

@@ -15,11 +15,11 @@ import pytest
 
 from data_builders.corpus import read_corpus
 from data_builders.paraphrase_mdqa import Options, _Context, build
-from data_builders.schema import read_samples
-from data_builders.tokens import get_token_counter
 from data_builders.verify import verify_quote
 from longqa.cli.build_data import run_builder
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
+from longqa.data.schema import read_samples
+from longqa.data.tokens import get_token_counter
 
 sys.path.insert(0, str(Path(__file__).parent))
 from stub_openai_server import QAResponder, StubOpenAIServer  # noqa: E402
@@ -264,7 +264,7 @@ def test_extractive_with_real_smollm2_tokenizer(tmp_path: Path):
     stats = build(opts)
     assert stats["samples"] == 4
     samples = check_samples(tmp_path / "out", opts)
-    from longqa.models import load_tokenizer
+    from longqa.models.loading import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
     for s in samples:  # the real chat template agrees with the recorded length (+- markup)

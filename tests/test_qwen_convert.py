@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from longqa.errors import LongqaError
-from longqa.qwen_convert import convert_checkpoint, ensure_converted, is_original_qwen
-from longqa.qwen_tokenizer import (
+from longqa.core.errors import LongqaError
+from longqa.models.qwen_convert import convert_checkpoint, ensure_converted, is_original_qwen
+from longqa.models.qwen_tokenizer import (
     CHATML_TEMPLATE,
     PAT_STR,
     build_qwen_tokenizer,
@@ -281,8 +281,8 @@ def test_conversion_carries_tokenizer_and_bad_tiktoken(tmp_path):
 
 
 def test_load_model_converts_original_qwen_on_the_fly(tmp_path, monkeypatch):
-    from longqa.export import check_supported_checkpoint
-    from longqa.models import load_model
+    from longqa.models.export import check_supported_checkpoint
+    from longqa.models.loading import load_model
 
     monkeypatch.setenv("LONGQA_CACHE", str(tmp_path / "cache"))
     sd = make_original_state(seed=5)

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from longqa.errors import LongqaError
-from longqa.recipe import (
+from longqa.config.recipe import (
     apply_overrides,
     dump_recipe,
     list_recipes,
@@ -16,6 +15,7 @@ from longqa.recipe import (
     recipe_from_dict,
     recipes_dir,
 )
+from longqa.core.errors import LongqaError
 
 SHIPPED = sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from longqa.errors import LongqaError
-from longqa.recipe import RopeConfig
-from longqa.rope_patch import (
+from longqa.config.recipe import RopeConfig
+from longqa.core.errors import LongqaError
+from longqa.patch.rope import (
     LongqaRotaryEmbedding,
     addressable_length,
     apply_rope_scaling,
@@ -254,7 +254,7 @@ def test_unsupported_model_is_an_error():
 def test_real_smollm2_yarn_matches_transformers_and_reverts():
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from longqa.models import alias_gguf_path, load_model
+    from longqa.models.loading import alias_gguf_path, load_model
 
     try:
         alias_gguf_path("smollm2-135m")

@@ -9,7 +9,8 @@ import torch
 from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from longqa.errors import LongqaError
+from longqa.config.recipe import RopeConfig
+from longqa.core.errors import LongqaError
 from longqa.ops.rope_scaling import (
     available_methods,
     check_params,
@@ -17,7 +18,6 @@ from longqa.ops.rope_scaling import (
     is_dynamic,
     rope_report,
 )
-from longqa.recipe import RopeConfig
 
 HEAD_DIM = 16
 L0 = 64

@@ -8,17 +8,17 @@ import pytest
 import torch
 from train_fixtures import tiny_model_dir, tiny_recipe, write_jsonl
 
-from longqa.adapters import (
+from longqa.core.errors import LongqaError
+from longqa.models.adapters import (
     is_adapter_dir,
     load_model_with_adapter,
     read_adapter_info,
     save_adapter_bundle,
 )
-from longqa.errors import LongqaError
 
 
 def _bundle(tmp_path, rope=None):
-    from longqa.recipe import RopeConfig
+    from longqa.config.recipe import RopeConfig
     from longqa.train.model import build_trainable_model, runtime_for
 
     model_dir = tiny_model_dir(tmp_path)
@@ -57,7 +57,7 @@ def test_bundle_round_trip_reproduces_outputs(tmp_path):
 
 
 def test_rope_spec_is_reapplied_on_load(tmp_path):
-    from longqa.rope_patch import get_rope_spec
+    from longqa.patch.rope import get_rope_spec
 
     spec = {"method": "linear", "factor": 4.0, "original_max_position_embeddings": 512}
     model, recipe, out, _ = _bundle(tmp_path, rope=spec)

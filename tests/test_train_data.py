@@ -7,7 +7,7 @@ import json
 import pytest
 from train_fixtures import tiny_tokenizer, write_jsonl
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 from longqa.train.data import (
     IGNORE_INDEX,
     load_records,

@@ -7,8 +7,8 @@ import torch
 from train_fixtures import tiny_model_dir, tiny_recipe, toy_sft_rows, write_jsonl
 from transformers import TrainerCallback
 
-from longqa.adapters import load_model_with_adapter, read_adapter_info
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
+from longqa.models.adapters import load_model_with_adapter, read_adapter_info
 from longqa.train.metrics import read_log
 from longqa.train.trainer import prepare_recipe, run_training
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from longqa.recipe import load_recipe
+from longqa.config.recipe import load_recipe
 from longqa.train.plan import GB, KNOWN_SHAPES, ModelShape, estimate_bytes, plan_memory
 
 

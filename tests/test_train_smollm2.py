@@ -17,8 +17,8 @@ pytestmark = [
 
 
 def test_recipe_trains_one_step_per_phase_and_saves_bundle(tmp_path):
-    from longqa.adapters import read_adapter_info
-    from longqa.recipe import load_recipe
+    from longqa.config.recipe import load_recipe
+    from longqa.models.adapters import read_adapter_info
     from longqa.train.metrics import read_log
     from longqa.train.trainer import run_training
 

@@ -89,7 +89,7 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 def tiny_recipe(model_dir: Path, data: Path, out: Path, **train: Any) -> Any:
     """A recipe for the tiny model: float32, no quantization, one sft phase."""
-    from longqa.recipe import recipe_from_dict
+    from longqa.config.recipe import recipe_from_dict
 
     tc = {
         "lr": 5e-3,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from longqa.plotting import pyplot as _pyplot
-from longqa.plotting import save_figure
+from longqa.core.plotting import pyplot as _pyplot
+from longqa.core.plotting import save_figure
 
 
 def plot_gap_histograms(

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from data_builders.schema import Sample, read_samples
 from longqa.analyze.attention import AttentionProfile, attention_profile
 from longqa.analyze.effective import EffectiveResult, ablate, effective_tokens
-from longqa.errors import LongqaError
-from longqa.paths import atomic_write_json
+from longqa.core.errors import LongqaError
+from longqa.core.paths import atomic_write_json
+from longqa.data.schema import Sample, read_samples
 
 
 def relevant_targets(sample: Sample) -> tuple[list[str], list[str | None]]:

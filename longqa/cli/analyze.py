@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from longqa.cli.eval import AdapterOpt, FactorOpt, ModelOpt, OrigOpt, RopeOpt
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 app = typer.Typer(
     help="Measure effective tokens and attention shape (U vs W).", no_args_is_help=True
@@ -22,7 +22,7 @@ app = typer.Typer(
 
 
 def _spec(rope: str | None, factor: float | None, original_length: int | None):
-    from longqa.rope_patch import rope_spec_from_options
+    from longqa.patch.rope import rope_spec_from_options
 
     if rope is None and (factor is not None or original_length is not None):
         raise LongqaError("--factor/--original-length need --rope METHOD")

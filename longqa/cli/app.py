@@ -23,7 +23,7 @@ from longqa.cli import (
     rope,
     train,
 )
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 app = typer.Typer(
     name="longqa",

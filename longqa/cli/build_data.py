@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 
 def _parse_opts(pairs: list[str]) -> dict[str, Any]:

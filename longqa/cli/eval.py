@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 app = typer.Typer(help="Evaluate long-context ability (results.jsonl + summary.json in --out).")
 
@@ -84,7 +84,7 @@ ROPE_FLAGS = (
 def _load(params: dict[str, Any]):
     """Model + adapter + RoPE spec from a command's parameters (its ``locals()``)."""
     from longqa.eval.runner import load_for_eval
-    from longqa.rope_patch import rope_spec_from_options
+    from longqa.patch.rope import rope_spec_from_options
 
     rope_kw = {k: params[k] for k in ROPE_FLAGS}
     given = [k for k, v in rope_kw.items() if v is not None]

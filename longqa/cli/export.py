@@ -1,6 +1,6 @@
 """`longqa export`: a trained adapter → a folder standard inference engines load with the right RoPE.
 
-Thin wrapper over :func:`longqa.export.export_adapter`.
+Thin wrapper over :func:`longqa.models.export.export_adapter`.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ def export(
 
     from rich.console import Console
 
-    from longqa.errors import LongqaError
-    from longqa.export import export_adapter
+    from longqa.core.errors import LongqaError
+    from longqa.models.export import export_adapter
 
     if dtype not in ("bfloat16", "float16", "float32"):
         raise LongqaError(f"--dtype {dtype}: expected bfloat16, float16 or float32")
-    logging.getLogger("longqa.export").setLevel(logging.ERROR)  # warnings are printed below
+    logging.getLogger("longqa.models.export").setLevel(logging.ERROR)  # warnings are printed below
     err = Console(stderr=True)
     with err.status(f"exporting {adapter} → {out}"):
         summary = export_adapter(

@@ -1,6 +1,6 @@
 """`longqa generate`: stream a reply from a base model (+ adapter, + RoPE spec), or chat with it.
 
-Thin wrapper over :mod:`longqa.generate`.
+Thin wrapper over :mod:`longqa.eval.generate`.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ def generate(
     """Generate from a prompt file (or stdin), streaming the reply to stdout; --chat for a loop."""
     from rich.console import Console
 
-    from longqa.errors import LongqaError
-    from longqa.generate import chat_loop, generate_text, load_for_generation
-    from longqa.rope_patch import rope_spec_from_options
+    from longqa.core.errors import LongqaError
+    from longqa.eval.generate import chat_loop, generate_text, load_for_generation
+    from longqa.patch.rope import rope_spec_from_options
 
     err = Console(stderr=True)
     spec = rope_spec_from_options(

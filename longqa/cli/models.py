@@ -1,6 +1,6 @@
 """`longqa models list|prepare|convert`: see which base models are ready, convert them once.
 
-Thin wrappers over :mod:`longqa.models` and :mod:`longqa.qwen_convert`.
+Thin wrappers over :mod:`longqa.models.loading` and :mod:`longqa.models.qwen_convert`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 app = typer.Typer(
     help="Model aliases, one-time GGUF preparation, original-Qwen conversion.", no_args_is_help=True
@@ -22,7 +22,7 @@ def list_cmd() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from longqa.models import list_models
+    from longqa.models.loading import list_models
 
     table = Table(title="model aliases")
     for col in ("alias", "prepared", "path", "description"):
@@ -43,7 +43,7 @@ def prepare(
     name: str = typer.Argument(..., help="alias (e.g. smollm2-135m), .gguf file, or local folder"),
 ) -> None:
     """Convert a model once into the cache so later loads are fast and offline."""
-    from longqa.models import is_prepared, prepare_model
+    from longqa.models.loading import is_prepared, prepare_model
 
     already = is_prepared(name)
     path = prepare_model(name, progress=True)
@@ -57,7 +57,7 @@ def convert(
 ) -> None:
     """Convert an original-Qwen checkpoint to the native transformers Qwen2 layout on disk."""
     try:
-        from longqa.qwen_convert import convert_checkpoint
+        from longqa.models.qwen_convert import convert_checkpoint
     except (ImportError, AttributeError):
         raise LongqaError("`longqa models convert` is not available yet in this install") from None
     result = convert_checkpoint(src, out, progress=True)

@@ -1,6 +1,6 @@
 """`longqa recipes list|show`: the shipped training recipes and their resolved values.
 
-Thin wrappers over :mod:`longqa.recipe`.
+Thin wrappers over :mod:`longqa.config.recipe`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def list_cmd() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from longqa.recipe import list_recipes, load_recipe
+    from longqa.config.recipe import list_recipes, load_recipe
 
     table = Table(title="recipes")
     table.add_column("name", no_wrap=True)
@@ -34,6 +34,6 @@ def show(
     ),
 ) -> None:
     """Print the resolved recipe (defaults filled in, overrides applied) as YAML."""
-    from longqa.recipe import dump_recipe, load_recipe
+    from longqa.config.recipe import dump_recipe, load_recipe
 
     typer.echo(dump_recipe(load_recipe(name, overrides or None)), nl=False)

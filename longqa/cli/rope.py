@@ -45,9 +45,9 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Print each rotary pair's wavelength before/after scaling and the attention factor."""
-    from longqa.errors import LongqaError
+    from longqa.core.errors import LongqaError
     from longqa.ops.rope_scaling import is_dynamic, rope_report
-    from longqa.rope_patch import rope_spec_from_options
+    from longqa.patch.rope import rope_spec_from_options
 
     for name, value in (("original-length", original_length), ("head-dim", head_dim)):
         if value < 1:

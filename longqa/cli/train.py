@@ -33,7 +33,7 @@ def train(
     """Train a LoRA adapter with the recipe's RoPE scaling (phases: pretrain, sft)."""
     from rich.console import Console
 
-    from longqa.recipe import load_recipe
+    from longqa.config.recipe import load_recipe
 
     rec = load_recipe(recipe, overrides=set_ or [])
     if plan:

@@ -22,9 +22,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from longqa.errors import LongqaError
-from longqa.paths import atomic_write_json
-from longqa.recipe import RopeConfig
+from longqa.config.recipe import RopeConfig
+from longqa.core.errors import LongqaError
+from longqa.core.paths import atomic_write_json, shared_essays
 
 NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
 QUESTION = "What is the best thing to do in San Francisco?"
@@ -37,8 +37,7 @@ _SENTENCE_END = ".!?。！？"
 
 def default_haystack() -> Path | None:
     """The shared essays corpus next to the repository, when present."""
-    cand = Path(__file__).resolve().parents[2].parent / "shared/corpora/paul_graham_essays"
-    return cand if cand.is_dir() else None
+    return shared_essays()
 
 
 def load_haystack(path: str | Path) -> str:
@@ -284,8 +283,8 @@ JUDGE_PROMPT = (
 
 
 def make_judge(model: str, base_url: str | None = None) -> Any:
-    """An OpenAI-compatible judge ``(question, answer, output) -> 0.0 | 1.0`` (``longqa.llm``)."""
-    from longqa.llm import LLMClient, LLMError, run_sync
+    """An OpenAI-compatible judge ``(question, answer, output) -> 0.0 | 1.0`` (``longqa.data.llm``)."""
+    from longqa.data.llm import LLMClient, LLMError, run_sync
 
     def judge(question: str, answer: str, output: str) -> float:
         async def ask() -> str:

@@ -21,9 +21,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from longqa.errors import LongqaError
-from longqa.paths import iter_jsonl
-from longqa.recipe import RopeConfig
+from longqa.config.recipe import RopeConfig
+from longqa.core.errors import LongqaError
+from longqa.core.paths import iter_jsonl
 
 PROMPTS = {
     "en": (
@@ -112,7 +112,7 @@ def default_max_length(model: Any, spec: RopeConfig | None) -> int:
     """Prompt token budget: what the model + RoPE spec address, minus generation and template."""
     config = getattr(model, "config", None)
     try:
-        from longqa.rope_patch import addressable_length
+        from longqa.patch.rope import addressable_length
 
         limit = addressable_length(config, spec)
     except ImportError:

@@ -21,8 +21,8 @@ from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
-from longqa.errors import LongqaError
-from longqa.recipe import RopeConfig
+from longqa.config.recipe import RopeConfig
+from longqa.core.errors import LongqaError
 
 TASK_LINE = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "

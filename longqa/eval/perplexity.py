@@ -22,9 +22,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from longqa.errors import LongqaError
-from longqa.paths import iter_jsonl
-from longqa.recipe import RopeConfig
+from longqa.config.recipe import RopeConfig
+from longqa.core.errors import LongqaError
+from longqa.core.paths import iter_jsonl
 
 
 def load_documents(path: str | Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""PNG figures for eval runs (matplotlib; headless outside notebooks, see ``longqa.plotting``).
+"""PNG figures for eval runs (matplotlib; headless outside notebooks, see ``longqa.core.plotting``).
 
 Usage::
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from longqa.plotting import pyplot as _pyplot
-from longqa.plotting import save_figure as _save
+from longqa.core.plotting import pyplot as _pyplot
+from longqa.core.plotting import save_figure as _save
 
 
 def plot_heatmap(

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from longqa.errors import LongqaError
-from longqa.paths import atomic_write_json, atomic_write_jsonl
+from longqa.core.errors import LongqaError
+from longqa.core.paths import atomic_write_json, atomic_write_jsonl
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"

@@ -29,7 +29,8 @@ from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
-from longqa.errors import LongqaError
+from longqa.config.recipe import RopeConfig
+from longqa.core.errors import LongqaError
 from longqa.eval.results import (  # noqa: F401  (re-exported: one import for task modules)
     RESULTS_FILE,
     RUN_FILE,
@@ -37,7 +38,6 @@ from longqa.eval.results import (  # noqa: F401  (re-exported: one import for ta
     ResultStore,
     read_run,
 )
-from longqa.recipe import RopeConfig
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -53,14 +53,14 @@ def load_for_eval(
     An adapter brings its own saved spec; an explicit ``rope`` overrides it (``method="none"``
     removes scaling). Returns ``(model, tokenizer, effective_spec_or_None)``.
     """
-    from longqa.rope_patch import apply_rope_scaling, revert_rope_scaling
+    from longqa.patch.rope import apply_rope_scaling, revert_rope_scaling
 
     if adapter:
-        from longqa.adapters import load_model_with_adapter
+        from longqa.models.adapters import load_model_with_adapter
 
         mdl, tok, spec = load_model_with_adapter(adapter, base=model or None, dtype=dtype)
     else:
-        from longqa.models import load_model, load_tokenizer
+        from longqa.models.loading import load_model, load_tokenizer
 
         mdl = load_model(model, dtype=dtype, quantization="none")
         tok = load_tokenizer(model)
@@ -96,7 +96,7 @@ def context_warnings(model: Any, spec: RopeConfig | None, lengths: Iterable[int]
     config = getattr(model, "config", None)
     limit: int | None
     try:
-        from longqa.rope_patch import addressable_length
+        from longqa.patch.rope import addressable_length
 
         limit = addressable_length(config, spec)
     except ImportError:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 _CACHE: dict[tuple[Callable[..., Any], bool], Any] = {}
 

@@ -17,7 +17,7 @@ import torch
 import triton.language as tl
 from torch import Tensor
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 from longqa.ops._triton_util import check_device, jit, next_pow2
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

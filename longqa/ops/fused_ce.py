@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 _BACKENDS = ("auto", "torch", "triton")
 

@@ -9,7 +9,7 @@ Usage::
     )
     # inv_freq: float32 [head_dim // 2]; cos/sin = cos/sin(pos * inv_freq) * attn
 
-``params`` is ``RopeConfig.model_dump()`` (see ``longqa.recipe``); missing keys take the defaults
+``params`` is ``RopeConfig.model_dump()`` (see ``longqa.config.recipe``); missing keys take the defaults
 below. ``params["base"]`` replaces the model's base before a method is applied (for ``abf`` it *is*
 the method), ``params["original_max_position_embeddings"]`` replaces the model's original window,
 ``params["attention_factor"]`` overrides any method's attention factor and, when ``factor`` is unset,
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 DEFAULTS: dict[str, Any] = {
     "factor": None,

@@ -8,7 +8,7 @@ Usage::
 
 Formats (one JSON object per line, or ``.txt`` files for plain text):
 
-* ``messages`` — the builders' schema (``data_builders/schema.py``): ``{"id", "task", "messages"}``
+* ``messages`` — the builders' schema (``longqa/data/schema.py``): ``{"id", "task", "messages"}``
   or ``{"id", "task", "text"}``.
 * ``sharegpt`` — ``{"conversations": [{"from": "human"|"gpt"|"system", "value": …}]}``.
 * ``alpaca`` — ``{"instruction", "input", "output"}`` (``input`` optional).
@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 IGNORE_INDEX = -100
 
@@ -110,7 +110,7 @@ def _convert(obj: Any, fmt: str, loc: str) -> Record:
         raise LongqaError(f"{loc}: expected a JSON object, got {type(obj).__name__}")
     kind = _detect_format(obj) if fmt == "auto" else fmt
     if kind == "messages":
-        from data_builders.schema import Sample
+        from longqa.data.schema import Sample
 
         try:
             s = Sample.model_validate(obj)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longqa.recipe import Recipe
+from longqa.config.recipe import Recipe
 
 
 @dataclass
@@ -107,7 +107,7 @@ def load_base(recipe: Recipe, rt: Runtime) -> tuple[Any, list[str]]:
     """The base model in 4-bit (or not), with the recipe's RoPE scaling applied."""
     import torch
 
-    from longqa.models import load_model
+    from longqa.models.loading import load_model
 
     notes: list[str] = []
     cfg = recipe.model
@@ -133,7 +133,7 @@ def load_base(recipe: Recipe, rt: Runtime) -> tuple[Any, list[str]]:
     else:
         notes.append(f"weights: {rt.dtype}, not quantized")
     if recipe.rope.method != "none":
-        from longqa.rope_patch import apply_rope_scaling
+        from longqa.patch.rope import apply_rope_scaling
 
         model = apply_rope_scaling(model, recipe.rope)
         notes.append(f"rope: {recipe.rope.method} factor {recipe.rope.factor}")
@@ -179,7 +179,7 @@ def build_trainable_model(
 def _apply_kernels(model: Any, recipe: Recipe) -> list[str]:
     """Fused RoPE / activation offloading per recipe (the fused CE switch is read by the loss)."""
     try:
-        from longqa.kernels_patch import apply_kernels
+        from longqa.patch.kernels import apply_kernels
     except ImportError:
         wanted = recipe.kernels.rope or recipe.memory.offload_activations
         return ["kernels: patch module unavailable, switches ignored"] if wanted else []

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from longqa.recipe import Recipe
+from longqa.config.recipe import Recipe
 
 GB = 2**30
 
@@ -99,7 +99,7 @@ def model_shape(recipe: Recipe) -> tuple[ModelShape, str]:
     try:
         from transformers import AutoConfig
 
-        from longqa.models import is_prepared, resolve_for_loading
+        from longqa.models.loading import is_prepared, resolve_for_loading
 
         if name in KNOWN_SHAPES and not is_prepared(name):
             raise LookupError  # don't convert a GGUF just to plan
@@ -121,7 +121,7 @@ def model_shape(recipe: Recipe) -> tuple[ModelShape, str]:
         for known, dims in sorted(KNOWN_SHAPES.items(), key=lambda kv: -len(kv[0])):
             if known in key:
                 return ModelShape(**dims), f"built-in shape '{known}'"
-    from longqa.errors import LongqaError
+    from longqa.core.errors import LongqaError
 
     raise LongqaError(
         f"--plan: cannot find the shape of model '{name}' (not on disk and not one of "
@@ -179,7 +179,7 @@ def estimate_bytes(
 
 def plan_memory(recipe: Recipe, gpu_mem_gb: float = 80.0, seq_len: int | None = None) -> MemoryPlan:
     """Estimate the peak GPU memory of one step at the recipe's longest length."""
-    from longqa.adapters import recipe_max_length
+    from longqa.models.adapters import recipe_max_length
 
     shape, source = model_shape(recipe)
     length = seq_len or recipe_max_length(recipe)

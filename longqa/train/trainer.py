@@ -2,7 +2,7 @@
 
 Usage::
 
-    from longqa.recipe import load_recipe
+    from longqa.config.recipe import load_recipe
     from longqa.train.trainer import run_training
     adapter_dir = run_training(load_recipe("smollm2-135m-yarn16k"), data="runs/data", max_steps=3)
 
@@ -25,10 +25,10 @@ from typing import Any
 
 from transformers import Trainer
 
-from longqa.adapters import is_adapter_dir, read_adapter_info, save_adapter_bundle
-from longqa.errors import LongqaError
-from longqa.paths import atomic_write_text
-from longqa.recipe import DatasetSpec, PhaseConfig, Recipe, dump_recipe, recipes_dir
+from longqa.config.recipe import DatasetSpec, PhaseConfig, Recipe, dump_recipe, recipes_dir
+from longqa.core.errors import LongqaError
+from longqa.core.paths import atomic_write_text
+from longqa.models.adapters import is_adapter_dir, read_adapter_info, save_adapter_bundle
 from longqa.train.data import (
     TokenizeStats,
     load_records,
@@ -219,7 +219,7 @@ def run_training(
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    from longqa.models import load_tokenizer
+    from longqa.models.loading import load_tokenizer
     from longqa.train.metrics import MetricsCallback
     from longqa.train.model import build_trainable_model, runtime_for
 

@@ -1,6 +1,6 @@
 """Matplotlib plumbing shared by every figure longqa writes.
 
-    from longqa.plotting import pyplot, save_figure
+    from longqa.core.plotting import pyplot, save_figure
     plt = pyplot()
     fig, ax = plt.subplots()
     save_figure(fig, "runs/x/plot.png")

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from longqa.export import export_adapter, hf_rope_parameters
+    from longqa.models.export import export_adapter, hf_rope_parameters
     export_adapter("runs/qwen14b-yarn32k/adapter", "exports/qwen14b-32k", merge=True)
 
 ``merge=True`` loads the base model un-quantised in ``dtype`` (bfloat16 by default; a base that is
@@ -28,8 +28,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from longqa.errors import LongqaError
-from longqa.paths import atomic_write_json
+from longqa.core.errors import LongqaError
+from longqa.core.paths import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,14 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_mo
 
 def supported_model_types() -> tuple[str, ...]:
     """Model types longqa can load, patch and export (plus original Qwen, converted on load)."""
-    from longqa.rope_patch import SUPPORTED_MODEL_TYPES
+    from longqa.patch.rope import SUPPORTED_MODEL_TYPES
 
     return (*SUPPORTED_MODEL_TYPES, ORIGINAL_QWEN)
 
 
 def check_supported_checkpoint(name: str) -> None:
     """One-line error when a local checkpoint is of an architecture longqa does not support."""
-    from longqa.models import resolve_model_path
+    from longqa.models.loading import resolve_model_path
 
     path = Path(resolve_model_path(name))
     cfg_file = path / "config.json"
@@ -59,7 +59,7 @@ def check_supported_checkpoint(name: str) -> None:
         raise LongqaError(f"{cfg_file}: invalid JSON ({exc.msg})") from None
     if model_type in supported_model_types():
         return
-    from longqa.qwen_convert import is_original_qwen
+    from longqa.models.qwen_convert import is_original_qwen
 
     if is_original_qwen(path):
         return
@@ -182,7 +182,7 @@ def write_rope_config(config_file: Path, params: dict[str, Any], window: int) ->
 
 
 def _base_is_quantized(name: str) -> bool:
-    from longqa.models import resolve_for_loading
+    from longqa.models.loading import resolve_for_loading
 
     cfg = Path(resolve_for_loading(name)) / "config.json"
     return cfg.is_file() and "quantization_config" in json.loads(cfg.read_text(encoding="utf-8"))
@@ -196,9 +196,9 @@ def _load_dequantized_with_adapter(
     import torch
     from peft import PeftModel
 
-    from longqa.adapters import _same_base
-    from longqa.models import load_model, load_tokenizer
-    from longqa.rope_patch import apply_rope_scaling
+    from longqa.models.adapters import _same_base
+    from longqa.models.loading import load_model, load_tokenizer
+    from longqa.patch.rope import apply_rope_scaling
 
     if base != trained_on and not _same_base(base, trained_on):
         raise LongqaError(f"--base {base} does not match the adapter's base model {trained_on}")
@@ -231,7 +231,7 @@ def export_adapter(
     ``from_nf4``: merge into the de-quantised NF4 weights the QLoRA adapter was trained against
     (needs bitsandbytes) instead of the original full-precision weights.
     """
-    from longqa.adapters import read_adapter_info, read_rope_spec
+    from longqa.models.adapters import read_adapter_info, read_rope_spec
 
     adapter_dir, out = Path(adapter_dir), Path(out_dir)
     info = read_adapter_info(adapter_dir)
@@ -273,8 +273,8 @@ def export_adapter(
 
 
 def _export_merged(adapter_dir, tmp, *, base, dtype, spec, info, from_nf4):
-    from longqa.adapters import load_model_with_adapter
-    from longqa.rope_patch import revert_rope_scaling
+    from longqa.models.adapters import load_model_with_adapter
+    from longqa.patch.rope import revert_rope_scaling
 
     trained_on = str(info["base_model"])
     if from_nf4 or _base_is_quantized(base or trained_on):
@@ -302,7 +302,7 @@ def _export_merged(adapter_dir, tmp, *, base, dtype, spec, info, from_nf4):
 def _export_adapter_only(adapter_dir, tmp, *, base, spec, info):
     from transformers import AutoConfig
 
-    from longqa.models import resolve_for_loading
+    from longqa.models.loading import resolve_for_loading
 
     for f in Path(adapter_dir).iterdir():
         if f.is_file():

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from longqa.errors import LongqaError
-from longqa.llm_cache import ResponseCache, cache_key
+from longqa.core.errors import LongqaError
+from longqa.data.llm_cache import ResponseCache, cache_key
 
 DUMMY_KEY = "sk-local-no-key"
 

@@ -2,13 +2,13 @@
 
 Usage::
 
-    from longqa.adapters import save_adapter_bundle, load_model_with_adapter, read_adapter_info
+    from longqa.models.adapters import save_adapter_bundle, load_model_with_adapter, read_adapter_info
     save_adapter_bundle(peft_model, tokenizer, recipe, "runs/x/adapter")
     model, tok, rope = load_model_with_adapter("runs/x/adapter")
 
 An adapter folder holds peft's ``adapter_config.json`` + ``adapter_model.safetensors`` (LoRA weights
 and the trainable norm layers), the tokenizer files, ``recipe.yaml`` (the resolved recipe),
-``rope_spec.json`` (the :class:`~longqa.recipe.RopeConfig` the model was trained with) and
+``rope_spec.json`` (the :class:`~longqa.config.recipe.RopeConfig` the model was trained with) and
 ``longqa.json`` (``{"base_model": …, "max_length": …}``). Loading re-applies the RoPE spec to the
 base model before the LoRA weights go on, so evaluation sees the same positions as training.
 """
@@ -19,9 +19,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from longqa.errors import LongqaError
-from longqa.paths import atomic_write_json, atomic_write_text
-from longqa.recipe import Recipe, RopeConfig, dump_recipe
+from longqa.config.recipe import Recipe, RopeConfig, dump_recipe
+from longqa.core.errors import LongqaError
+from longqa.core.paths import atomic_write_json, atomic_write_text
 
 INFO_FILE = "longqa.json"
 ROPE_FILE = "rope_spec.json"
@@ -113,7 +113,7 @@ def _same_base(a: str, b: str) -> bool:
     if a == b:
         return True
     try:
-        from longqa.models import resolve_model_path
+        from longqa.models.loading import resolve_model_path
 
         return Path(resolve_model_path(a)).resolve() == Path(resolve_model_path(b)).resolve()
     except Exception:
@@ -137,7 +137,7 @@ def load_model_with_adapter(
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from longqa.models import load_model
+    from longqa.models.loading import load_model
 
     info = read_adapter_info(adapter_dir)
     trained_on = str(info["base_model"])
@@ -154,7 +154,7 @@ def load_model_with_adapter(
     )
     spec = read_rope_spec(adapter_dir)
     if spec is not None:
-        from longqa.rope_patch import apply_rope_scaling
+        from longqa.patch.rope import apply_rope_scaling
 
         model = apply_rope_scaling(model, spec)
     try:
@@ -168,7 +168,7 @@ def load_model_with_adapter(
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
     except (OSError, ValueError):
-        from longqa.models import load_tokenizer
+        from longqa.models.loading import load_tokenizer
 
         tokenizer = load_tokenizer(base or trained_on)
     return model, tokenizer, spec

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from longqa.qwen_convert import is_original_qwen, ensure_converted, convert_checkpoint
+    from longqa.models.qwen_convert import is_original_qwen, ensure_converted, convert_checkpoint
     if is_original_qwen(path):
         path = ensure_converted(path)        # cached under cache_dir()/converted/, reused later
     convert_checkpoint(src, out)             # `longqa models convert SRC OUT`
@@ -41,8 +41,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from longqa.errors import LongqaError
-from longqa.paths import atomic_write_json, cache_dir
+from longqa.core.errors import LongqaError
+from longqa.core.paths import atomic_write_json, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _iter_shard(shard: Path) -> Iterator[tuple[str, Any]]:
 def _copy_tokenizer(src: Path, out: Path) -> None:
     tik = src / "qwen.tiktoken"
     if tik.is_file():
-        from longqa.qwen_tokenizer import build_qwen_tokenizer
+        from longqa.models.qwen_tokenizer import build_qwen_tokenizer
 
         build_qwen_tokenizer(tik, chat="chat" in str(src.resolve()).lower()).save_pretrained(
             str(out)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from longqa.rope_patch import apply_rope_scaling, revert_rope_scaling, rope_spec_from_options
+    from longqa.patch.rope import apply_rope_scaling, revert_rope_scaling, rope_spec_from_options
     spec = rope_spec_from_options("yarn", factor=4.0)
     apply_rope_scaling(model, spec)      # also works through a peft wrapper
     ...
@@ -25,9 +25,9 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor, nn
 
-from longqa.errors import LongqaError
+from longqa.config.recipe import RopeConfig
+from longqa.core.errors import LongqaError
 from longqa.ops.rope_scaling import check_params, compute_rope, is_dynamic
-from longqa.recipe import RopeConfig
 
 SUPPORTED_MODEL_TYPES = (
     "llama",

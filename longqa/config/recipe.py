@@ -2,7 +2,7 @@
 
 Usage::
 
-    from longqa.recipe import load_recipe
+    from longqa.config.recipe import load_recipe
     recipe = load_recipe("qwen14b-yarn32k", overrides=["train.lr=1e-4"])
     recipe.rope.method, recipe.train.phases[0].kind
 
@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 
 class _Strict(BaseModel):
@@ -173,8 +173,8 @@ class Recipe(_Strict):
 
 def recipes_dir() -> Path:
     """Folder of shipped recipes (the repo's ``recipes/`` or the installed copy)."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "recipes", here / "_recipes"):
+    package = Path(__file__).resolve().parents[1]
+    for cand in (package.parent / "recipes", package / "_recipes"):
         if cand.is_dir():
             return cand
     raise LongqaError("shipped recipes folder not found (reinstall longqa)")

@@ -2,13 +2,13 @@
 
 Usage::
 
-    from longqa.generate import load_for_generation, generate_text, chat_loop
+    from longqa.eval.generate import load_for_generation, generate_text, chat_loop
     model, tok, spec = load_for_generation("smollm2-135m", adapter="runs/x/adapter")
     generate_text(model, tok, open("long_prompt.txt").read(), spec=spec, stream=sys.stdout)
 
 The RoPE spec comes from the adapter (``rope_spec.json``) unless one is given explicitly. Prompts are
 used as they are — never truncated; when prompt + new tokens exceed what the spec can address
-(:func:`longqa.rope_patch.addressable_length`) a warning says so and generation goes ahead.
+(:func:`longqa.patch.rope.addressable_length`) a warning says so and generation goes ahead.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +32,20 @@ def load_for_generation(
     quantization: str = "none",
 ) -> tuple[Any, Any, Any]:
     """Load (model, tokenizer, RoPE spec in effect). ``rope`` overrides the adapter's spec."""
-    from longqa.export import check_supported_checkpoint
-    from longqa.rope_patch import apply_rope_scaling
+    from longqa.models.export import check_supported_checkpoint
+    from longqa.patch.rope import apply_rope_scaling
 
     if model is None and adapter is None:
         raise LongqaError("give --model, --adapter or both")
     if adapter is not None:
-        from longqa.adapters import load_model_with_adapter, read_adapter_info
+        from longqa.models.adapters import load_model_with_adapter, read_adapter_info
 
         check_supported_checkpoint(model or str(read_adapter_info(adapter)["base_model"]))
         lm, tok, spec = load_model_with_adapter(
             adapter, base=model, dtype=dtype, quantization=quantization
         )
     else:
-        from longqa.models import load_model, load_tokenizer
+        from longqa.models.loading import load_model, load_tokenizer
 
         check_supported_checkpoint(model)
         lm = load_model(model, dtype=dtype, quantization=quantization)
@@ -58,7 +58,7 @@ def load_for_generation(
 
 def context_warning(model: Any, spec: Any, n_prompt: int, max_new_tokens: int) -> str | None:
     """A warning when prompt + new tokens exceed what the spec (or native RoPE) addresses."""
-    from longqa.rope_patch import addressable_length
+    from longqa.patch.rope import addressable_length
 
     limit = addressable_length(model.config, spec)
     total = n_prompt + max_new_tokens

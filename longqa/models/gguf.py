@@ -1,8 +1,8 @@
 """GGUF files → Hugging Face folders: read the architecture from the header, de-quantise once.
 
-Usage (normally through :func:`longqa.models.prepare_model`, which picks the cache folder)::
+Usage (normally through :func:`longqa.models.loading.prepare_model`, which picks the cache folder)::
 
-    from longqa.gguf_convert import convert_gguf, gguf_architecture
+    from longqa.models.gguf import convert_gguf, gguf_architecture
     gguf_architecture("model.gguf")           # "llama"
     convert_gguf("model.gguf", "out_dir")     # float32 safetensors + tokenizer + chat template
 
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 # GGUF architectures whose transformers model longqa can RoPE-patch and train.
 SUPPORTED_GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from longqa.kernels_patch import apply_kernels, revert_kernels, fused_causal_lm_loss
+    from longqa.patch.kernels import apply_kernels, revert_kernels, fused_causal_lm_loss
     model.activation_checkpointing_enable()        # first: offloading wraps its checkpoint function
     notes = apply_kernels(model, recipe.kernels, recipe.memory)   # e.g. ["fused RoPE on (16 layers)"]
     loss = fused_causal_lm_loss(model, input_ids, labels, attention_mask=mask)  # no [B, S, V] logits
@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from longqa.errors import LongqaError
+from longqa.config.recipe import KernelsConfig, MemoryConfig
+from longqa.core.errors import LongqaError
 from longqa.ops.offload import ActivationOffloader
-from longqa.recipe import KernelsConfig, MemoryConfig
 
 ROPE_FAMILIES = ("llama", "qwen2", "mistral", "qwen3")
 _STATE_ATTR = "_longqa_kernels"

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from longqa.qwen_tokenizer import build_qwen_tokenizer
+    from longqa.models.qwen_tokenizer import build_qwen_tokenizer
     tok = build_qwen_tokenizer("Qwen-14B-Chat/qwen.tiktoken")
     tok.save_pretrained(out_dir)            # AutoTokenizer.from_pretrained(out_dir) then works
 
@@ -20,7 +20,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 # Upstream Qwen tokenizer constants (tokenization_qwen.py of the original checkpoints).
 PAT_STR = (

@@ -56,7 +56,7 @@ def atomic_write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> Pat
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line number, object)`` for every non-blank line of a JSONL file; a line that is
     not valid JSON or not an object raises a one-line ``LongqaError`` naming ``file:line``."""
-    from longqa.errors import LongqaError
+    from longqa.core.errors import LongqaError
 
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -69,3 +69,12 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
             if not isinstance(row, dict):
                 raise LongqaError(f"{path}:{lineno}: expected a JSON object")
             yield lineno, row
+
+
+def shared_essays() -> Path | None:
+    """The essays corpus in ``../shared/corpora/paul_graham_essays`` beside the checkout, when present.
+
+    Tests, benchmarks, the demo and the needle haystack read it; nothing copies it into the project.
+    """
+    cand = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "paul_graham_essays"
+    return cand if cand.is_dir() and any(cand.glob("*.txt")) else None

@@ -1,6 +1,6 @@
 """The end-to-end demo behind ``make demo``: every step is a ``longqa`` command, printed then run.
 
-    python -m longqa.demo --out runs/demo [--trials 3] [--length 12288] [--corpus DIR]
+    python -m longqa.cli.demo --out runs/demo [--trials 3] [--length 12288] [--corpus DIR]
 
 On a CPU machine with the real SmolLM2-135M-Instruct model (8192-token window) it shows:
 
@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from longqa.core.paths import shared_essays
+
 _STDLIB_MODULES = [
     "collections", "functools", "itertools", "pathlib", "json", "csv", "argparse", "logging",
     "threading", "subprocess", "socket", "sqlite3", "unittest", "datetime", "decimal", "fractions",
@@ -35,9 +37,8 @@ _STDLIB_MODULES = [
 
 def default_corpus(out: Path) -> Path:
     """The shared essays when present, else stdlib documentation written under ``out``."""
-    repo_root = Path(__file__).resolve().parents[1]
-    shared = repo_root.parent / "shared" / "corpora" / "paul_graham_essays"
-    if shared.is_dir() and any(shared.glob("*.txt")):
+    shared = shared_essays()
+    if shared is not None:
         return shared
     folder = out / "corpus"
     folder.mkdir(parents=True, exist_ok=True)

