@@ -40,7 +40,7 @@ def worker(mode: str, tokens: int, chunk: int) -> dict:
     import torch
 
     from longqa.config.recipe import load_recipe
-    from longqa.train.loss import causal_lm_loss
+    from longqa.ops.causal_lm import causal_lm_loss
     from longqa.train.model import build_trainable_model, runtime_for
 
     recipe = load_recipe(

@@ -43,9 +43,9 @@ MODELS = {  # real shapes (public configs); weights are random
         num_attention_heads=4, num_key_value_heads=2, vocab_size=128, rope_theta=10000.0,
     ),
 }  # fmt: skip
-VARIANTS = {  # name -> (kernels.rope, kernels.fused_ce, memory.offload_activations)
+VARIANTS = {  # name -> (kernels.rope, kernels.chunked_ce, memory.offload_activations)
     "transformers+peft": None,
-    "longqa fused CE": (False, True, False),
+    "longqa chunked CE": (False, True, False),
     "longqa fused RoPE": (True, False, False),
     "longqa offload": (False, False, True),
     "longqa all": (True, True, True),
@@ -192,11 +192,14 @@ def quantize_4bit(model, compute_dtype) -> None:  # noqa: ANN001
     torch.cuda.empty_cache()
 
 
-def train_step(env: Env, model, seq: int, fused_ce: bool) -> tuple[float, float]:  # noqa: ANN001
-    """(peak GiB, tokens/s) of one forward+backward at ``seq`` tokens; raises on OOM."""
+def train_step(env: Env, model, seq: int, loss_path: str) -> tuple[float, float]:  # noqa: ANN001
+    """(peak GiB, tokens/s) of one forward+backward at ``seq`` tokens; raises on OOM.
+
+    ``loss_path``: ``"transformers"`` (the model's own loss, the baseline) or training's loss
+    :func:`longqa.ops.causal_lm.causal_lm_loss` with ``"chunked"`` / ``"full"`` cross-entropy."""
     import torch
 
-    from longqa.patch.kernels import fused_causal_lm_loss
+    from longqa.ops.causal_lm import causal_lm_loss
 
     vocab = model.get_base_model().config.vocab_size
     ids = torch.randint(0, vocab, (1, seq), device=env.device)
@@ -205,10 +208,13 @@ def train_step(env: Env, model, seq: int, fused_ce: bool) -> tuple[float, float]
         torch.cuda.reset_peak_memory_stats()
     env.sync()
     start = time.perf_counter()
-    if fused_ce:
-        loss = fused_causal_lm_loss(model, ids, ids)
-    else:
+    if loss_path == "transformers":
         loss = model(input_ids=ids, labels=ids).loss
+    else:
+        total, n = causal_lm_loss(
+            model, {"input_ids": ids, "labels": ids}, chunked=loss_path == "chunked"
+        )
+        loss = total / n
     loss.backward()
     env.sync()
     elapsed = time.perf_counter() - start
@@ -217,12 +223,12 @@ def train_step(env: Env, model, seq: int, fused_ce: bool) -> tuple[float, float]
     return peak, seq / elapsed
 
 
-def try_step(env: Env, model, seq: int, fused_ce: bool) -> tuple[float, float] | None:  # noqa: ANN001
+def try_step(env: Env, model, seq: int, loss_path: str) -> tuple[float, float] | None:  # noqa: ANN001
     import torch
 
     try:
-        train_step(env, model, seq, fused_ce)  # warm-up (Triton compile, allocator)
-        return train_step(env, model, seq, fused_ce)
+        train_step(env, model, seq, loss_path)  # warm-up (Triton compile, allocator)
+        return train_step(env, model, seq, loss_path)
     except torch.OutOfMemoryError:
         model.zero_grad(set_to_none=True)
         gc.collect()
@@ -268,14 +274,14 @@ def bench_train(env: Env, name: str, lengths: list[int], variants: list[str], se
     rows = []
     for variant in variants:
         flags = VARIANTS[variant]
-        fused_ce = bool(flags and flags[1])
+        loss_path = "transformers" if not flags else ("chunked" if flags[1] else "full")
         if flags:
             offloader = ActivationOffloader(
                 simulate=env.dry_run, min_bytes=0 if env.dry_run else 1 << 20
             )
             notes = apply_kernels(
                 model,
-                KernelsConfig(rope=flags[0], fused_ce=flags[1]),
+                KernelsConfig(rope=flags[0], chunked_ce=flags[1]),
                 MemoryConfig(offload_activations=flags[2]),
                 force_triton=env.dry_run,
                 offloader=offloader,
@@ -283,7 +289,7 @@ def bench_train(env: Env, name: str, lengths: list[int], variants: list[str], se
             print(f"[{name} / {variant}] " + "; ".join(notes), file=sys.stderr)
         cells = []
         for seq in lengths:
-            res = try_step(env, model, seq, fused_ce)
+            res = try_step(env, model, seq, loss_path)
             if res is None:
                 cells.append("OOM")
             elif env.dry_run:
@@ -293,8 +299,8 @@ def bench_train(env: Env, name: str, lengths: list[int], variants: list[str], se
         longest = ""
         if variant in search:
 
-            def fits(seq: int, model=model, fused_ce: bool = fused_ce) -> bool:  # noqa: ANN001
-                return try_step(env, model, seq, fused_ce) is not None
+            def fits(seq: int, model=model, loss_path: str = loss_path) -> bool:  # noqa: ANN001
+                return try_step(env, model, seq, loss_path) is not None
 
             n = find_longest(fits, lengths[0], resolution, cap)
             longest = f"{n:,}" + (" (cap)" if n * 2 > cap else "")

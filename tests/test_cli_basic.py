@@ -115,13 +115,6 @@ def test_models_convert_reports_missing_source(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
-def test_models_convert_without_converter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "longqa.models.qwen_convert", None)
-    result = runner.invoke(app, ["models", "convert", str(tmp_path), str(tmp_path / "o")])
-    assert isinstance(result.exception, LongqaError)
-    assert "not available" in str(result.exception)
-
-
 def test_doctor_table() -> None:
     result = runner.invoke(app, ["doctor"], terminal_width=200)
     assert result.exit_code == 0, result.output

@@ -38,20 +38,11 @@ def tiny_tokenizer():
 
 
 def make_tiny_llama(folder: Path, seed: int = 0) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny import tiny_llama_config
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=264,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=L0,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        tie_word_embeddings=False,
-    )
+    cfg = tiny_llama_config(vocab_size=264, max_position_embeddings=L0, tie_word_embeddings=False)
     model = LlamaForCausalLM(cfg).eval()
     model.save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
@@ -64,13 +55,15 @@ def make_bundle(tmp: Path, rope: dict | None, max_length: int, base: Path | None
     from transformers import AutoModelForCausalLM
 
     from longqa.models.adapters import save_adapter_bundle
+    from longqa.models.load import peft_wrapping
 
     base = base or make_tiny_llama(tmp / "base")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     lora = LoraConfig(
         r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False, lora_dropout=0.0
     )
-    peft_model = get_peft_model(model, lora)
+    with peft_wrapping():  # peft probes a deprecated transformers name
+        peft_model = get_peft_model(model, lora)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -98,13 +91,13 @@ CASES = {
 def test_merged_export_matches_patched_training_model(tmp_path, case):
     from transformers import AutoModelForCausalLM
 
-    from longqa.models.adapters import load_model_with_adapter
     from longqa.models.export import export_adapter
+    from longqa.models.load import load
     from longqa.patch.rope import LongqaRotaryEmbedding, revert_rope_scaling
 
     rope, max_length, length = CASES[case]
     adapter = make_bundle(tmp_path, rope, max_length)
-    trained, _, spec = load_model_with_adapter(adapter, dtype="float32")
+    trained, _, spec = load(adapter=adapter, dtype="float32")
     assert spec is not None and spec.method == rope["method"]
     summary = export_adapter(adapter, tmp_path / "out", merge=True, dtype="float32")
     assert (summary["warnings"] != []) == (case == "dynamic-yarn")
@@ -139,11 +132,11 @@ def test_dynamic_yarn_differs_below_trained_length(tmp_path):
     """The warning is real: at a short prompt, training-time dynamic yarn used a smaller scale."""
     from transformers import AutoModelForCausalLM
 
-    from longqa.models.adapters import load_model_with_adapter
     from longqa.models.export import export_adapter
+    from longqa.models.load import load
 
     adapter = make_bundle(tmp_path, CASES["dynamic-yarn"][0], 192)
-    trained, _, _ = load_model_with_adapter(adapter, dtype="float32")
+    trained, _, _ = load(adapter=adapter, dtype="float32")
     export_adapter(adapter, tmp_path / "out", merge=True, dtype="float32")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
     ids = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(4))
@@ -177,7 +170,8 @@ def test_adapter_only_export_and_bf16_default(tmp_path):
 
 
 def test_bad_input(tmp_path):
-    from longqa.models.export import check_supported_checkpoint, export_adapter
+    from longqa.models.export import export_adapter
+    from longqa.models.load import check_supported_checkpoint
 
     adapter = make_bundle(tmp_path, {"method": "yarn", "factor": 4.0}, 256)
     other = make_tiny_llama(tmp_path / "other", seed=1)

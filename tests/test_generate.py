@@ -111,10 +111,10 @@ def test_long_prompt_warns_not_truncates(tiny, tmp_path):
 
 
 def test_rope_spec_comes_from_adapter(tmp_path):
-    from longqa.models.adapters import load_model_with_adapter
+    from longqa.models.load import load
 
     adapter = make_bundle(tmp_path, {"method": "yarn", "factor": 4.0}, 256)
-    trained, tok, spec = load_model_with_adapter(adapter, dtype="float32")
+    trained, tok, spec = load(adapter=adapter, dtype="float32")
     prompt = "x" * 90  # beyond the native window, inside the adapter's
     res = run(["--adapter", str(adapter), "--max-new-tokens", "5", "--raw"], input=prompt)
     assert res.exit_code == 0, res.output
@@ -128,6 +128,11 @@ def test_sampling_is_seeded(tiny):
     a = run([*args, "--seed", "7"], input="Hi")
     b = run([*args, "--seed", "7"], input="Hi")
     assert a.exit_code == 0 and a.stdout == b.stdout
+    # sampling, not greedy decoding: another seed draws other tokens, and greedy differs from both
+    c = run([*args, "--seed", "8"], input="Hi")
+    greedy_out = run(["--model", str(base), "--max-new-tokens", "8"], input="Hi")
+    assert c.exit_code == 0 and greedy_out.exit_code == 0
+    assert c.stdout != a.stdout and greedy_out.stdout not in (a.stdout, c.stdout)
 
 
 def test_bad_input(tiny, tmp_path):

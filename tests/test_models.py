@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ import torch
 
 from longqa.config.recipe import ModelConfig
 from longqa.core.errors import LongqaError
+from longqa.models import load as loader
 from longqa.models import loading as models
 
 
@@ -25,6 +24,7 @@ def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
     from tiny import tiny_llama_config
+    from train_fixtures import tiny_tokenizer
     from transformers import LlamaForCausalLM
 
     cfg = tiny_llama_config(max_position_embeddings=256)
@@ -32,6 +32,7 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn
     model = LlamaForCausalLM(cfg).eval()
     out = tmp_path_factory.mktemp("tiny") / "llama"
     model.save_pretrained(out)
+    tiny_tokenizer().save_pretrained(out)
     return out, model
 
 
@@ -153,33 +154,33 @@ def test_not_a_gguf_file_is_an_error(tmp_path: Path) -> None:
 def test_load_model_dtype_and_attention(tiny_llama: tuple[Path, torch.nn.Module]) -> None:
     path, ref = tiny_llama
     ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(1))
-    m32 = models.load_model(str(path), dtype="float32")
+    m32 = loader.load(str(path), dtype="float32").model
     assert m32.dtype == torch.float32 and m32.config._attn_implementation == "sdpa"
     assert not m32.training
     with torch.no_grad():
         torch.testing.assert_close(m32(ids).logits, ref(ids).logits, rtol=1e-5, atol=1e-5)
-    mbf = models.load_model(str(path), dtype="bfloat16", attn_implementation="eager")
+    mbf = loader.load(str(path), dtype="bfloat16", attn_implementation="eager").model
     assert all(p.dtype == torch.bfloat16 for p in mbf.parameters())
     assert mbf.config._attn_implementation == "eager"
     with pytest.raises(LongqaError, match="dtype 'int8'"):
-        models.load_model(str(path), dtype="int8")
+        loader.load(str(path), dtype="int8")
 
 
 def test_attention_auto_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(models, "flash_attn_installed", lambda: True)
-    assert models.choose_attn_implementation("auto") == "flash_attention_2"
-    assert models.choose_attn_implementation("auto", device="cpu") == "sdpa"
-    assert models.choose_attn_implementation("eager") == "eager"
-    monkeypatch.setattr(models, "flash_attn_installed", lambda: False)
-    assert models.choose_attn_implementation("auto") == "sdpa"
+    monkeypatch.setattr(loader, "flash_attn_installed", lambda: True)
+    assert loader.choose_attn_implementation("auto") == "flash_attention_2"
+    assert loader.choose_attn_implementation("auto", device="cpu") == "sdpa"
+    assert loader.choose_attn_implementation("eager") == "eager"
+    monkeypatch.setattr(loader, "flash_attn_installed", lambda: False)
+    assert loader.choose_attn_implementation("auto") == "sdpa"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(models, "flash_attn_installed", lambda: True)
-    assert models.choose_attn_implementation("auto") == "sdpa"
+    monkeypatch.setattr(loader, "flash_attn_installed", lambda: True)
+    assert loader.choose_attn_implementation("auto") == "sdpa"
 
 
 def test_nf4_config_is_qlora() -> None:
-    cfg = models.nf4_config()
+    cfg = loader.nf4_config()
     assert cfg.load_in_4bit and cfg.bnb_4bit_quant_type == "nf4"
     assert cfg.bnb_4bit_use_double_quant and cfg.bnb_4bit_compute_dtype == torch.bfloat16
 
@@ -188,7 +189,7 @@ def test_load_nf4_on_cpu_matches_full_precision(tiny_llama: tuple[Path, torch.nn
     import bitsandbytes as bnb
 
     path, ref = tiny_llama
-    q = models.load_model(str(path), dtype="float32", quantization="nf4", device="cpu")
+    q = loader.load(str(path), dtype="float32", quantization="nf4", device="cpu").model
     assert isinstance(q.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
     ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -197,43 +198,46 @@ def test_load_nf4_on_cpu_matches_full_precision(tiny_llama: tuple[Path, torch.nn
     assert lq != lr
 
 
-def test_load_model_from_config_training(tiny_llama: tuple[Path, torch.nn.Module]) -> None:
+def test_load_from_config_uses_the_recipe_fields(tiny_llama: tuple[Path, torch.nn.Module]) -> None:
     path, _ = tiny_llama
     cfg = ModelConfig(
         name=str(path), dtype="float32", quantization="none", attn_implementation="eager"
     )
-    model = models.load_model_from_config(cfg, training=True)
-    assert model.training and model.config.use_cache is False
-    assert model.config._attn_implementation == "eager"
+    model, tok, spec = loader.load_from_config(cfg)
+    assert model.config._attn_implementation == "eager" and spec is None
+    model, _, _ = loader.load_from_config(cfg, dtype="bfloat16")  # keyword overrides the recipe
+    assert model.dtype == torch.bfloat16
 
 
-def test_original_qwen_hook_is_called(
-    tiny_llama: tuple[Path, torch.nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path, _ = tiny_llama
-    seen: list[str] = []
-    fake = types.ModuleType("longqa.models.qwen_convert")
-    fake.is_original_qwen = lambda p: Path(p) == tmp_path
-    fake.ensure_converted = lambda p: seen.append(str(p)) or path
-    monkeypatch.setitem(sys.modules, "longqa.models.qwen_convert", fake)
-    (tmp_path / "config.json").write_text('{"model_type": "qwen"}')
-    model = models.load_model(str(tmp_path), dtype="float32")
-    assert seen == [str(tmp_path)] and model.config.model_type == "llama"
-    # an HF folder does not go through the converter
-    models.load_model(str(path), dtype="float32")
-    assert seen == [str(tmp_path)]
+def test_load_applies_the_rope_spec_and_opens_the_window(tmp_path: Path) -> None:
+    from train_fixtures import tiny_model_dir
+    from transformers import AutoTokenizer
+
+    from longqa.config.recipe import RopeConfig
+    from longqa.patch.rope import get_rope_spec
+
+    path = tiny_model_dir(tmp_path)  # 512-token window
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.model_max_length = 512
+    tok.save_pretrained(path)
+    model, tok, spec = loader.load(str(path), rope=RopeConfig(method="yarn", factor=4.0))
+    assert spec is not None and get_rope_spec(model) == spec
+    assert model.config.max_position_embeddings == 2048 and tok.model_max_length == 2048
+    plain, tok, spec = loader.load(str(path), rope=RopeConfig(method="none"))
+    assert spec is None and get_rope_spec(plain) is None
+    assert plain.config.max_position_embeddings == 512 and tok.model_max_length == 512
 
 
-def test_loading_works_without_the_qwen_converter(
-    tiny_llama: tuple[Path, torch.nn.Module], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path, _ = tiny_llama
-    monkeypatch.setitem(
-        sys.modules, "longqa.models.qwen_convert", None
-    )  # import raises ImportError
-    assert models.load_model(str(path), dtype="float32").config.model_type == "llama"
-    with pytest.raises(LongqaError, match="original-Qwen conversion is not available"):
-        models.load_model(str(path), layout="original-qwen")
+def test_load_checks_the_architecture_and_options(tmp_path: Path) -> None:
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(LongqaError, match="model_type 'gpt2' is not supported"):
+        loader.load(str(gpt2))
+    with pytest.raises(LongqaError, match="quantization 'int4'"):
+        loader.load(str(gpt2), quantization="int4")
+    with pytest.raises(LongqaError, match="give a model, an adapter or both"):
+        loader.load(None)
 
 
 # ----------------------------------------------------------------------------- the real model
@@ -250,7 +254,7 @@ def test_real_smollm2_prepares_and_answers() -> None:
     text = "Long documents, short windows: 12,345 tokens later."
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
-    model = models.load_model("smollm2-135m", dtype="float32")
+    model = loader.load("smollm2-135m", dtype="float32").model
     cfg = model.config
     assert cfg.model_type == "llama" and cfg.max_position_embeddings == 8192
     assert cfg.rope_parameters["rope_theta"] == pytest.approx(1e5)

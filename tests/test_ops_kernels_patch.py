@@ -17,14 +17,14 @@ from longqa.config.recipe import KernelsConfig, MemoryConfig
 from longqa.core.errors import LongqaError
 from longqa.ops.offload import ActivationOffloader
 from longqa.patch import kernels as kernels_patch
-from longqa.patch.kernels import apply_kernels, fused_causal_lm_loss, revert_kernels
+from longqa.patch.kernels import apply_kernels, revert_kernels
 
 TINY = TINY_SHAPE
 FAMILIES = {
     "llama": (LlamaConfig, LlamaForCausalLM, modeling_llama),
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, modeling_qwen2),
 }
-ALL_ON = KernelsConfig(rope=True, fused_ce=True)
+ALL_ON = KernelsConfig(rope=True, chunked_ce=True)
 OFFLOAD = MemoryConfig(offload_activations=True)
 
 
@@ -48,16 +48,31 @@ def _restore_library_functions():
             kernels_patch._patched_modules.pop(modeling.__name__, None)
 
 
+def _hook_count(model) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
 def test_cpu_skips_gpu_only_features_with_notes():
     model = _model("llama")
     model.activation_checkpointing_enable()
     original = modeling_llama.apply_rotary_pos_emb
+    checkpoint_fn = model.model.layers[0]._gradient_checkpointing_func
+    ids = _ids(seed=3)
+    want = model(input_ids=ids).logits
+    hooks = _hook_count(model)
     notes = apply_kernels(model, ALL_ON, OFFLOAD)
-    assert "fused RoPE skipped: needs CUDA (model is on cpu)" in notes
-    assert "activation offloading skipped: needs CUDA (model is on cpu)" in notes
-    assert "fused cross-entropy on (chunked torch path)" in notes
-    assert modeling_llama.apply_rotary_pos_emb is original
+    assert notes == [
+        "fused RoPE skipped: needs CUDA (model is on cpu)",
+        "activation offloading skipped: needs CUDA (model is on cpu)",
+    ]
     assert kernels_patch.applied_kernels(model) == notes
+    # skipped means untouched: no dispatcher, no hooks, no offloading wrapper, same outputs
+    assert modeling_llama.apply_rotary_pos_emb is original
+    assert model.model.layers[0]._gradient_checkpointing_func is checkpoint_fn
+    assert _hook_count(model) == hooks
+    calls = dict(kernels_patch.FUSED_ROPE_CALLS)
+    assert torch.equal(model(input_ids=ids).logits, want)
+    assert kernels_patch.FUSED_ROPE_CALLS == calls  # the dispatcher never ran
     revert_kernels(model)
     assert kernels_patch.applied_kernels(model) == []
 
@@ -75,7 +90,7 @@ def test_forced_fused_rope_matches_unpatched_model_and_reverts(family):
         other_expected = other(input_ids=ids).logits
 
     notes = apply_kernels(
-        model, KernelsConfig(rope=True, fused_ce=False), MemoryConfig(), force_triton=True
+        model, KernelsConfig(rope=True, chunked_ce=False), MemoryConfig(), force_triton=True
     )
     assert notes == ["fused RoPE on (2 attention layers)"]
     assert modeling.apply_rotary_pos_emb is not original
@@ -115,10 +130,10 @@ def test_forced_fused_rope_gradients_match_with_checkpointing():
 def test_simulated_offload_through_apply_kernels():
     model = _model("llama").train()
     off = ActivationOffloader(min_bytes=0, simulate=True)
-    notes = apply_kernels(model, KernelsConfig(fused_ce=False), OFFLOAD, offloader=off)
+    notes = apply_kernels(model, KernelsConfig(chunked_ce=False), OFFLOAD, offloader=off)
     assert notes == ["activation offloading skipped: needs gradient checkpointing enabled first"]
     model.activation_checkpointing_enable()
-    notes = apply_kernels(model, KernelsConfig(fused_ce=False), OFFLOAD, offloader=off)
+    notes = apply_kernels(model, KernelsConfig(chunked_ce=False), OFFLOAD, offloader=off)
     assert notes == ["activation offloading on (2 checkpointed layers)"]
     ids = _ids()
     model(input_ids=ids, labels=ids).loss.backward()
@@ -135,32 +150,3 @@ def test_unsupported_head_dim_is_a_clear_error():
         apply_kernels(model, ALL_ON, MemoryConfig(), force_triton=True)
     assert modeling_llama.apply_rotary_pos_emb.__name__ == "apply_rotary_pos_emb"
     assert not hasattr(modeling_llama.apply_rotary_pos_emb, "_longqa_fused")
-
-
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_fused_causal_lm_loss_matches_hf_loss_and_grads(family):
-    ids = _ids((2, 10), seed=5)
-    labels = ids.clone()
-    labels[:, :4] = -100  # prompt tokens are not counted
-    ref = _model(family).train()
-    ref(input_ids=ids, labels=labels).loss.backward()
-    model = _model(family).train()
-    loss = fused_causal_lm_loss(model, ids, labels, chunk_size=7)
-    loss.backward()
-    torch.testing.assert_close(loss, ref(input_ids=ids, labels=labels).loss, rtol=1e-5, atol=1e-6)
-    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
-
-
-def test_fused_causal_lm_loss_through_peft_lora():
-    from peft import LoraConfig, get_peft_model
-
-    ids = _ids((1, 9), seed=6)
-    model = get_peft_model(_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    expected = model(input_ids=ids, labels=ids).loss
-    loss = fused_causal_lm_loss(model, ids, ids)
-    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-    loss.backward()
-    lora = [p for n, p in model.named_parameters() if "lora_" in n]
-    assert lora and all(p.grad is not None for p in lora)
-    assert model.get_base_model().lm_head.weight.grad is None  # frozen head: no gradient

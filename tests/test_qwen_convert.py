@@ -280,15 +280,14 @@ def test_conversion_carries_tokenizer_and_bad_tiktoken(tmp_path):
         build_qwen_tokenizer(tmp_path / "bad.tiktoken")
 
 
-def test_load_model_converts_original_qwen_on_the_fly(tmp_path, monkeypatch):
-    from longqa.models.export import check_supported_checkpoint
-    from longqa.models.loading import load_model
+def test_load_converts_original_qwen_on_the_fly(tmp_path, monkeypatch):
+    from longqa.models.load import check_supported_checkpoint, load
 
     monkeypatch.setenv("LONGQA_CACHE", str(tmp_path / "cache"))
     sd = make_original_state(seed=5)
     src = write_checkpoint(tmp_path / "Qwen-Tiny", sd)
     check_supported_checkpoint(str(src))  # original Qwen is a supported checkpoint
-    model = load_model(str(src), dtype="float32", attn_implementation="eager")
+    model, _, _ = load(str(src), dtype="float32", attn_implementation="eager")
     assert model.config.model_type == "qwen2"
     assert list((tmp_path / "cache" / "converted").iterdir())
     ids = torch.arange(30)[None] % CFG["vocab_size"]

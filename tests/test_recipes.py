@@ -71,7 +71,7 @@ def test_qwen14b_is_the_paper_setup() -> None:
     assert r.train.effective_batch == 64 and r.train.max_length == 32768
     kinds = [(p.kind, p.steps) for p in r.train.phases]
     assert kinds[0] == ("pretrain", 100) and kinds[1][0] == "sft" and len(kinds) == 2
-    assert r.kernels.rope and r.kernels.fused_ce and r.memory.offload_activations
+    assert r.kernels.rope and r.kernels.chunked_ce and r.memory.offload_activations
 
 
 def test_abf_recipes_use_the_published_bases() -> None:

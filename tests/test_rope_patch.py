@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import TINY_SHAPE
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from longqa.config.recipe import RopeConfig
@@ -24,12 +25,7 @@ ARCHS = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2F
 def _config(arch: str, rope_parameters: dict | None = None, max_pos: int = L0):
     cfg_cls, _ = ARCHS[arch]
     return cfg_cls(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_SHAPE,
         max_position_embeddings=max_pos,
         rope_parameters=rope_parameters or {"rope_type": "default", "rope_theta": 10000.0},
         pad_token_id=0,
@@ -137,9 +133,12 @@ def test_attention_factor_reaches_cos_sin():
 def test_through_peft_wrapper(ids):
     from peft import LoraConfig, get_peft_model
 
+    from longqa.models.load import peft_wrapping
+
     base = _model("llama")
     original = _logits(base, ids)
-    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with peft_wrapping():  # peft probes a deprecated transformers name
+        peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     apply_rope_scaling(peft_model, {"method": "linear", "factor": 2.0})
     assert get_rope_spec(peft_model).factor == 2.0
     assert isinstance(base.model.rotary_emb, LongqaRotaryEmbedding)
@@ -254,15 +253,17 @@ def test_unsupported_model_is_an_error():
 def test_real_smollm2_yarn_matches_transformers_and_reverts():
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from longqa.models.loading import alias_gguf_path, load_model
+    from longqa.models.load import load
+    from longqa.models.loading import alias_gguf_path
 
     try:
         alias_gguf_path("smollm2-135m")
     except LongqaError as exc:
         pytest.skip(str(exc))
 
-    model = load_model("smollm2-135m", dtype="float32")
+    model = load("smollm2-135m", dtype="float32").model
     cfg = model.config
+    window = cfg.max_position_embeddings
     assert cfg.model_type == "llama"
     ids = torch.randint(100, 1000, (1, 64), generator=torch.Generator().manual_seed(0))
     original = _logits(model, ids)
@@ -273,11 +274,13 @@ def test_real_smollm2_yarn_matches_transformers_and_reverts():
         "rope_type": "yarn",
         "factor": 2.0,
         "rope_theta": cfg.rope_parameters["rope_theta"],
-        "original_max_position_embeddings": cfg.max_position_embeddings,
+        "original_max_position_embeddings": window,
     }
     ref_inv, ref_attn = ROPE_INIT_FUNCTIONS["yarn"](ref_cfg, None)
     assert torch.equal(rotary.inv_freq, ref_inv) and rotary.attention_scaling == ref_attn
-    assert addressable_length(cfg, get_rope_spec(model)) == 2 * cfg.max_position_embeddings
+    assert addressable_length(cfg, get_rope_spec(model)) == 2 * window
+    assert cfg.max_position_embeddings == 2 * window  # the patched model announces its window
     assert not torch.equal(_logits(model, ids), original)
     revert_rope_scaling(model)
     assert torch.equal(_logits(model, ids), original)
+    assert cfg.max_position_embeddings == window

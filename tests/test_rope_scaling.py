@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tiny import TINY_SHAPE
 from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -25,12 +26,7 @@ L0 = 64
 
 def _hf_config(rope_parameters: dict, max_pos: int = L0) -> LlamaConfig:
     return LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **{**TINY_SHAPE, "num_hidden_layers": 1},
         max_position_embeddings=max_pos,
         rope_parameters=rope_parameters,
     )

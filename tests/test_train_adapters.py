@@ -11,10 +11,10 @@ from train_fixtures import tiny_model_dir, tiny_recipe, write_jsonl
 from longqa.core.errors import LongqaError
 from longqa.models.adapters import (
     is_adapter_dir,
-    load_model_with_adapter,
     read_adapter_info,
     save_adapter_bundle,
 )
+from longqa.models.load import load
 
 
 def _bundle(tmp_path, rope=None):
@@ -49,7 +49,7 @@ def test_bundle_round_trip_reproduces_outputs(tmp_path):
         and "name: tiny" in info["recipe"]
         and info["rope"]["method"] == "none"
     )
-    loaded, tok, rope = load_model_with_adapter(out)
+    loaded, tok, rope = load(adapter=out)
     assert rope is None and tok("the cat")["input_ids"]
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
@@ -62,7 +62,7 @@ def test_rope_spec_is_reapplied_on_load(tmp_path):
     spec = {"method": "linear", "factor": 4.0, "original_max_position_embeddings": 512}
     model, recipe, out, _ = _bundle(tmp_path, rope=spec)
     assert json.loads((out / "rope_spec.json").read_text())["factor"] == 4.0
-    loaded, _, rope = load_model_with_adapter(out)
+    loaded, _, rope = load(adapter=out)
     assert rope is not None and rope.method == "linear" and rope.factor == 4.0
     assert get_rope_spec(loaded.get_base_model()).factor == 4.0
     ids = torch.arange(5, 45)[None]
@@ -73,7 +73,7 @@ def test_rope_spec_is_reapplied_on_load(tmp_path):
 def test_bad_adapter_dirs(tmp_path):
     _, _, out, _ = _bundle(tmp_path)
     with pytest.raises(LongqaError, match="does not match the adapter's base model"):
-        load_model_with_adapter(out, base=str(tmp_path / "other-model"))
+        load(adapter=out, model=str(tmp_path / "other-model"))
     (tmp_path / "empty").mkdir()
     assert not is_adapter_dir(tmp_path / "empty") and is_adapter_dir(out)
     with pytest.raises(LongqaError, match="not a longqa adapter"):

@@ -8,7 +8,8 @@ from train_fixtures import tiny_model_dir, tiny_recipe, toy_sft_rows, write_json
 from transformers import TrainerCallback
 
 from longqa.core.errors import LongqaError
-from longqa.models.adapters import load_model_with_adapter, read_adapter_info
+from longqa.models.adapters import read_adapter_info
+from longqa.models.load import load
 from longqa.train.metrics import read_log
 from longqa.train.trainer import prepare_recipe, run_training
 
@@ -39,7 +40,7 @@ def test_tiny_model_learns_and_adapter_reloads(setup):
     info = read_adapter_info(out)
     assert info["base_model"] == str(model_dir) and info["steps"] == 30
     # the reloaded adapter (norms included) reproduces the trained model's low loss
-    model, tok, rope = load_model_with_adapter(out)
+    model, tok, rope = load(adapter=out)
     assert rope is None
     from longqa.train.data import tokenize_conversation
 

@@ -27,7 +27,7 @@ def test_terms_match_formulas():
     assert (
         estimate_bytes(no_off, shape, 32768)["checkpointed activations"] == layers * 32768 * h * 2
     )
-    full = load_recipe("qwen14b-yarn32k", ["kernels.fused_ce=false"])
+    full = load_recipe("qwen14b-yarn32k", ["kernels.chunked_ce=false"])
     assert estimate_bytes(full, shape, 32768)["loss"] == 32768 * v * (2 + 4 + 4)
 
 
@@ -39,6 +39,6 @@ def test_plan_fits_decision_and_growth():
     assert not p16.fits and (p16.max_fit_len or 0) < 32768
     longer = plan_memory(r, gpu_mem_gb=80, seq_len=131072)
     assert longer.total_gb > p80.total_gb
-    full = plan_memory(load_recipe("qwen14b-yarn32k", ["kernels.fused_ce=false"]), 80)
+    full = plan_memory(load_recipe("qwen14b-yarn32k", ["kernels.chunked_ce=false"]), 80)
     assert full.items["loss"] > 8 * p80.items["loss"]
     assert abs(sum(p80.items.values()) - p80.total_gb) < 1e-9 and p80.total_gb * GB > 0

@@ -55,13 +55,9 @@ def relevant_targets(sample: Sample) -> tuple[list[str], list[str | None]]:
 
 
 def _load(model: str, adapter: str | None, rope: Any, attn: str | None = None):
-    from longqa.eval.runner import load_for_eval
+    from longqa.models.load import load
 
-    m, tok, _spec = load_for_eval(model, adapter=adapter, rope=rope)
-    if attn is not None:
-        inner = m.get_base_model() if hasattr(m, "get_base_model") else m
-        inner.set_attn_implementation(attn)
-    m.eval()
+    m, tok, _spec = load(model, adapter=adapter, rope=rope, attn_implementation=attn or "auto")
     return m, tok
 
 
@@ -237,10 +233,10 @@ def passkey_attention(
 ) -> tuple[AttentionProfile, str]:
     """Attention profile of the model's greedy answer to one passkey prompt, with the key sentence
     as the marked span. Returns ``(profile, generated text)``. The model must use eager attention."""
-    from longqa.eval.passkey import _ids, info_line, passkey_ids
+    from longqa.eval.passkey import key_sentence_ids, passkey_ids
 
     ids = passkey_ids(tokenizer, passkey, length, depth)
-    info = _ids(tokenizer, "\n" + info_line(passkey) + "\n")
+    info = key_sentence_ids(tokenizer, passkey)
     start = next(
         (i for i in range(len(ids) - len(info) + 1) if ids[i : i + len(info)] == info), None
     )

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import typer
 
-from longqa.core.errors import LongqaError
-
 app = typer.Typer(
     help="Model aliases, one-time GGUF preparation, original-Qwen conversion.", no_args_is_help=True
 )
@@ -56,9 +54,7 @@ def convert(
     out: Path = typer.Argument(..., help="output folder (native Qwen2 layout)"),
 ) -> None:
     """Convert an original-Qwen checkpoint to the native transformers Qwen2 layout on disk."""
-    try:
-        from longqa.models.qwen_convert import convert_checkpoint
-    except (ImportError, AttributeError):
-        raise LongqaError("`longqa models convert` is not available yet in this install") from None
+    from longqa.models.qwen_convert import convert_checkpoint
+
     result = convert_checkpoint(src, out, progress=True)
     typer.echo(f"converted {src} -> {result or out}")

@@ -143,7 +143,20 @@ class TrainConfig(_Strict):
 
 class KernelsConfig(_Strict):
     rope: bool = Field(False, description="fused Triton RoPE (GPU only)")
-    fused_ce: bool = Field(True, description="chunked/fused linear cross-entropy")
+    chunked_ce: bool = Field(
+        True, description="training loss through chunked linear cross-entropy (no T x vocab logits)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_key_name(cls, data: Any) -> Any:
+        """``fused_ce``, the key's earlier name (recipes saved in adapter bundles), means
+        ``chunked_ce``; given both (a ``--set`` on a recipe file), the earlier name was set last."""
+        if isinstance(data, dict) and "fused_ce" in data:
+            data = {k: v for k, v in data.items() if k != "fused_ce"} | {
+                "chunked_ce": data["fused_ce"]
+            }
+        return data
 
 
 class MemoryConfig(_Strict):
@@ -225,6 +238,12 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> N
             node[index] = value
         else:
             node = node[index]
+
+
+def recipe_max_length(recipe: Recipe) -> int:
+    """Longest sequence the recipe trains on (the largest phase length, else train.max_length)."""
+    lengths = [p.max_length for p in recipe.train.phases if p.max_length]
+    return max([recipe.train.max_length, *lengths]) if lengths else recipe.train.max_length
 
 
 def apply_overrides(

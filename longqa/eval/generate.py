@@ -2,13 +2,15 @@
 
 Usage::
 
-    from longqa.eval.generate import load_for_generation, generate_text, chat_loop
-    model, tok, spec = load_for_generation("smollm2-135m", adapter="runs/x/adapter")
+    from longqa.eval.generate import generate_text, chat_loop
+    from longqa.models.load import load
+    model, tok, spec = load("smollm2-135m", adapter="runs/x/adapter")
     generate_text(model, tok, open("long_prompt.txt").read(), spec=spec, stream=sys.stdout)
 
-The RoPE spec comes from the adapter (``rope_spec.json``) unless one is given explicitly. Prompts are
-used as they are — never truncated; when prompt + new tokens exceed what the spec can address
-(:func:`longqa.patch.rope.addressable_length`) a warning says so and generation goes ahead.
+The RoPE spec comes from the adapter (``rope_spec.json``) unless one is given explicitly
+(:func:`longqa.models.load.load`). Prompts are used as they are — never truncated; when prompt + new
+tokens exceed what the spec can address (:func:`longqa.patch.rope.addressable_length`) a warning
+says so and generation goes ahead.
 """
 
 from __future__ import annotations
@@ -19,41 +21,13 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from longqa.core.errors import LongqaError
+from longqa.models.load import load
 
 log = logging.getLogger(__name__)
 
 
-def load_for_generation(
-    model: str | None,
-    *,
-    adapter: str | None = None,
-    rope: Any = None,
-    dtype: str = "float32",
-    quantization: str = "none",
-) -> tuple[Any, Any, Any]:
-    """Load (model, tokenizer, RoPE spec in effect). ``rope`` overrides the adapter's spec."""
-    from longqa.models.export import check_supported_checkpoint
-    from longqa.patch.rope import apply_rope_scaling
-
-    if model is None and adapter is None:
-        raise LongqaError("give --model, --adapter or both")
-    if adapter is not None:
-        from longqa.models.adapters import load_model_with_adapter, read_adapter_info
-
-        check_supported_checkpoint(model or str(read_adapter_info(adapter)["base_model"]))
-        lm, tok, spec = load_model_with_adapter(
-            adapter, base=model, dtype=dtype, quantization=quantization
-        )
-    else:
-        from longqa.models.loading import load_model, load_tokenizer
-
-        check_supported_checkpoint(model)
-        lm = load_model(model, dtype=dtype, quantization=quantization)
-        tok, spec = load_tokenizer(model), None
-    if rope is not None:
-        spec = None if rope.method == "none" else rope
-        apply_rope_scaling(lm, rope)
-    return lm, tok, spec
+# The one loader (model + tokenizer + RoPE spec in effect), under the name generate callers use.
+load_for_generation = load
 
 
 def context_warning(model: Any, spec: Any, n_prompt: int, max_new_tokens: int) -> str | None:

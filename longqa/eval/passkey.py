@@ -67,6 +67,11 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def key_sentence_ids(tokenizer: Any, passkey: int) -> list[int]:
+    """Token ids of the key line as it sits inside :func:`passkey_ids`' prompt (with its newlines)."""
+    return _ids(tokenizer, "\n" + info_line(passkey) + "\n")
+
+
 def passkey_ids(tokenizer: Any, passkey: int, length: int, depth: float) -> list[int]:
     """The passkey prompt as exactly ``length`` token ids, the key at ``depth`` of the filler.
 
@@ -83,7 +88,7 @@ def passkey_ids(tokenizer: Any, passkey: int, length: int, depth: float) -> list
     head = _ids(tokenizer, TASK_LINE + "\n")
     if bos is not None and tokenizer(".")["input_ids"][:1] == [bos]:
         head = [bos] + head
-    info = _ids(tokenizer, "\n" + info_line(passkey) + "\n")
+    info = key_sentence_ids(tokenizer, passkey)
     tail = _ids(tokenizer, "\n" + QUESTION)
     budget = length - len(head) - len(info) - len(tail)
     if budget < 0:

@@ -7,8 +7,8 @@ so every token is predicted with up to ``L`` tokens of context — the procedure
 whose RoPE extension works keeps perplexity flat (or falling) past its native window; an
 unextended one blows up there.
 
-The loss uses the chunked linear cross-entropy (``longqa.ops.fused_ce``), so a 32K window never
-materialises 32K × vocab logits.
+The loss is training's (:func:`longqa.ops.causal_lm.causal_lm_loss`, chunked cross-entropy), so a
+32K window never materialises 32K × vocab logits.
 
 Usage::
 
@@ -66,26 +66,18 @@ def token_stream(tokenizer: Any, docs: list[str], max_tokens: int) -> list[int]:
     return ids[:max_tokens]
 
 
-def _decoder_and_head(model: Any) -> tuple[Any, Any]:
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.get_decoder(), inner.get_output_embeddings()
-
-
 def window_nll(model: Any, ids: list[int], n_target: int) -> float:
     """Summed negative log-likelihood of the last ``n_target`` tokens of ``ids`` (one forward)."""
     import torch
 
-    from longqa.ops.fused_ce import chunked_linear_cross_entropy
+    from longqa.ops.causal_lm import IGNORE_INDEX, causal_lm_loss
 
-    decoder, head = _decoder_and_head(model)
     x = torch.tensor([ids], dtype=torch.long, device=model.device)
+    labels = x.clone()
+    labels[:, : len(ids) - n_target] = IGNORE_INDEX  # score only the last n_target tokens
     with torch.inference_mode():
-        hidden = decoder(input_ids=x, use_cache=False).last_hidden_state[0]  # [T, H]
-        # position t predicts token t+1; score the last n_target tokens
-        h = hidden[len(ids) - 1 - n_target : len(ids) - 1]
-        labels = x[0, len(ids) - n_target :]
-        mean = chunked_linear_cross_entropy(h, head.weight, labels, chunk_size=1024)
-    return float(mean) * n_target
+        total, _ = causal_lm_loss(model, {"input_ids": x, "labels": labels}, chunk_size=1024)
+    return float(total)
 
 
 def sliding_windows(n_tokens: int, length: int, stride: int) -> list[tuple[int, int, int]]:

@@ -38,44 +38,12 @@ from longqa.eval.results import (  # noqa: F401  (re-exported: one import for ta
     ResultStore,
     read_run,
 )
-
+from longqa.models.load import load
+from longqa.ops.rope_scaling import is_dynamic
 
 # ----------------------------------------------------------------------------------------- loading
-def load_for_eval(
-    model: str,
-    *,
-    adapter: str | None = None,
-    rope: RopeConfig | None = None,
-    dtype: str = "float32",
-) -> tuple[Any, Any, RopeConfig | None]:
-    """Load ``model`` (+ LoRA ``adapter``) for inference and apply the RoPE spec.
-
-    An adapter brings its own saved spec; an explicit ``rope`` overrides it (``method="none"``
-    removes scaling). Returns ``(model, tokenizer, effective_spec_or_None)``.
-    """
-    from longqa.patch.rope import apply_rope_scaling, revert_rope_scaling
-
-    if adapter:
-        from longqa.models.adapters import load_model_with_adapter
-
-        mdl, tok, spec = load_model_with_adapter(adapter, base=model or None, dtype=dtype)
-    else:
-        from longqa.models.loading import load_model, load_tokenizer
-
-        mdl = load_model(model, dtype=dtype, quantization="none")
-        tok = load_tokenizer(model)
-        spec = None
-    if rope is not None:
-        inner = mdl.get_base_model() if hasattr(mdl, "get_base_model") else mdl
-        if rope.method == "none":
-            if spec is not None:
-                revert_rope_scaling(inner)
-            spec = None
-        else:
-            apply_rope_scaling(inner, rope)
-            spec = rope
-    mdl.eval()
-    return mdl, tok, spec
+# The one loader (model + tokenizer + RoPE spec in effect), under the name eval callers use.
+load_for_eval = load
 
 
 def spec_label(spec: RopeConfig | None) -> str:
@@ -93,14 +61,9 @@ def context_warnings(model: Any, spec: RopeConfig | None, lengths: Iterable[int]
 
     Also emitted through :func:`warnings.warn` so notebook users see them.
     """
-    config = getattr(model, "config", None)
-    limit: int | None
-    try:
-        from longqa.patch.rope import addressable_length
+    from longqa.patch.rope import addressable_length
 
-        limit = addressable_length(config, spec)
-    except ImportError:
-        limit = getattr(config, "max_position_embeddings", None)
+    limit = addressable_length(getattr(model, "config", None), spec)
     if not limit:
         return []
     msgs = []
@@ -117,17 +80,6 @@ def context_warnings(model: Any, spec: RopeConfig | None, lengths: Iterable[int]
 
 
 # -------------------------------------------------------------------------------------- generation
-def _rope_is_dynamic(spec: RopeConfig | None) -> bool:
-    if spec is None:
-        return False
-    try:
-        from longqa.ops.rope_scaling import is_dynamic
-
-        return bool(is_dynamic(spec.method))
-    except (ImportError, AttributeError):
-        return spec.method.startswith("dynamic")
-
-
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common prefix of two token-id sequences."""
     n = min(len(a), len(b))
@@ -156,7 +108,7 @@ class GreedyGenerator:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.dynamic = _rope_is_dynamic(rope)
+        self.dynamic = rope is not None and is_dynamic(rope.method)
         self.reuse_prefix = True if reuse_prefix is None else reuse_prefix
         self.min_reuse = min_reuse
         self.reused_tokens = 0
@@ -206,11 +158,11 @@ class GreedyGenerator:
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                past_key_values=cache,
+                cache=cache,
                 **self._gen_kwargs(max_new_tokens),
             )
         if self.reuse_prefix:
-            self._ids, self._cache = ids, out.past_key_values
+            self._ids, self._cache = ids, out.cache
         return out.sequences[0, len(ids) :].tolist()
 
     def _batch(self, batch: list[list[int]], max_new_tokens: int) -> list[list[int]]:

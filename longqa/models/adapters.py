@@ -2,15 +2,16 @@
 
 Usage::
 
-    from longqa.models.adapters import save_adapter_bundle, load_model_with_adapter, read_adapter_info
+    from longqa.models.adapters import save_adapter_bundle, read_adapter_info
     save_adapter_bundle(peft_model, tokenizer, recipe, "runs/x/adapter")
-    model, tok, rope = load_model_with_adapter("runs/x/adapter")
+    model, tok, rope = longqa.models.load.load(adapter="runs/x/adapter")
 
 An adapter folder holds peft's ``adapter_config.json`` + ``adapter_model.safetensors`` (LoRA weights
 and the trainable norm layers), the tokenizer files, ``recipe.yaml`` (the resolved recipe),
 ``rope_spec.json`` (the :class:`~longqa.config.recipe.RopeConfig` the model was trained with) and
-``longqa.json`` (``{"base_model": …, "max_length": …}``). Loading re-applies the RoPE spec to the
-base model before the LoRA weights go on, so evaluation sees the same positions as training.
+``longqa.json`` (``{"base_model": …, "max_length": …}``). Loading (:func:`longqa.models.load.load`)
+re-applies the RoPE spec to the base model before the LoRA weights go on, so evaluation sees the same
+positions as training.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from longqa.config.recipe import Recipe, RopeConfig, dump_recipe
+from longqa.config.recipe import Recipe, RopeConfig, dump_recipe, recipe_max_length
 from longqa.core.errors import LongqaError
 from longqa.core.paths import atomic_write_json, atomic_write_text
 
@@ -27,12 +28,6 @@ INFO_FILE = "longqa.json"
 ROPE_FILE = "rope_spec.json"
 RECIPE_FILE = "recipe.yaml"
 REQUIRED_FILES = ("adapter_config.json", INFO_FILE)
-
-
-def recipe_max_length(recipe: Recipe) -> int:
-    """Longest sequence the recipe trains on (the largest phase length, else train.max_length)."""
-    lengths = [p.max_length for p in recipe.train.phases if p.max_length]
-    return max([recipe.train.max_length, *lengths]) if lengths else recipe.train.max_length
 
 
 def save_adapter_bundle(
@@ -107,68 +102,3 @@ def read_rope_spec(adapter_dir: str | Path) -> RopeConfig | None:
     except Exception as exc:  # pydantic ValidationError → one line
         raise LongqaError(f"{Path(adapter_dir) / ROPE_FILE}: invalid RoPE spec ({exc})") from None
     return None if spec.method == "none" else spec
-
-
-def _same_base(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    try:
-        from longqa.models.loading import resolve_model_path
-
-        return Path(resolve_model_path(a)).resolve() == Path(resolve_model_path(b)).resolve()
-    except Exception:
-        return False
-
-
-def load_model_with_adapter(
-    adapter_dir: str | Path,
-    *,
-    base: str | None = None,
-    dtype: str = "float32",
-    quantization: str = "none",
-    attn_implementation: str = "auto",
-    is_trainable: bool = False,
-) -> tuple[Any, Any, RopeConfig | None]:
-    """Load the adapter's base model, re-apply its RoPE spec, put the LoRA weights on.
-
-    Returns ``(peft_model, tokenizer, rope_spec)``. ``base`` overrides the base model location but
-    must name the same model the adapter was trained on.
-    """
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
-    from longqa.models.loading import load_model
-
-    info = read_adapter_info(adapter_dir)
-    trained_on = str(info["base_model"])
-    if base is not None and not _same_base(base, trained_on):
-        raise LongqaError(
-            f"--base {base} does not match the adapter's base model {trained_on} "
-            f"(from {Path(adapter_dir) / INFO_FILE})"
-        )
-    model = load_model(
-        base or trained_on,
-        dtype=dtype,
-        quantization=quantization,
-        attn_implementation=attn_implementation,
-    )
-    spec = read_rope_spec(adapter_dir)
-    if spec is not None:
-        from longqa.patch.rope import apply_rope_scaling
-
-        model = apply_rope_scaling(model, spec)
-    try:
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
-    except (ValueError, RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LongqaError(
-            f"{adapter_dir}: cannot load adapter onto {trained_on}: {first}"
-        ) from None
-    model.eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
-    except (OSError, ValueError):
-        from longqa.models.loading import load_tokenizer
-
-        tokenizer = load_tokenizer(base or trained_on)
-    return model, tokenizer, spec

@@ -33,40 +33,8 @@ from longqa.core.paths import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-ORIGINAL_QWEN = "qwen"
 EXPORT_INFO = "longqa_export.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-
-
-def supported_model_types() -> tuple[str, ...]:
-    """Model types longqa can load, patch and export (plus original Qwen, converted on load)."""
-    from longqa.patch.rope import SUPPORTED_MODEL_TYPES
-
-    return (*SUPPORTED_MODEL_TYPES, ORIGINAL_QWEN)
-
-
-def check_supported_checkpoint(name: str) -> None:
-    """One-line error when a local checkpoint is of an architecture longqa does not support."""
-    from longqa.models.loading import resolve_model_path
-
-    path = Path(resolve_model_path(name))
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        return  # hub id without a local copy: transformers reports what it finds
-    try:
-        model_type = json.loads(cfg_file.read_text(encoding="utf-8")).get("model_type")
-    except json.JSONDecodeError as exc:
-        raise LongqaError(f"{cfg_file}: invalid JSON ({exc.msg})") from None
-    if model_type in supported_model_types():
-        return
-    from longqa.models.qwen_convert import is_original_qwen
-
-    if is_original_qwen(path):
-        return
-    raise LongqaError(
-        f"{cfg_file}: model_type '{model_type}' is not supported; supported: Llama, Qwen2 and "
-        f"original Qwen (model types {', '.join(supported_model_types())})"
-    )
 
 
 def _model_rope(config: Any) -> tuple[float, int]:
@@ -181,42 +149,6 @@ def write_rope_config(config_file: Path, params: dict[str, Any], window: int) ->
     return cfg
 
 
-def _base_is_quantized(name: str) -> bool:
-    from longqa.models.loading import resolve_for_loading
-
-    cfg = Path(resolve_for_loading(name)) / "config.json"
-    return cfg.is_file() and "quantization_config" in json.loads(cfg.read_text(encoding="utf-8"))
-
-
-def _load_dequantized_with_adapter(
-    adapter_dir: Path, *, base: str, trained_on: str, dtype: str, quantization: str, spec: Any
-) -> tuple[Any, Any]:
-    """Base loaded quantised (stored 4-bit, or ``nf4`` as in QLoRA training), de-quantised to
-    ``dtype``, RoPE spec applied, adapter on top: the weights the adapter was trained against."""
-    import torch
-    from peft import PeftModel
-
-    from longqa.models.adapters import _same_base
-    from longqa.models.loading import load_model, load_tokenizer
-    from longqa.patch.rope import apply_rope_scaling
-
-    if base != trained_on and not _same_base(base, trained_on):
-        raise LongqaError(f"--base {base} does not match the adapter's base model {trained_on}")
-    model = load_model(base, dtype=dtype, quantization=quantization, attn_implementation="sdpa")
-    log.warning("de-quantising the 4-bit base weights to %s before merging", dtype)
-    model = model.dequantize().to(getattr(torch, dtype))
-    if spec is not None:
-        apply_rope_scaling(model, spec)
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
-    except (OSError, ValueError):
-        tokenizer = load_tokenizer(base)
-    return model, tokenizer
-
-
 def export_adapter(
     adapter_dir: str | Path,
     out_dir: str | Path,
@@ -232,6 +164,7 @@ def export_adapter(
     (needs bitsandbytes) instead of the original full-precision weights.
     """
     from longqa.models.adapters import read_adapter_info, read_rope_spec
+    from longqa.models.load import check_supported_checkpoint
 
     adapter_dir, out = Path(adapter_dir), Path(out_dir)
     info = read_adapter_info(adapter_dir)
@@ -273,23 +206,15 @@ def export_adapter(
 
 
 def _export_merged(adapter_dir, tmp, *, base, dtype, spec, info, from_nf4):
-    from longqa.models.adapters import load_model_with_adapter
+    """Merge into the weights the adapter was trained against: full precision, or (``from_nf4``,
+    or a base stored 4-bit) the de-quantised 4-bit weights."""
+    from longqa.models.load import load
     from longqa.patch.rope import revert_rope_scaling
 
-    trained_on = str(info["base_model"])
-    if from_nf4 or _base_is_quantized(base or trained_on):
-        model, tokenizer = _load_dequantized_with_adapter(
-            adapter_dir,
-            base=base or trained_on,
-            trained_on=trained_on,
-            dtype=dtype,
-            quantization="nf4" if from_nf4 else "none",
-            spec=spec,
-        )
-    else:
-        model, tokenizer, _ = load_model_with_adapter(
-            adapter_dir, base=base, dtype=dtype, quantization="none", attn_implementation="sdpa"
-        )
+    model, tokenizer, _ = load(
+        base, adapter=adapter_dir, dtype=dtype, quantization="nf4" if from_nf4 else "none",
+        attn_implementation="sdpa", dequantize=True,
+    )  # fmt: skip
     merged = model.merge_and_unload()
     revert_rope_scaling(merged)
     params, window, warnings = hf_rope_parameters(merged.config, spec, info.get("max_length"))

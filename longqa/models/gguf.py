@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from longqa.core.errors import LongqaError
+from longqa.patch.families import gguf_architectures
 
-# GGUF architectures whose transformers model longqa can RoPE-patch and train.
-SUPPORTED_GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 MARKER = "longqa_source.json"  # written last: its presence means the folder is complete
 
 _GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
@@ -106,10 +105,10 @@ def convert_gguf(
     template), built in a temp folder and renamed into place. Returns ``out``."""
     gguf, out = Path(gguf), Path(out)
     arch = gguf_architecture(gguf)
-    if arch not in SUPPORTED_GGUF_ARCHITECTURES:
+    if arch not in gguf_architectures():
         raise LongqaError(
             f"{gguf}: GGUF architecture '{arch}' is not supported; supported: "
-            f"{', '.join(SUPPORTED_GGUF_ARCHITECTURES)}"
+            f"{', '.join(gguf_architectures())}"
         )
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

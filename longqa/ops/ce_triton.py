@@ -1,6 +1,6 @@
 """Triton kernel for one block of cross-entropy rows: loss and d(loss)/d(logits), in place.
 
-Used by :func:`longqa.ops.fused_ce.chunked_linear_cross_entropy` with ``backend="triton"``::
+Used by :func:`longqa.ops.chunked_ce.chunked_linear_cross_entropy` with ``backend="triton"``::
 
     loss_rows = ce_loss_and_grad_inplace(logits, labels, scale, ignore_index)
     # logits [c, V] now hold (softmax(z) - onehot(label)) * scale (0 for ignored rows)

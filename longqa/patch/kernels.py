@@ -2,22 +2,20 @@
 
 Usage::
 
-    from longqa.patch.kernels import apply_kernels, revert_kernels, fused_causal_lm_loss
+    from longqa.patch.kernels import apply_kernels, revert_kernels
     model.activation_checkpointing_enable()        # first: offloading wraps its checkpoint function
     notes = apply_kernels(model, recipe.kernels, recipe.memory)   # e.g. ["fused RoPE on (16 layers)"]
-    loss = fused_causal_lm_loss(model, input_ids, labels, attention_mask=mask)  # no [B, S, V] logits
     revert_kernels(model)                          # back to the unpatched model
 
-* ``kernels.rope``: Llama / Qwen2 / Mistral / Qwen3 attention calls the module-level
-  ``apply_rotary_pos_emb`` of its modeling file. That name is swapped for a dispatcher which, while a
+* ``kernels.rope``: the attention of the families marked ``fused_rope`` in
+  :mod:`longqa.patch.families` calls the module-level ``apply_rotary_pos_emb`` of its modeling file. That name is swapped for a dispatcher which, while a
   patched model's attention module is running (forward pre/post hooks set a flag), rotates q and k
   with :func:`longqa.ops.rope_triton.fused_rope`, and otherwise calls the original function, so other
   models in the process are untouched. The original is restored when the last patched model is
   reverted. Library source is never edited. Needs CUDA (or ``force_triton=True`` with
   ``TRITON_INTERPRET=1``, used by the tests).
-* ``kernels.fused_ce``: :func:`fused_causal_lm_loss` computes the shifted causal-LM loss from the
-  final hidden states with :func:`longqa.ops.fused_ce.chunked_linear_cross_entropy` (Triton on CUDA,
-  chunked torch on CPU).
+* ``kernels.chunked_ce`` is not a patch: it selects the chunked path of the training loss,
+  :func:`longqa.ops.causal_lm.causal_lm_loss`.
 * ``memory.offload_activations``: :class:`longqa.ops.offload.ActivationOffloader` on every
   gradient-checkpointed decoder layer (CUDA only).
 """
@@ -29,13 +27,13 @@ import threading
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from longqa.config.recipe import KernelsConfig, MemoryConfig
 from longqa.core.errors import LongqaError
 from longqa.ops.offload import ActivationOffloader
+from longqa.patch.families import family_class_of, fused_rope_families
 
-ROPE_FAMILIES = ("llama", "qwen2", "mistral", "qwen3")
 _STATE_ATTR = "_longqa_kernels"
 _local = threading.local()
 _patched_modules: dict[str, tuple[Any, int]] = {}  # modeling module name -> (original fn, users)
@@ -73,21 +71,14 @@ def _exit(module: nn.Module, args: Any, output: Any) -> None:
     _local.depth = max(0, getattr(_local, "depth", 0) - 1)
 
 
-def _attention_modules(model: nn.Module) -> tuple[list[tuple[nn.Module, str]], set[str]]:
-    found, unsupported = [], set()
+def _attention_modules(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(attention module, its modeling module name) for every attention layer the kernel supports."""
+    found = []
     for module in model.modules():
-        cls = type(module)
-        if not cls.__name__.endswith("Attention") or not cls.__module__.startswith(
-            "transformers.models."
-        ):
-            continue
-        family = cls.__module__.split(".")[2]
-        mod = sys.modules.get(cls.__module__)
-        if family in ROPE_FAMILIES and hasattr(mod, "apply_rotary_pos_emb"):
-            found.append((module, cls.__module__))
-        else:
-            unsupported.add(cls.__name__)
-    return found, unsupported
+        family = family_class_of(module, "attention")
+        if family is not None and family.fused_rope:
+            found.append((module, family.modeling_name))
+    return found
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -99,10 +90,13 @@ def _model_device(model: nn.Module) -> torch.device:
 def _install_rope(model: nn.Module, state: dict[str, Any]) -> str:
     from longqa.ops.rope_triton import MAX_HEAD_DIM
 
-    attn, unsupported = _attention_modules(model)
+    attn = _attention_modules(model)
     if not attn:
-        names = ", ".join(sorted(unsupported)) or type(model).__name__
-        return f"fused RoPE skipped: {names} not supported (supported: {', '.join(ROPE_FAMILIES)})"
+        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        return (
+            f"fused RoPE skipped: model type '{model_type}' not supported "
+            f"(supported: {', '.join(fused_rope_families())})"
+        )
     for module, _ in attn:
         head_dim = getattr(module, "head_dim", None)
         if head_dim is not None and (head_dim % 2 or head_dim > MAX_HEAD_DIM):
@@ -163,9 +157,6 @@ def apply_kernels(
             notes.append(_install_rope(model, state))
         else:
             notes.append(f"fused RoPE skipped: needs CUDA (model is on {device.type})")
-    if kernels.fused_ce:
-        path = "Triton" if on_cuda else "chunked torch"
-        notes.append(f"fused cross-entropy on ({path} path)")
     if memory.offload_activations:
         off = offloader or ActivationOffloader()
         if not (on_cuda or off.simulate):
@@ -197,54 +188,3 @@ def applied_kernels(model: nn.Module) -> list[str]:
     """The notes of the kernels currently applied to ``model`` (empty when none)."""
     state = model.__dict__.get(_STATE_ATTR)
     return list(state["notes"]) if state else []
-
-
-def fused_causal_lm_loss(
-    model: nn.Module,
-    input_ids: Tensor,
-    labels: Tensor,
-    *,
-    attention_mask: Tensor | None = None,
-    position_ids: Tensor | None = None,
-    chunk_size: int = 4096,
-    ignore_index: int = -100,
-    **model_kwargs: Any,
-) -> Tensor:
-    """Causal-LM loss (labels shifted by one, mean over non-ignored) without ``[B, S, V]`` logits.
-
-    Works for HF ``*ForCausalLM`` models and peft wrappers around them.
-    """
-    from longqa.ops.fused_ce import chunked_linear_cross_entropy
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(base, "config", None)
-    if getattr(config, "final_logit_softcapping", None):
-        raise LongqaError("fused cross-entropy: logit soft-capping models are not supported")
-    head = base.get_output_embeddings()
-    decoder = base.get_decoder()
-    if head is None or decoder is None:
-        raise LongqaError(f"fused cross-entropy: {type(base).__name__} has no LM head / decoder")
-    if type(head) is not nn.Linear or not head.weight.is_floating_point():
-        raise LongqaError(
-            f"fused cross-entropy: the LM head is a {type(head).__name__} (quantized or adapted); "
-            "it needs a plain floating-point nn.Linear head (set kernels.fused_ce: false)"
-        )
-    out = decoder(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=False,
-        **model_kwargs,
-    )
-    hidden = out.last_hidden_state  # [B, S, H]; position t predicts token t+1
-    labels = labels.to(hidden.device)
-    pad = torch.full_like(labels[:, :1], ignore_index)
-    shifted = torch.cat([labels[:, 1:], pad], dim=1)  # [B, S]; shift labels, not hidden (no copy)
-    return chunked_linear_cross_entropy(
-        hidden.reshape(-1, hidden.shape[-1]),
-        head.weight,
-        shifted.reshape(-1),
-        chunk_size=chunk_size,
-        ignore_index=ignore_index,
-        bias=getattr(head, "bias", None),
-    )

@@ -28,16 +28,11 @@ from torch import Tensor, nn
 from longqa.config.recipe import RopeConfig
 from longqa.core.errors import LongqaError
 from longqa.ops.rope_scaling import check_params, compute_rope, is_dynamic
+from longqa.patch.families import FAMILIES, family_class_of, family_of
 
-SUPPORTED_MODEL_TYPES = (
-    "llama",
-    "qwen2",
-    "qwen3",
-    "mistral",
-    "mixtral",
-    "qwen2_moe",
-    "qwen3_moe",
-)
+# config.max_position_embeddings of a model patched with a method that sets no limit (the config
+# field must be an int; int32's maximum is beyond any sequence a position tensor holds)
+NO_FIXED_WINDOW = 2**31 - 1
 
 _OPTION_ALIASES = {
     "original_length": "original_max_position_embeddings",
@@ -152,7 +147,7 @@ def _rotary_modules(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
         if not name:
             continue
         is_ours = isinstance(module, LongqaRotaryEmbedding)
-        is_hf = type(module).__name__.endswith("RotaryEmbedding") and hasattr(module, "inv_freq")
+        is_hf = family_class_of(module, "rotary") is not None
         if is_ours or is_hf:
             parent_name, _, attr = name.rpartition(".")
             found.append((model.get_submodule(parent_name) if parent_name else model, attr, module))
@@ -201,16 +196,11 @@ def apply_rope_scaling(model: nn.Module, spec: RopeConfig | dict[str, Any]) -> n
     if not targets:
         raise LongqaError(
             f"{type(model).__name__}: no rotary embedding module found; rope scaling supports "
-            f"model types {', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"model types {', '.join(FAMILIES)}"
         )
     for parent, attr, module in targets:
         config = getattr(module, "config", None) or getattr(model, "config", None)
-        model_type = getattr(config, "model_type", None)
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise LongqaError(
-                f"rope scaling does not support model type '{model_type}'; "
-                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-            )
+        family_of(config, "rope scaling")
         head_dim = 2 * int(module.inv_freq.numel())
         patched = LongqaRotaryEmbedding(
             module,
@@ -220,14 +210,41 @@ def apply_rope_scaling(model: nn.Module, spec: RopeConfig | dict[str, Any]) -> n
             original_length=_original_length(config),
         )
         patched._inv_freq = patched._inv_freq.to(module.inv_freq.device)
+        patched.window_backup = _extend_window(config, rope)
         setattr(parent, attr, patched)
     return model
 
 
+def _extend_window(config: Any, rope: RopeConfig) -> dict[str, Any] | None:
+    """Raise ``config.max_position_embeddings`` to what ``rope`` addresses (:data:`NO_FIXED_WINDOW`
+    for methods without a limit, such as dynamic ones without a factor), keeping the pretraining window as ``rope_parameters``'
+    ``original_max_position_embeddings`` — transformers' meaning of both fields, so generation does
+    not warn about a window the patch has extended. Returns what :func:`_restore_window` undoes."""
+    native = getattr(config, "max_position_embeddings", None)
+    if native is None or config is None:
+        return None
+    target = addressable_length(config, rope) or NO_FIXED_WINDOW
+    if target <= native:
+        return None
+    params = getattr(config, "rope_parameters", None)
+    backup = {"config": config, "max_position_embeddings": native, "rope_parameters": params}
+    if isinstance(params, dict):
+        config.rope_parameters = {"original_max_position_embeddings": native, **params}
+    config.max_position_embeddings = target
+    return backup
+
+
+def _restore_window(backup: dict[str, Any] | None) -> None:
+    if backup is not None:
+        backup["config"].max_position_embeddings = backup["max_position_embeddings"]
+        backup["config"].rope_parameters = backup["rope_parameters"]
+
+
 def revert_rope_scaling(model: nn.Module) -> nn.Module:
     """Put the original rotary embedding module(s) back (no-op when not patched)."""
-    for parent, attr, module in _rotary_modules(model):
+    for parent, attr, module in reversed(_rotary_modules(model)):
         if isinstance(module, LongqaRotaryEmbedding):
+            _restore_window(getattr(module, "window_backup", None))
             setattr(parent, attr, module.original_module)
     return model
 

@@ -107,36 +107,31 @@ def load_base(recipe: Recipe, rt: Runtime) -> tuple[Any, list[str]]:
     """The base model in 4-bit (or not), with the recipe's RoPE scaling applied."""
     import torch
 
-    from longqa.models.loading import load_model
+    from longqa.models.load import load_from_config
 
     notes: list[str] = []
-    cfg = recipe.model
-    model = load_model(
-        cfg.name,
+    model, _, spec = load_from_config(
+        recipe.model,
+        rope=recipe.rope,
         dtype=rt.dtype,
         quantization=rt.quantization,
-        attn_implementation=cfg.attn_implementation,
-        layout=cfg.layout,
         device=rt.device if rt.quantization == "nf4" or rt.on_cuda else None,
-        double_quant=cfg.double_quant,
-        trust_remote_code=cfg.trust_remote_code,
     )
     model.config.use_cache = False
     if rt.quantization == "nf4":
         # 4-bit matmuls compute in the training dtype (float32 on CPU, bf16/fp16 on GPU).
+        import bitsandbytes as bnb
+
         compute = getattr(torch, rt.dtype)
         for m in model.modules():
-            if type(m).__name__ == "Linear4bit":
+            if isinstance(m, bnb.nn.Linear4bit):
                 m.compute_dtype = compute
                 m.compute_type_is_set = True
         notes.append(f"weights: 4-bit NF4 (bitsandbytes), compute {rt.dtype}")
     else:
         notes.append(f"weights: {rt.dtype}, not quantized")
-    if recipe.rope.method != "none":
-        from longqa.patch.rope import apply_rope_scaling
-
-        model = apply_rope_scaling(model, recipe.rope)
-        notes.append(f"rope: {recipe.rope.method} factor {recipe.rope.factor}")
+    if spec is not None:
+        notes.append(f"rope: {spec.method} factor {spec.factor}")
     return model, notes
 
 
@@ -146,25 +141,21 @@ def build_trainable_model(
     """Base model + LoRA (fresh, or continued from ``start_adapter``) ready for training."""
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
+    from longqa.models.load import peft_wrapping
+
     model, notes = load_base(recipe, rt)
     gc = recipe.train.gradient_checkpointing
-    if rt.quantization == "nf4":
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=gc,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif gc:
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable({"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable({"use_reentrant": False})
+    if rt.quantization == "nf4":  # fp32 norms/embeddings; checkpointing is switched on below
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gc:
+        model.activation_checkpointing_enable({"use_reentrant": False})
         model.enable_input_require_grads()
-    if start_adapter is not None:
-        model = PeftModel.from_pretrained(model, str(start_adapter), is_trainable=True)
-        notes.append(f"LoRA: continued from {start_adapter}")
-    else:
-        model = get_peft_model(model, lora_config(recipe, model))
+    with peft_wrapping():
+        if start_adapter is not None:
+            model = PeftModel.from_pretrained(model, str(start_adapter), is_trainable=True)
+            notes.append(f"LoRA: continued from {start_adapter}")
+        else:
+            model = get_peft_model(model, lora_config(recipe, model))
     trainable, total = model.get_nb_trainable_parameters()
     notes.append(
         f"LoRA r={recipe.lora.r} alpha={recipe.lora.alpha} on {recipe.lora.target_modules}"
@@ -177,14 +168,11 @@ def build_trainable_model(
 
 
 def _apply_kernels(model: Any, recipe: Recipe) -> list[str]:
-    """Fused RoPE / activation offloading per recipe (the fused CE switch is read by the loss)."""
-    try:
-        from longqa.patch.kernels import apply_kernels
-    except ImportError:
-        wanted = recipe.kernels.rope or recipe.memory.offload_activations
-        return ["kernels: patch module unavailable, switches ignored"] if wanted else []
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    notes = list(apply_kernels(base, recipe.kernels, recipe.memory) or [])
-    ce = "chunked" if recipe.kernels.fused_ce else "full logits"
+    """Fused RoPE / activation offloading per recipe; ``kernels.chunked_ce`` picks the loss path."""
+    from longqa.ops.causal_lm import unwrap_causal_lm
+    from longqa.patch.kernels import apply_kernels
+
+    notes = apply_kernels(unwrap_causal_lm(model), recipe.kernels, recipe.memory)
+    ce = "chunked" if recipe.kernels.chunked_ce else "full logits"
     notes.append(f"loss: {ce} cross-entropy (chunk {recipe.train.loss_chunk_size} tokens)")
     return notes

@@ -24,9 +24,11 @@ The estimate (bytes) adds, for one micro-batch of ``B × T`` tokens:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from longqa.config.recipe import Recipe
+from longqa.config.recipe import Recipe, recipe_max_length
+from longqa.core.errors import LongqaError
 
 GB = 2**30
 
@@ -93,36 +95,41 @@ def _norm(name: str) -> str:
     return name.lower().replace("meta-llama-3", "llama-3").replace("_", "-")
 
 
-def model_shape(recipe: Recipe) -> tuple[ModelShape, str]:
-    """Shape from the model's config on disk, else from :data:`KNOWN_SHAPES` by name."""
-    name = recipe.model.name
+def _shape_from_config(path: str) -> ModelShape:
+    from transformers import AutoConfig
+
     try:
-        from transformers import AutoConfig
+        cfg = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:  # corrupt JSON, unknown model_type, missing fields
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        cfg_file = Path(path) / "config.json"
+        raise LongqaError(f"{cfg_file}: cannot read the model config ({first})") from None
+    tc = cfg.get_text_config()
+    return ModelShape(
+        hidden=tc.hidden_size,
+        layers=tc.num_hidden_layers,
+        heads=tc.num_attention_heads,
+        kv_heads=getattr(tc, "num_key_value_heads", None) or tc.num_attention_heads,
+        inter=tc.intermediate_size,
+        vocab=tc.vocab_size,
+        head_dim=getattr(tc, "head_dim", None) or 0,
+        tied=bool(getattr(tc, "tie_word_embeddings", False)),
+    )
 
-        from longqa.models.loading import is_prepared, resolve_for_loading
 
-        if name in KNOWN_SHAPES and not is_prepared(name):
-            raise LookupError  # don't convert a GGUF just to plan
-        cfg = AutoConfig.from_pretrained(resolve_for_loading(name, recipe.model.layout))
-        tc = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        shape = ModelShape(
-            hidden=tc.hidden_size,
-            layers=tc.num_hidden_layers,
-            heads=tc.num_attention_heads,
-            kv_heads=getattr(tc, "num_key_value_heads", None) or tc.num_attention_heads,
-            inter=tc.intermediate_size,
-            vocab=tc.vocab_size,
-            head_dim=getattr(tc, "head_dim", None) or 0,
-            tied=bool(getattr(tc, "tie_word_embeddings", False)),
-        )
-        return shape, "model config"
-    except Exception:
-        key = _norm(name)
-        for known, dims in sorted(KNOWN_SHAPES.items(), key=lambda kv: -len(kv[0])):
-            if known in key:
-                return ModelShape(**dims), f"built-in shape '{known}'"
-    from longqa.core.errors import LongqaError
+def model_shape(recipe: Recipe) -> tuple[ModelShape, str]:
+    """Shape from the model's config on disk (prepared aliases, local folders), else from
+    :data:`KNOWN_SHAPES` by name (a GGUF is not converted, nor a hub model fetched, just to plan)."""
+    from longqa.models.loading import cached_hub_snapshot, is_prepared, resolve_for_loading
 
+    name = recipe.model.name
+    on_disk = is_prepared(name) or ("/" in name and cached_hub_snapshot(name) is not None)
+    if on_disk:
+        return _shape_from_config(resolve_for_loading(name, recipe.model.layout)), "model config"
+    key = _norm(name)
+    for known, dims in sorted(KNOWN_SHAPES.items(), key=lambda kv: -len(kv[0])):
+        if known in key:
+            return ModelShape(**dims), f"built-in shape '{known}'"
     raise LongqaError(
         f"--plan: cannot find the shape of model '{name}' (not on disk and not one of "
         f"{', '.join(KNOWN_SHAPES)})"
@@ -158,7 +165,7 @@ def estimate_bytes(
         attn = 2 * tc.micro_batch_size * shape.heads * seq_len * seq_len * act
     else:
         attn = 4 * tokens * shape.heads * 4  # log-sum-exp and friends, O(T)
-    if recipe.kernels.fused_ce:
+    if recipe.kernels.chunked_ce:
         chunk = min(tc.loss_chunk_size, tokens)
         loss = 2 * chunk * shape.vocab * 4 + tokens * shape.hidden * 4
     else:
@@ -179,8 +186,6 @@ def estimate_bytes(
 
 def plan_memory(recipe: Recipe, gpu_mem_gb: float = 80.0, seq_len: int | None = None) -> MemoryPlan:
     """Estimate the peak GPU memory of one step at the recipe's longest length."""
-    from longqa.models.adapters import recipe_max_length
-
     shape, source = model_shape(recipe)
     length = seq_len or recipe_max_length(recipe)
     items = estimate_bytes(recipe, shape, length)

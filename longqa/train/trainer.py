@@ -29,6 +29,7 @@ from longqa.config.recipe import DatasetSpec, PhaseConfig, Recipe, dump_recipe, 
 from longqa.core.errors import LongqaError
 from longqa.core.paths import atomic_write_text
 from longqa.models.adapters import is_adapter_dir, read_adapter_info, save_adapter_bundle
+from longqa.ops.causal_lm import causal_lm_loss
 from longqa.train.data import (
     TokenizeStats,
     load_records,
@@ -36,7 +37,6 @@ from longqa.train.data import (
     tokenize_pretrain,
     tokenize_sft,
 )
-from longqa.train.loss import causal_lm_loss
 from longqa.train.packing import ListDataset, PackedCollator, PaddedCollator, pack_examples
 
 LOG_FILE = "train_log.jsonl"
@@ -268,7 +268,7 @@ def run_training(
             data_collator=collator,
             processing_class=tokenizer,
             loss_chunk_size=recipe.train.loss_chunk_size,
-            chunked=recipe.kernels.fused_ce,
+            chunked=recipe.kernels.chunked_ce,
         )
         trainer.remove_callback(PrinterCallback)  # our MetricsCallback prints instead
         metrics = MetricsCallback(out_dir / LOG_FILE, phase.name, console)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from longqa.core.errors import LongqaError
-from longqa.ops.fused_ce import chunked_linear_cross_entropy
+from longqa.ops.chunked_ce import chunked_linear_cross_entropy
 
 BACKENDS = ["torch", "triton"]
 

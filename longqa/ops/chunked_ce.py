@@ -1,8 +1,8 @@
-"""Chunked (fused) linear cross-entropy: final hidden states + LM head -> loss, never N x V logits.
+"""Chunked linear cross-entropy: final hidden states + LM head -> loss, never N x V logits.
 
 Usage::
 
-    from longqa.ops.fused_ce import chunked_linear_cross_entropy
+    from longqa.ops.chunked_ce import chunked_linear_cross_entropy
     # hidden: [N, H] final hidden states (already shifted so that row i predicts labels[i])
     # weight: [V, H] LM head; labels: [N] int64 with ignore_index for non-assistant tokens
     loss = chunked_linear_cross_entropy(hidden, weight, labels, chunk_size=4096)
@@ -47,7 +47,7 @@ def triton_available() -> bool:
 def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in _BACKENDS:
         raise LongqaError(
-            f"fused cross-entropy backend {backend!r} unknown; expected one of {_BACKENDS}"
+            f"chunked cross-entropy backend {backend!r} unknown; expected one of {_BACKENDS}"
         )
     if backend == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "torch"
@@ -181,34 +181,34 @@ def chunked_linear_cross_entropy(
     """
     if hidden.dim() < 2 or weight.dim() != 2:
         raise LongqaError(
-            f"fused cross-entropy: expected hidden [N, H] and weight [V, H], got "
+            f"chunked cross-entropy: expected hidden [N, H] and weight [V, H], got "
             f"{tuple(hidden.shape)} and {tuple(weight.shape)}"
         )
     hidden = hidden.reshape(-1, hidden.shape[-1])
     labels = labels.reshape(-1)
     if hidden.shape[1] != weight.shape[1] or labels.shape[0] != hidden.shape[0]:
         raise LongqaError(
-            f"fused cross-entropy: shapes do not match: hidden {tuple(hidden.shape)}, "
+            f"chunked cross-entropy: shapes do not match: hidden {tuple(hidden.shape)}, "
             f"weight {tuple(weight.shape)}, labels {tuple(labels.shape)} (want [N,H], [V,H], [N])"
         )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise LongqaError(
-            f"fused cross-entropy: bias must be [V]={weight.shape[0]}, got {tuple(bias.shape)}"
+            f"chunked cross-entropy: bias must be [V]={weight.shape[0]}, got {tuple(bias.shape)}"
         )
     if labels.dtype not in (torch.int64, torch.int32):
-        raise LongqaError(f"fused cross-entropy: labels must be int64/int32, got {labels.dtype}")
+        raise LongqaError(f"chunked cross-entropy: labels must be int64/int32, got {labels.dtype}")
     if chunk_size < 1:
-        raise LongqaError(f"fused cross-entropy: chunk_size must be >= 1, got {chunk_size}")
+        raise LongqaError(f"chunked cross-entropy: chunk_size must be >= 1, got {chunk_size}")
     if reduction not in ("mean", "sum"):
         raise LongqaError(
-            f"fused cross-entropy: reduction must be 'mean' or 'sum', got {reduction!r}"
+            f"chunked cross-entropy: reduction must be 'mean' or 'sum', got {reduction!r}"
         )
     n_classes = weight.shape[0]
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= n_classes))
     if bool(bad.any()):
         value = int(labels[bad][0])
         raise LongqaError(
-            f"fused cross-entropy: label {value} outside [0, {n_classes}) and not ignore_index "
+            f"chunked cross-entropy: label {value} outside [0, {n_classes}) and not ignore_index "
             f"({ignore_index})"
         )
     labels = labels.long()

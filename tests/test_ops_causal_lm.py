@@ -1,4 +1,5 @@
-"""Loss: chunked == plain (value and gradient); packed rows == per-sample runs (no leakage)."""
+"""The one causal-LM loss: chunked == plain == transformers' loss (value and gradient), through peft;
+packed rows == per-sample runs (no leakage)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import pytest
 import torch
 from train_fixtures import tiny_model_dir
 
+from longqa.ops.causal_lm import causal_lm_loss
 from longqa.train.data import IGNORE_INDEX, Example
-from longqa.train.loss import causal_lm_loss
 from longqa.train.packing import PackedCollator, PaddedCollator, pack_examples
 
 
@@ -32,8 +33,11 @@ def _examples(seed=0, lengths=(7, 12, 5, 9)):
 def test_chunked_loss_matches_plain_loss_and_gradients(tmp_path):
     from peft import LoraConfig, get_peft_model
 
+    from longqa.models.load import peft_wrapping
+
     torch.manual_seed(0)
-    model = get_peft_model(_model(tmp_path), LoraConfig(r=4, target_modules="all-linear"))
+    with peft_wrapping():  # peft probes a deprecated transformers name
+        model = get_peft_model(_model(tmp_path), LoraConfig(r=4, target_modules="all-linear"))
     for n, p in model.named_parameters():  # non-zero B so LoRA gradients flow everywhere
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.02)
@@ -95,3 +99,67 @@ def test_packing_two_rows_with_padding(tmp_path):
         ref = [causal_lm_loss(model, PaddedCollator(0)([e]), chunked=False) for e in examples]
     expected = sum(r[0] for r in ref) / sum(r[1] for r in ref)
     torch.testing.assert_close(s / n, expected, rtol=1e-5, atol=1e-6)
+
+
+def _family_model(family: str, seed: int = 0):
+    from tiny import TINY_SHAPE
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+    config_cls, model_cls = classes[family]
+    torch.manual_seed(seed)
+    return model_cls(config_cls(**TINY_SHAPE)).eval()
+
+
+def _ids(shape, seed):
+    return torch.randint(0, 128, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_chunked_loss_matches_hf_loss_and_grads(family):
+    ids = _ids((2, 10), seed=5)
+    labels = ids.clone()
+    labels[:, :4] = -100  # prompt tokens are not counted
+    ref = _family_model(family).train()
+    ref(input_ids=ids, labels=labels).loss.backward()
+    model = _family_model(family).train()
+    total, n = causal_lm_loss(model, {"input_ids": ids, "labels": labels}, chunk_size=7)
+    loss = total / n
+    loss.backward()
+    torch.testing.assert_close(loss, ref(input_ids=ids, labels=labels).loss, rtol=1e-5, atol=1e-6)
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_loss_through_peft_lora():
+    from peft import LoraConfig, get_peft_model
+
+    from longqa.models.load import peft_wrapping
+
+    ids = _ids((1, 9), seed=6)
+    base = _family_model("llama")
+    with peft_wrapping():  # peft probes a deprecated transformers name
+        model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    expected = model(input_ids=ids, labels=ids).loss
+    total, n = causal_lm_loss(model, {"input_ids": ids, "labels": ids})
+    loss = total / n
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert lora and all(p.grad is not None for p in lora)
+    assert model.get_base_model().lm_head.weight.grad is None  # frozen head: no gradient
+
+
+def test_adapted_head_needs_the_full_logits_path():
+    from peft import LoraConfig, get_peft_model
+
+    from longqa.core.errors import LongqaError
+    from longqa.models.load import peft_wrapping
+
+    ids = _ids((1, 9), seed=7)
+    with peft_wrapping():  # peft probes a deprecated transformers name
+        model = get_peft_model(_family_model("llama"), LoraConfig(r=4, target_modules=["lm_head"]))
+    with pytest.raises(LongqaError, match="set kernels.chunked_ce: false"):
+        causal_lm_loss(model, {"input_ids": ids, "labels": ids})
+    total, n = causal_lm_loss(model, {"input_ids": ids, "labels": ids}, chunked=False)
+    torch.testing.assert_close(total / n, model(input_ids=ids, labels=ids).loss)

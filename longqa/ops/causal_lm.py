@@ -1,0 +1,103 @@
+"""The one causal-LM loss from final hidden states: training, perplexity and the benchmarks run it.
+
+Usage::
+
+    from longqa.ops.causal_lm import causal_lm_loss, unwrap_causal_lm
+    loss_sum, n_tokens = causal_lm_loss(peft_model, batch, chunk_size=4096, chunked=True)
+    loss = loss_sum / n_tokens                      # token mean, as transformers' own loss
+
+``batch`` holds ``input_ids`` and ``labels`` (``-100`` where a token is not scored), optionally
+``attention_mask`` / ``position_ids``. The decoder runs once and returns the final hidden states
+``[B, T, H]``; position ``t`` predicts label ``t + 1``. Only positions whose target is scored go on
+to the LM head. With ``chunked=True`` the head and the cross-entropy run block by block through
+:func:`longqa.ops.chunked_ce.chunked_linear_cross_entropy` (recomputed in backward), so a
+``T × vocab`` logits tensor never exists; ``chunked=False`` applies the head module to those
+positions and then ``F.cross_entropy`` (the reference; also the path for a head that is not a plain
+``nn.Linear``). The recipe switch ``kernels.chunked_ce`` picks one for training.
+
+The value returned is the *sum* of per-token losses and the number of scored tokens, so callers form
+a token-weighted mean over a whole gradient-accumulation step (or a whole perplexity window).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longqa.core.errors import LongqaError
+
+IGNORE_INDEX = -100  # PyTorch's and transformers' label value for "not scored"
+
+
+def unwrap_causal_lm(model: Any) -> Any:
+    """The ``*ForCausalLM`` under peft (``get_base_model``) / accelerate (``module``) wrappers."""
+    m = model
+    for _ in range(4):
+        if hasattr(m, "get_base_model"):
+            m = m.get_base_model()
+        elif hasattr(m, "module") and not hasattr(m, "lm_head"):
+            m = m.module
+        else:
+            break
+    return m
+
+
+def shift_labels(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """``labels[:, 1:]`` padded with ``ignore_index`` at the end: target of position t is token t+1."""
+    return F.pad(labels[:, 1:], (0, 1), value=ignore_index)
+
+
+def final_hidden_states(model: Any, batch: Mapping[str, Any]) -> Tensor:
+    """Run the decoder stack (LoRA layers included) and return its last hidden states ``[B, T, H]``."""
+    lm = unwrap_causal_lm(model)
+    decoder = lm.get_decoder()
+    kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    return decoder(**kwargs, use_cache=False).last_hidden_state
+
+
+def _plain_head(lm: Any) -> nn.Linear:
+    head = lm.get_output_embeddings()
+    if getattr(lm.config, "final_logit_softcapping", None):
+        raise LongqaError("chunked cross-entropy: logit soft-capping models are not supported")
+    if type(head) is not nn.Linear or not head.weight.is_floating_point():
+        raise LongqaError(
+            f"chunked cross-entropy: the LM head is a {type(head).__name__} (quantized or adapted); "
+            "it needs a plain floating-point nn.Linear head (set kernels.chunked_ce: false)"
+        )
+    return head
+
+
+def causal_lm_loss(
+    model: Any,
+    batch: Mapping[str, Any],
+    *,
+    chunk_size: int = 4096,
+    chunked: bool = True,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[Tensor, Tensor]:
+    """Return ``(sum of token losses, number of scored tokens)`` for a batch with ``labels``."""
+    from longqa.ops.chunked_ce import chunked_linear_cross_entropy
+
+    lm = unwrap_causal_lm(model)
+    hidden = final_hidden_states(model, batch)  # [B, T, H]
+    targets = shift_labels(batch["labels"].to(hidden.device), ignore_index).reshape(-1)  # [B*T]
+    scored = targets != ignore_index
+    n_tokens = scored.sum()
+    hidden = hidden.reshape(-1, hidden.shape[-1])[scored]  # [N, H], N scored positions
+    targets = targets[scored]  # [N]
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0, n_tokens
+    if not chunked:
+        logits = lm.get_output_embeddings()(hidden).float()  # [N, V]
+        return F.cross_entropy(logits, targets, reduction="sum"), n_tokens
+    head = _plain_head(lm)
+    weight, bias = head.weight, head.bias  # [V, H], [V] | None
+    if hidden.dtype != weight.dtype:
+        hidden = hidden.to(weight.dtype)
+    total = chunked_linear_cross_entropy(
+        hidden, weight, targets, chunk_size=chunk_size, bias=bias, reduction="sum"
+    )
+    return total, n_tokens
