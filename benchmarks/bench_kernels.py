@@ -151,6 +151,8 @@ def build_model(env: Env, name: str):  # noqa: ANN201
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+    from longqa.models.load import peft_wrapping
+
     spec = dict(MODELS[name])
     family = spec.pop("family")
     config_cls, model_cls = {
@@ -165,7 +167,8 @@ def build_model(env: Env, name: str):  # noqa: ANN201
         quantize_4bit(model, dtype)
     model.requires_grad_(False)
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS))
+    with peft_wrapping():
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS))
     return model.train()
 
 
@@ -199,9 +202,9 @@ def train_step(env: Env, model, seq: int, loss_path: str) -> tuple[float, float]
     :func:`longqa.ops.causal_lm.causal_lm_loss` with ``"chunked"`` / ``"full"`` cross-entropy."""
     import torch
 
-    from longqa.ops.causal_lm import causal_lm_loss
+    from longqa.ops.causal_lm import causal_lm_loss, unwrap_causal_lm
 
-    vocab = model.get_base_model().config.vocab_size
+    vocab = unwrap_causal_lm(model).config.vocab_size
     ids = torch.randint(0, vocab, (1, seq), device=env.device)
     if env.device == "cuda":
         torch.cuda.empty_cache()

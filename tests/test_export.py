@@ -149,6 +149,7 @@ def test_adapter_only_export_and_bf16_default(tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from longqa.models.export import export_adapter
+    from longqa.models.load import peft_wrapping
 
     adapter = make_bundle(tmp_path, {"method": "yarn", "factor": 4.0}, 256)
     export_adapter(adapter, tmp_path / "keep", merge=False)
@@ -160,7 +161,8 @@ def test_adapter_only_export_and_bf16_default(tmp_path):
     overrides = json.loads((keep / "rope_overrides.json").read_text())
     assert overrides["rope_parameters"]["factor"] == 4.0
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
-    PeftModel.from_pretrained(base, keep)  # the copied adapter still loads
+    with peft_wrapping():
+        PeftModel.from_pretrained(base, keep)  # the copied adapter still loads
 
     export_adapter(adapter, tmp_path / "bf16", merge=True)
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16")

@@ -163,3 +163,29 @@ def test_adapted_head_needs_the_full_logits_path():
         causal_lm_loss(model, {"input_ids": ids, "labels": ids})
     total, n = causal_lm_loss(model, {"input_ids": ids, "labels": ids}, chunked=False)
     torch.testing.assert_close(total / n, model(input_ids=ids, labels=ids).loss)
+
+
+@pytest.mark.parametrize("chunked_ce", [True, False])
+def test_recipe_switch_selects_the_training_loss_path(tmp_path, monkeypatch, chunked_ce):
+    from train_fixtures import tiny_recipe, toy_sft_rows, write_jsonl
+
+    from longqa.ops import chunked_ce as chunked_module
+    from longqa.train.trainer import run_training
+
+    calls = []
+    real = chunked_module.chunked_linear_cross_entropy
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chunked_module, "chunked_linear_cross_entropy", spy)
+    data = write_jsonl(tmp_path / "d.jsonl", toy_sft_rows(8))
+    recipe = tiny_recipe(tiny_model_dir(tmp_path), data, tmp_path / "o", phases=[
+        {"name": "sft", "kind": "sft", "datasets": [{"path": str(data)}], "steps": 1}
+    ])  # fmt: skip
+    recipe = recipe.model_copy(
+        update={"kernels": recipe.kernels.model_copy(update={"chunked_ce": chunked_ce})}
+    )
+    run_training(recipe)
+    assert bool(calls) is chunked_ce

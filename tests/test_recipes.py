@@ -167,3 +167,12 @@ def test_recipe_file_errors_name_the_file(tmp_path: Path) -> None:
     del good["name"]
     path.write_text(yaml.safe_dump(good))
     assert load_recipe(str(path)).name == "mine"
+
+
+def test_earlier_chunked_ce_key_name_still_reads() -> None:
+    """Adapter bundles saved before the rename hold ``kernels.fused_ce``; it means chunked_ce."""
+    from longqa.config.recipe import KernelsConfig
+
+    assert KernelsConfig.model_validate({"fused_ce": False}).chunked_ce is False
+    recipe = load_recipe("qwen14b-yarn32k", ["kernels.fused_ce=false"])  # set last: it wins
+    assert recipe.kernels.chunked_ce is False and "fused_ce" not in recipe.kernels.model_dump()

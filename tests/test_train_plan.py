@@ -42,3 +42,14 @@ def test_plan_fits_decision_and_growth():
     full = plan_memory(load_recipe("qwen14b-yarn32k", ["kernels.chunked_ce=false"]), 80)
     assert full.items["loss"] > 8 * p80.items["loss"]
     assert abs(sum(p80.items.values()) - p80.total_gb) < 1e-9 and p80.total_gb * GB > 0
+
+
+def test_corrupt_model_config_is_named_not_hidden(tmp_path):
+    from longqa.core.errors import LongqaError
+
+    folder = tmp_path / "qwen-14b-broken"  # a name that would also match a built-in shape
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama", "hidden_size": ')
+    recipe = load_recipe("qwen14b-yarn32k", [f"model.name={folder}", "model.layout=hf"])
+    with pytest.raises(LongqaError, match=r"qwen-14b-broken/config.json: cannot read the model"):
+        plan_memory(recipe, 80)
