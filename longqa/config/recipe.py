@@ -153,9 +153,8 @@ class KernelsConfig(_Strict):
         """``fused_ce``, the key's earlier name (recipes saved in adapter bundles), means
         ``chunked_ce``; given both (a ``--set`` on a recipe file), the earlier name was set last."""
         if isinstance(data, dict) and "fused_ce" in data:
-            data = {k: v for k, v in data.items() if k != "fused_ce"} | {
-                "chunked_ce": data["fused_ce"]
-            }
+            data = dict(data)
+            data["chunked_ce"] = data.pop("fused_ce")
         return data
 
 

@@ -1,5 +1,5 @@
 """Long-context evaluations: passkey, needle in a haystack, LongBench passage retrieval, perplexity.
 
-All tasks share :mod:`longqa.eval.runner` (model + adapter + RoPE loading, greedy generation with
-KV prefix reuse, resumable ``results.jsonl`` / ``summary.json``). The CLI is ``longqa eval …``.
+All tasks share :mod:`longqa.eval.runner` (loading through :func:`longqa.models.load.load`, greedy
+generation with KV prefix reuse, resumable ``results.jsonl`` / ``summary.json``). The CLI is ``longqa eval …``.
 """
