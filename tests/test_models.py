@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 import pytest
@@ -223,6 +224,20 @@ def test_load_applies_the_rope_spec_and_opens_the_window(tmp_path: Path) -> None
     model, tok, spec = loader.load(str(path), rope=RopeConfig(method="yarn", factor=4.0))
     assert spec is not None and get_rope_spec(model) == spec
     assert model.config.max_position_embeddings == 2048 and tok.model_max_length == 2048
+    # neither the tokenizer nor generate warns about a length inside the opened window
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        ids = tok(" ".join(["cat"] * 600), return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    finally:
+        hf_logger.removeHandler(handler)
+    assert ids.shape[1] == 600
+    assert not [m for m in seen if "maximum" in m and "length" in m], seen
     plain, tok, spec = loader.load(str(path), rope=RopeConfig(method="none"))
     assert spec is None and get_rope_spec(plain) is None
     assert plain.config.max_position_embeddings == 512 and tok.model_max_length == 512
