@@ -10,6 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from longqa.config.recipe import RopeConfig
 from longqa.core.errors import LongqaError
 from longqa.patch.rope import (
+    NO_FIXED_WINDOW,
     LongqaRotaryEmbedding,
     addressable_length,
     apply_rope_scaling,
@@ -241,6 +242,21 @@ def test_addressable_length():
     assert addressable_length(cfg, spec) == 32768
     spec = {"method": "linear", "factor": 2.0, "original_max_position_embeddings": 4096}
     assert addressable_length(cfg, spec) == 8192
+
+
+def test_patched_config_announces_the_window_and_reverts():
+    model = _model("qwen2")
+    native = (model.config.max_position_embeddings, dict(model.config.rope_parameters))
+    apply_rope_scaling(model, {"method": "yarn", "factor": 4.0})
+    assert model.config.max_position_embeddings == 4 * L0
+    assert model.config.rope_parameters["original_max_position_embeddings"] == L0
+    assert addressable_length(model.config, get_rope_spec(model)) == 4 * L0
+    apply_rope_scaling(model, {"method": "dynamic-yarn"})  # re-apply: no limit of its own
+    assert model.config.max_position_embeddings == NO_FIXED_WINDOW
+    apply_rope_scaling(model, {"method": "abf", "base": 5e5, "max_position_embeddings": 3 * L0})
+    assert model.config.max_position_embeddings == 3 * L0
+    revert_rope_scaling(model)
+    assert (model.config.max_position_embeddings, model.config.rope_parameters) == native
 
 
 def test_unsupported_model_is_an_error():
