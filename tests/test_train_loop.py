@@ -10,7 +10,8 @@ from transformers import TrainerCallback
 from longqa.core.errors import LongqaError
 from longqa.models.adapters import load_model_with_adapter, read_adapter_info
 from longqa.train.metrics import read_log
-from longqa.train.trainer import prepare_recipe, run_training
+from longqa.train.phases import prepare_recipe
+from longqa.train.trainer import run_training
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,9 @@ def test_prepare_recipe_data_out_and_max_steps(setup, tmp_path):
     _, model_dir, data = setup
     phases = [_phase(tmp_path / "missing-text", 100, "pre", "pretrain"), _phase("x.jsonl", 50)]
     recipe = tiny_recipe(model_dir, data, tmp_path / "o", phases=phases)
-    new, notes = prepare_recipe(recipe, data=str(data), out=str(tmp_path / "z"), max_steps=3)
+    new, notes = prepare_recipe(
+        recipe, data=str(data), out=str(tmp_path / "z"), max_steps=3, pretrain_on_sft_text=True
+    )
     assert [p.steps for p in new.train.phases] == [3, 3]
     assert all(p.datasets[0].path == str(data) for p in new.train.phases)
     assert str(new.output_dir) == str(tmp_path / "z") and len(notes) == 2

@@ -1,6 +1,7 @@
 """QLoRA training: ``run_training(recipe, …)`` in :mod:`longqa.train.trainer`.
 
-Modules: ``data`` (read + tokenize datasets, assistant-only labels), ``packing`` (packed rows and
+Modules: ``phases`` (``--data`` applied to a recipe, each phase's dataset), ``data`` (mix and
+tokenize records, assistant-only labels; reading and formats are in ``longqa.data``), ``packing`` (packed rows and
 padded batches), ``loss`` (chunked causal-LM loss), ``model`` (4-bit base + RoPE + LoRA),
 ``metrics`` (JSONL + console logs), ``plan`` (GPU memory planner), ``trainer`` (phases, resume).
 """
