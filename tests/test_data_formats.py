@@ -212,3 +212,19 @@ def test_openai_weight_zero_turn_is_context_not_target():
     trained = tok.convert_ids_to_tokens([t for t in ex.labels if t != IGNORE_INDEX])
     assert trained == ["three", "four", "five", "<|im_end|>"]
     assert ex.input_ids == tokenize_conversation(tok, MESSAGES).input_ids
+
+
+def test_readme_lists_every_format_with_an_example_row_of_that_format():
+    from pathlib import Path
+
+    from longqa.data.formats import FORMATS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in readme.splitlines():
+        if line.startswith("| `") and "{" in line:
+            name, example = line.split("|")[1].strip(" `"), line.split("|")[2]
+            rows[name] = json.loads(example[example.index("`") + 1 : example.rindex("}") + 1])
+    assert sorted(rows) == sorted(FORMATS)
+    for name, row in rows.items():
+        assert convert_row(row, "auto", "README").format == name
