@@ -228,3 +228,14 @@ def test_readme_lists_every_format_with_an_example_row_of_that_format():
     assert sorted(rows) == sorted(FORMATS)
     for name, row in rows.items():
         assert convert_row(row, "auto", "README").format == name
+
+
+def test_undecodable_lines_are_bad_rows_and_line_separators_inside_strings_are_kept(tmp_path):
+    odd = {"messages": [{"role": "user", "content": "a\u2028b"}, MESSAGES[2]]}
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes(json.dumps(odd, ensure_ascii=False).encode() + b"\n\xff\xfe{}\n")
+    with pytest.raises(LongqaError, match=r"odd\.jsonl:2: not UTF-8"):
+        load_dataset_records(path)
+    loaded = load_dataset_records(path, skip_bad_rows=True)
+    assert loaded.records[0].messages[0]["content"] == "a\u2028b"
+    assert loaded.skipped == {"bad_line": 1}

@@ -28,7 +28,7 @@ import gzip
 import io
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,79 +98,84 @@ def dataset_files(path: Path) -> list[Path]:
     return rows or texts
 
 
-Emit = Callable[[str, Any], None]  # (where, row or BadRow)
+def _not_utf8(where: str, exc: UnicodeDecodeError) -> BadRow:
+    return BadRow(where, None, f"not UTF-8 ({exc.reason} at byte {exc.start})", "bad_line")
 
 
-def _json_rows(file: Path, data: bytes, emit: Emit) -> None:
-    text = data.decode("utf-8", errors="replace")
-    stripped = text.lstrip()
-    if _suffix(file) == ".json" and stripped[:1] in "[{":
+def _json_rows(file: Path, data: bytes) -> Iterator[tuple[str, Any]]:
+    stripped = data.lstrip()
+    if _suffix(file) == ".json" and stripped[:1] in (b"[", b"{"):
         try:
-            whole = json.loads(text)
+            whole = json.loads(data)
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise LongqaError(str(_not_utf8(f"{file}:{line}", exc))) from None
         except json.JSONDecodeError as exc:
-            if stripped[:1] == "[":
+            if stripped[:1] == b"[":
                 raise LongqaError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg})") from None
         else:
             items = whole if isinstance(whole, list) else [whole]
             for i, row in enumerate(items, 1):
-                emit(f"{file}: item {i}", row)
+                yield f"{file}: item {i}", row
             return
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+    for lineno, raw in enumerate(data.split(b"\n"), 1):  # not splitlines: U+2028 is valid JSON
+        if not raw.strip():
             continue
         where = f"{file}:{lineno}"
         try:
-            row = json.loads(line)
+            yield where, json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            yield where, _not_utf8(where, exc)
         except json.JSONDecodeError as exc:
-            emit(where, BadRow(where, None, f"invalid JSON ({exc.msg})", "bad_line"))
-            continue
-        emit(where, row)
+            yield where, BadRow(where, None, f"invalid JSON ({exc.msg})", "bad_line")
 
 
-def _table_rows(label: str, rows: Any, emit: Emit) -> None:
+def _table_rows(label: str, rows: Any) -> Iterator[tuple[str, Any]]:
     for i, row in enumerate(rows, 1):
-        emit(f"{label}: row {i}", {k: v for k, v in dict(row).items() if v is not None})
+        yield f"{label}: row {i}", {k: v for k, v in dict(row).items() if v is not None}
 
 
-def _read_file(file: Path, emit: Emit) -> str:
-    """Emit every row of one file; returns its layout name."""
+def _file_rows(file: Path) -> Iterator[tuple[str, Any]]:
+    """``(where, row or BadRow)`` for every row of one file."""
     kind = _suffix(file)
     if kind in TEXT_SUFFIXES:
-        text = read_bytes(file).decode("utf-8", errors="replace")
+        data = read_bytes(file)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            yield str(file), _not_utf8(f"{file}:{line}", exc)
+            return
         if text.strip():
-            emit(str(file), {"text": text})
-        return "text file"
-    if kind == ".parquet":
+            yield str(file), {"text": text}
+    elif kind == ".parquet":
         import pyarrow.parquet as pq
 
         try:
             table = pq.read_table(io.BytesIO(read_bytes(file)))
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise LongqaError(f"{file}: unreadable Parquet ({exc.__class__.__name__})") from None
-        _table_rows(str(file), table.to_pylist(), emit)
-        return "parquet"
-    if kind in (".jsonl", ".json"):
-        _json_rows(file, read_bytes(file), emit)
-        return kind[1:]
-    raise LongqaError(
-        f"{file}: unsupported data file (expected .jsonl, .json, .txt, .md, .parquet)"
-    )
+        yield from _table_rows(str(file), table.to_pylist())
+    elif kind in (".jsonl", ".json"):
+        yield from _json_rows(file, read_bytes(file))
+    else:
+        raise LongqaError(
+            f"{file}: unsupported data file (expected .jsonl, .json, .txt, .md, .parquet)"
+        )
 
 
-def _read_datasets_folder(path: Path, emit: Emit) -> str:
+def _datasets_folder_rows(path: Path) -> Iterator[tuple[str, Any]]:
     import datasets
 
     if _is_saved_dataset(path):
-        ds, layout = datasets.load_from_disk(str(path)), "datasets save_to_disk folder"
+        ds = datasets.load_from_disk(str(path))
     else:
-        ds, layout = datasets.load_dataset(str(path)), "datasets folder"
+        ds = datasets.load_dataset(str(path))
     if isinstance(ds, datasets.DatasetDict):
-        splits = ["train"] if "train" in ds else list(ds)
-        for split in splits:
-            _table_rows(f"{path}[{split}]", ds[split], emit)
+        for split in ["train"] if "train" in ds else list(ds):
+            yield from _table_rows(f"{path}[{split}]", ds[split])
     else:
-        _table_rows(str(path), ds, emit)
-    return layout
+        yield from _table_rows(str(path), ds)
 
 
 def iter_source_rows(path: str | Path) -> Iterator[tuple[str, str, Any]]:
@@ -178,16 +183,12 @@ def iter_source_rows(path: str | Path) -> Iterator[tuple[str, str, Any]]:
     p = Path(path).expanduser()
     if not p.exists():
         raise LongqaError(f"dataset not found: {p}")
-    buffer: list[tuple[str, Any]] = []
     if p.is_dir() and (_is_saved_dataset(p) or _is_hub_style_folder(p)):
-        _read_datasets_folder(p, lambda w, r: buffer.append((w, r)))
-        for where, row in buffer:
+        for where, row in _datasets_folder_rows(p):
             yield str(p), where, row
         return
     for file in [p] if p.is_file() else dataset_files(p):
-        buffer.clear()
-        _read_file(file, lambda w, r: buffer.append((w, r)))
-        for where, row in buffer:
+        for where, row in _file_rows(file):
             yield str(file), where, row
 
 
