@@ -121,16 +121,7 @@ def convert_row(row: Any, fmt: str = "auto", where: str = "") -> Record:
         raise BadRow(where, _main_field(kind), "empty conversation", "empty")
     if not any(m["role"] == "assistant" for m in messages):
         raise BadRow(where, _main_field(kind), "no assistant turn", "no_answer")
-    rid = row.get("id")
-    return Record(
-        messages=messages,
-        source=where,
-        id=str(rid) if rid not in (None, "") else content_id(kind, messages),
-        format=kind,
-        task=row.get("task") if isinstance(row.get("task"), str) else None,
-        lang=row.get("lang") if isinstance(row.get("lang"), str) else None,
-        meta=row.get("meta") if isinstance(row.get("meta"), dict) else {},
-    )
+    return _record(row, kind, where, messages=messages)
 
 
 def _main_field(kind: str) -> str:
@@ -141,15 +132,20 @@ def _text(row: dict[str, Any], where: str, kind: str) -> Record:
     text = row.get("text")
     if not isinstance(text, str) or not text.strip():
         raise BadRow(where, "text", "expected a non-empty string", "bad_text")
-    rid = row.get("id")
+    return _record(row, kind, where, text=text)
+
+
+def _record(row: dict[str, Any], kind: str, where: str, **content: Any) -> Record:
+    """A :class:`Record` of ``content`` (messages or text) with the row's id/task/lang/meta."""
+    rid, task, lang, meta = (row.get(k) for k in ("id", "task", "lang", "meta"))
     return Record(
-        text=text,
+        **content,
         source=where,
-        id=str(rid) if rid not in (None, "") else content_id(kind, text),
+        id=str(rid) if rid not in (None, "") else content_id(kind, next(iter(content.values()))),
         format=kind,
-        task=row.get("task") if isinstance(row.get("task"), str) else None,
-        lang=row.get("lang") if isinstance(row.get("lang"), str) else None,
-        meta=row.get("meta") if isinstance(row.get("meta"), dict) else {},
+        task=task if isinstance(task, str) else None,
+        lang=lang if isinstance(lang, str) else None,
+        meta=meta if isinstance(meta, dict) else {},
     )
 
 

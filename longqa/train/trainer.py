@@ -113,20 +113,16 @@ def _phase_done(adapter: Path) -> bool:
 def run_training(
     recipe: Recipe,
     *,
-    data: Sequence[str] | str | None = None,
-    data_format: str = "auto",
-    out: str | None = None,
-    max_steps: int | None = None,
     resume: bool = False,
-    strict: bool = False,
-    pretrain_on_sft_text: bool = False,
     skip_bad_rows: bool = False,
     console: Any = None,
     callbacks: Sequence[Any] = (),
+    **prepare: Any,
 ) -> Path:
-    """Train every phase of ``recipe``; return the final adapter folder. ``data`` (``PATH`` or
-    ``PATH:WEIGHT`` items), ``data_format``, ``strict`` and ``pretrain_on_sft_text``: see
-    :func:`longqa.train.phases.prepare_recipe`; ``skip_bad_rows`` skips and counts bad rows."""
+    """Train every phase of ``recipe``; return the final adapter folder. ``prepare`` holds the
+    keywords of :func:`longqa.train.phases.prepare_recipe` (``data`` as ``PATH`` or
+    ``PATH:WEIGHT`` items, ``data_format``, ``out``, ``max_steps``, ``strict``,
+    ``pretrain_on_sft_text``); ``skip_bad_rows`` skips bad rows and counts them in the summary."""
     from rich.console import Console
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -137,15 +133,7 @@ def run_training(
     from longqa.train.model import build_trainable_model, runtime_for
 
     console = console or Console(stderr=True)
-    recipe, notes = prepare_recipe(
-        recipe,
-        data=data,
-        data_format=data_format,
-        out=out,
-        max_steps=max_steps,
-        strict=strict,
-        pretrain_on_sft_text=pretrain_on_sft_text,
-    )
+    recipe, notes = prepare_recipe(recipe, **prepare)
     out_dir = recipe.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "recipe.yaml", dump_recipe(recipe))
