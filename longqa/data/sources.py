@@ -68,7 +68,8 @@ def read_bytes(file: Path) -> bytes:
     return file.read_bytes()
 
 
-def _is_saved_dataset(path: Path) -> bool:
+def is_saved_dataset(path: Path) -> bool:
+    """A folder written by ``datasets``' ``save_to_disk`` (a Dataset or a DatasetDict)."""
     return any(
         (path / n).exists() for n in ("dataset_info.json", "state.json", "dataset_dict.json")
     )
@@ -167,7 +168,7 @@ def _file_rows(file: Path) -> Iterator[tuple[str, Any]]:
 def _datasets_folder_rows(path: Path) -> Iterator[tuple[str, Any]]:
     import datasets
 
-    if _is_saved_dataset(path):
+    if is_saved_dataset(path):
         ds = datasets.load_from_disk(str(path))
     else:
         ds = datasets.load_dataset(str(path))
@@ -183,7 +184,7 @@ def iter_source_rows(path: str | Path) -> Iterator[tuple[str, str, Any]]:
     p = Path(path).expanduser()
     if not p.exists():
         raise LongqaError(f"dataset not found: {p}")
-    if p.is_dir() and (_is_saved_dataset(p) or _is_hub_style_folder(p)):
+    if p.is_dir() and (is_saved_dataset(p) or _is_hub_style_folder(p)):
         for where, row in _datasets_folder_rows(p):
             yield str(p), where, row
         return
