@@ -84,7 +84,7 @@ def detect_row_format(row: dict[str, Any]) -> str | None:
         )
         return "openai" if extra else "messages"
     if "text" in row:
-        return "text" if not {"id", "task"} <= set(row) else "messages"
+        return "text"
     return None
 
 
@@ -110,7 +110,7 @@ def convert_row(row: Any, fmt: str = "auto", where: str = "") -> Record:
     if kind not in FORMATS:
         raise LongqaError(f"unknown data format '{kind}'; known: auto, {', '.join(FORMATS)}")
     if kind == "text" or (kind == "messages" and "messages" not in row and "text" in row):
-        return _text(row, where, kind)
+        return _text(row, where)  # a builder's pretraining row is also a valid "messages" row
     messages = {
         "messages": _from_messages,
         "openai": _from_messages,
@@ -128,11 +128,11 @@ def _main_field(kind: str) -> str:
     return {"sharegpt": "conversations", "alpaca": "output"}.get(kind, "messages")
 
 
-def _text(row: dict[str, Any], where: str, kind: str) -> Record:
+def _text(row: dict[str, Any], where: str) -> Record:
     text = row.get("text")
     if not isinstance(text, str) or not text.strip():
         raise BadRow(where, "text", "expected a non-empty string", "bad_text")
-    return _record(row, kind, where, text=text)
+    return _record(row, "text", where, text=text)
 
 
 def _record(row: dict[str, Any], kind: str, where: str, **content: Any) -> Record:
