@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from train_fixtures import tiny_model_dir, tiny_recipe, tiny_tokenizer, toy_sft_rows, write_jsonl
 
@@ -71,12 +68,13 @@ def test_data_inspect_prints_format_rows_histogram_and_trained_share(tmp_path):
     ]
     path = tmp_path / "alpaca.json"
     path.write_text(__import__("json").dumps(alpaca))
-    res = subprocess.run(
-        [sys.executable, "-m", "longqa", "data", "inspect", str(path),
-         "--tokenizer", str(model_dir), "--max-length", "16"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
+    from typer.testing import CliRunner
+
+    from longqa.cli.app import app
+
+    args = ["data", "inspect", str(path), "--tokenizer", str(model_dir), "--max-length", "16"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output[-2000:]
     out = res.stdout.splitlines()
     assert out[0] == "data: alpaca.json → alpaca, 3 rows"
     tok = tiny_tokenizer()
