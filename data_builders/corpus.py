@@ -32,6 +32,7 @@ from typing import Any
 
 from data_builders.text import detect_lang
 from longqa.core.errors import LongqaError
+from longqa.data.sources import is_saved_dataset
 from longqa.data.tokens import TokenCounter, get_token_counter
 
 TEXT_EXTS = {".txt", ".md", ".markdown"}
@@ -152,14 +153,6 @@ def _iter_parquet(path: Path, fld: str, problems: _Problems) -> Iterator[tuple[s
     yield from _iter_table(table.to_pylist(), str(path), fld, problems)
 
 
-def _is_saved_dataset(path: Path) -> bool:
-    return path.is_dir() and (
-        (path / "dataset_info.json").exists()
-        or (path / "state.json").exists()
-        or (path / "dataset_dict.json").exists()
-    )
-
-
 def _iter_saved_dataset(path: Path, fld: str, problems: _Problems) -> Iterator[tuple[str, str]]:
     import datasets
 
@@ -200,7 +193,7 @@ def iter_raw_documents(
     problems = _problems or _Problems(strict)
     if not path.exists():
         raise LongqaError(f"corpus not found: {path}")
-    if _is_saved_dataset(path):
+    if is_saved_dataset(path):
         yield from _iter_saved_dataset(path, field, problems)
         return
     for file in _input_files(path):

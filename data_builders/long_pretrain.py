@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data_builders.text import count_words, detect_lang
 from longqa.core.errors import LongqaError
+from longqa.data.tokens import get_token_counter
 
 TASK = "long-pretrain"
 
@@ -66,59 +66,6 @@ class Options(BaseModel):
         if isinstance(v, (str, Path)):
             return [p for p in str(v).split(",") if p.strip()]
         return v
-
-
-# ----------------------------------------------------------------------------- tokenizers
-
-_PIECE = re.compile(
-    r"\s+|[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]|\w{1,6}|[^\w\s]"
-)
-
-
-class ApproxCodec:
-    """Reversible regex tokenizer (whitespace runs, CJK characters, ≤6-char word pieces,
-    punctuation) with ids assigned on first sight: ``decode(encode(t)) == t`` for any text."""
-
-    name = "approx"
-
-    def __init__(self) -> None:
-        self.vocab: dict[str, int] = {}
-        self.pieces: list[str] = []
-
-    def encode(self, text: str) -> list[int]:
-        ids = []
-        for piece in _PIECE.findall(text):
-            if piece not in self.vocab:
-                self.vocab[piece] = len(self.pieces)
-                self.pieces.append(piece)
-            ids.append(self.vocab[piece])
-        return ids
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(self.pieces[i] for i in ids)
-
-
-class HFCodec:
-    """A Hugging Face tokenizer: no special tokens added on encode, none skipped on decode."""
-
-    def __init__(self, tokenizer: Any, name: str) -> None:
-        self.tokenizer = tokenizer
-        self.name = name
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
-
-
-def get_codec(name: str) -> ApproxCodec | HFCodec:
-    """``approx`` → :class:`ApproxCodec`; anything else loads through ``longqa.models.loading``."""
-    if name.strip().lower() in {"approx", "fast", "simple", "none"}:
-        return ApproxCodec()
-    from longqa.models.loading import load_tokenizer
-
-    return HFCodec(load_tokenizer(name), name)
 
 
 # ----------------------------------------------------------------------------- packing
@@ -226,7 +173,7 @@ def build(options: Options, codec: Any = None) -> dict:
     """Select, upsample and pack; write sequences to ``options.out``; returns the stats."""
     from data_builders.writer import ShardWriter, length_histogram, write_stats
 
-    codec = codec or get_codec(options.tokenizer)
+    codec = codec or get_token_counter(options.tokenizer)
     sep_ids = codec.encode(options.separator) if options.separator else []
     counts: Counter = Counter()
     lengths: list[int] = []

@@ -1,6 +1,7 @@
 """Driver of the paraphrase-mdqa build: resume, concurrent sample workers, progress, stats.json.
 
-Called by :func:`data_builders.paraphrase_mdqa.build`. Samples are numbered 0..num_samples-1 and
+Called by :func:`data_builders.paraphrase_mdqa.build`, which hands in its sample maker, so imports
+go one way (``paraphrase_mdqa`` → ``mdqa_run``). Samples are numbered 0..num_samples-1 and
 built deterministically from (seed, number), so a rerun skips the ids already in the output or
 recorded as dropped in ``.build_state.json`` and rebuilds only the rest (LLM answers from the cache).
 Statistics are recomputed from the output files and the dropped records at the end of every run,
@@ -13,18 +14,11 @@ import asyncio
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from data_builders.corpus import read_corpus
-from data_builders.paraphrase_mdqa import (
-    TASK,
-    Options,
-    _Context,
-    _make_client,
-    make_sample,
-    sample_id,
-)
 from data_builders.writer import ShardWriter, depth_histogram, length_histogram, write_stats
 from longqa.core.errors import LongqaError
 from longqa.data.llm import run_sync
@@ -37,12 +31,46 @@ _RUNTIME = {
 }  # fmt: skip
 
 
-def fingerprint(opts: Options) -> str:
+def fingerprint(opts: Any) -> str:
     content = {k: v for k, v in opts.model_dump().items() if k not in _RUNTIME}
     return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_build(opts: Options) -> dict[str, Any]:
+def make_client(opts: Any, out: Path) -> Any:
+    """The OpenAI-compatible client of the ``llm`` generator (None for ``extractive``)."""
+    if opts.generator != "llm":
+        return None
+    from longqa.data.llm import LLMClient
+
+    if not opts.base_url and not opts.model:
+        raise LongqaError(
+            "the llm generator needs --base-url and --model (or use --generator extractive)"
+        )
+    return LLMClient(
+        base_url=opts.base_url,
+        model=opts.model or "",
+        concurrency=opts.concurrency,
+        timeout=opts.timeout,
+        max_retries=opts.max_retries,
+        cache_path=opts.cache or out / "llm_cache.sqlite",
+        price_input_per_1m=opts.price_input,
+        price_output_per_1m=opts.price_output,
+    )
+
+
+MakeSample = Callable[[Any, int], Awaitable[tuple[dict[str, Any] | None, dict[str, Any]]]]
+
+
+def run_build(
+    opts: Any,
+    *,
+    task: str,
+    sample_id: Callable[[int], str],
+    new_context: Callable[[Any, Any, Any, Any], Any],
+    make_sample: MakeSample,
+) -> dict[str, Any]:
+    """Build or resume ``opts.num_samples`` samples. ``new_context(opts, corpus, counter, client)``
+    makes what the samples share; ``make_sample(ctx, i)`` returns ``(sample or None, info)``."""
     out = Path(opts.out)
     counter = get_token_counter(opts.tokenizer)
     corpus = read_corpus(
@@ -57,8 +85,8 @@ def run_build(opts: Options) -> dict[str, Any]:
         raise LongqaError(
             f"{opts.corpus}: {len(corpus.docs)} usable documents after cleaning; need at least 2"
         )
-    client = _make_client(opts, out)
-    ctx = _Context(opts, corpus, counter, client)
+    client = make_client(opts, out)
+    ctx = new_context(opts, corpus, counter, client)
     with ShardWriter(out, shard_size=opts.shard_size, prefix="data") as writer:
         fp = fingerprint(opts)
         if len(writer) and writer.state.get("fingerprint") not in (None, fp):
@@ -71,15 +99,21 @@ def run_build(opts: Options) -> dict[str, Any]:
         writer.save_state()
         done = writer.done_ids()
         todo = [i for i in range(opts.num_samples) if sample_id(i) not in done | dropped.keys()]
-        run_sync(_drive(ctx, writer, todo))
-    stats = collect_stats(out, opts, writer.state.get("dropped", {}), opts.num_samples)
+        run_sync(_drive(ctx, writer, todo, sample_id, make_sample))
+    stats = collect_stats(out, opts, writer.state.get("dropped", {}), opts.num_samples, task)
     stats["corpus"] = {**corpus.stats, "problems": corpus.problems[:10]}
     stats["llm"] = client.usage.as_dict() if client is not None else None
     write_stats(out, stats)
     return stats
 
 
-async def _drive(ctx: _Context, writer: ShardWriter, todo: list[int]) -> None:
+async def _drive(
+    ctx: Any,
+    writer: ShardWriter,
+    todo: list[int],
+    sample_id: Callable[[int], str],
+    make_sample: MakeSample,
+) -> None:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -134,7 +168,7 @@ async def _drive(ctx: _Context, writer: ShardWriter, todo: list[int]) -> None:
 
 
 def collect_stats(
-    out: Path, opts: Options, dropped: dict[str, Any], requested: int
+    out: Path, opts: Any, dropped: dict[str, Any], requested: int, task: str
 ) -> dict[str, Any]:
     """Stats over every sample in ``out`` plus the dropped records (see module docstring)."""
     lengths, depth_values = [], []
@@ -163,7 +197,7 @@ def collect_stats(
         dropped_turns.update(info.get("dropped_turns", {}))
     low = int(opts.target_tokens * (1 - opts.length_tolerance))
     return {
-        "task": TASK,
+        "task": task,
         "generator": opts.generator,
         "requested": requested,
         "samples": n,

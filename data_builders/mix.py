@@ -7,8 +7,11 @@ format per record:
 
 * longqa samples (``messages`` or ``text`` plus ``id``/``task``) are kept as they are;
 * ShareGPT-style ``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}]}`` (long
-  conversations) and OpenAI-style ``{"messages": [{"role", "content"}]}``;
+  conversations), ``{"messages": [{"role", "content"}]}`` rows (OpenAI fine-tuning files too) and
+  ``{"text": ...}`` documents;
 * Alpaca-style ``{"instruction", "input", "output"}`` (short instructions).
+
+The conversion is ``longqa.data.formats`` (the same as ``longqa train --data``).
 
 How many records each source contributes: ``--counts`` (one per input; the paper used ~20K long
 samples + 1000 short + 1000 long conversations) or ``--ratios`` (one per input, normalised, with
@@ -36,20 +39,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from data_builders.text import count_words, detect_lang
 from longqa.core.errors import LongqaError
+from longqa.data.formats import BadRow, convert_row
 
 TASK = "mix"
-
-SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "chatgpt": "assistant",
-    "bard": "assistant",
-    "bing": "assistant",
-    "model": "assistant",
-    "system": "system",
-}
 
 
 class Options(BaseModel):
@@ -169,83 +161,29 @@ def _iter_located(
 
 
 def convert(rec: dict[str, Any], source: str) -> tuple[dict[str, Any] | None, str]:
-    """``(sample, format)`` for a record of any supported format, or ``(None, reject_reason)``."""
-    if "conversations" in rec:
-        return _from_sharegpt(rec, source)
-    if "instruction" in rec:
-        return _from_alpaca(rec, source)
-    if "messages" in rec or "text" in rec:
-        return _from_messages(rec, source)
-    return None, "unknown_format"
+    """``(sample, format)`` for a record of any supported format, or ``(None, reject_reason)``.
 
-
-def _finish(
-    messages: list[dict[str, str]], source: str, fmt: str, extra: dict[str, Any]
-) -> tuple[dict[str, Any] | None, str]:
+    Rows are read by :func:`longqa.data.formats.convert_row` (the converter training uses too);
+    a builder's sample (``id`` + ``task``) keeps its task and meta, anything else becomes a sample
+    of task ``source`` whose trailing unanswered turns are dropped."""
+    try:
+        r = convert_row(rec, "auto")
+    except BadRow as err:
+        return None, err.reason
+    if r.task is not None and "id" in rec:
+        sample = {"id": r.id, "task": r.task, "lang": r.lang or "en"}
+        sample["text" if r.text is not None else "messages"] = r.text or r.messages
+        return {**sample, "meta": {**r.meta, "source_id": r.id}}, "longqa"
+    if r.text is not None:
+        return {"task": source, "lang": detect_lang(r.text), "text": r.text, "meta": {}}, r.format
+    messages = [{"role": m["role"], "content": m["content"]} for m in r.messages or []]
     while messages and messages[-1]["role"] != "assistant":
         messages.pop()  # a trailing question without an answer teaches nothing
     if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
         return None, "no_answer"
     lang = detect_lang("\n".join(m["content"] for m in messages))
-    return {"task": source, "lang": lang, "messages": messages, "meta": extra}, fmt
-
-
-def _from_sharegpt(rec: dict[str, Any], source: str) -> tuple[dict[str, Any] | None, str]:
-    turns = rec["conversations"]
-    if not isinstance(turns, list):
-        return None, "bad_conversations"
-    messages = []
-    for turn in turns:
-        if not isinstance(turn, dict):
-            return None, "bad_conversations"
-        role = SHAREGPT_ROLES.get(str(turn.get("from", turn.get("role", ""))).lower())
-        content = turn.get("value", turn.get("content"))
-        if role is None:
-            return None, "unknown_role"
-        if not isinstance(content, str):
-            return None, "bad_conversations"
-        messages.append({"role": role, "content": content})
-    if rec.get("system") and not (messages and messages[0]["role"] == "system"):
-        messages.insert(0, {"role": "system", "content": str(rec["system"])})
-    return _finish(messages, source, "sharegpt", {"source_id": rec.get("id")})
-
-
-def _from_alpaca(rec: dict[str, Any], source: str) -> tuple[dict[str, Any] | None, str]:
-    instruction = str(rec.get("instruction") or "").strip()
-    extra_input = str(rec.get("input") or "").strip()
-    output = rec.get("output")
-    if not instruction or not isinstance(output, str):
-        return None, "bad_alpaca"
-    user = f"{instruction}\n\n{extra_input}" if extra_input else instruction
-    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    if rec.get("system"):
-        messages.insert(0, {"role": "system", "content": str(rec["system"])})
-    return _finish(messages, source, "alpaca", {})
-
-
-def _from_messages(rec: dict[str, Any], source: str) -> tuple[dict[str, Any] | None, str]:
-    from pydantic import ValidationError
-
-    from longqa.data.schema import Sample
-
-    if "id" in rec and "task" in rec:
-        try:
-            sample = Sample.model_validate(rec)
-        except ValidationError as exc:
-            return None, f"invalid_{exc.errors()[0]['loc'][0]}"
-        out = sample.model_dump(exclude_none=True)
-        out["meta"] = {**out.get("meta", {}), "source_id": sample.id}
-        return out, "longqa"
-    messages = rec.get("messages")
-    if not isinstance(messages, list) or not all(
-        isinstance(m, dict)
-        and m.get("role") in ("system", "user", "assistant")
-        and isinstance(m.get("content"), str)
-        for m in messages
-    ):
-        return None, "bad_messages"
-    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return _finish(clean, source, "openai", {"source_id": rec.get("id")})
+    meta = {} if r.format == "alpaca" else {"source_id": rec.get("id")}
+    return {"task": source, "lang": lang, "messages": messages, "meta": meta}, r.format
 
 
 # ----------------------------------------------------------------------------- mixing

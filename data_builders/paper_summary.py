@@ -154,12 +154,13 @@ def read_papers(
     path: Path, counts: Counter, *, text_field: str, abstract_field: str, strict: bool
 ) -> Iterator[Paper]:
     """Papers under ``path``: .md/.txt files, JSONL/JSON records, Parquet or a datasets folder."""
-    from data_builders.corpus import _is_saved_dataset, iter_raw_documents
+    from data_builders.corpus import iter_raw_documents
     from data_builders.mix import iter_records
+    from longqa.data.sources import is_saved_dataset
 
     if not path.exists():
         raise LongqaError(f"input not found: {path}")
-    if _is_saved_dataset(path):
+    if is_saved_dataset(path):
         for where, text in iter_raw_documents(path, field=text_field, strict=strict):
             yield Paper(where, where, text)
         return

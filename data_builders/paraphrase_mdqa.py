@@ -28,14 +28,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_builders import mdqa_sample as ms
 from data_builders.corpus import Corpus, Document
-from longqa.core.errors import LongqaError
 from longqa.data.tokens import TokenCounter, count_messages
 
 TASK = "paraphrase-mdqa"
@@ -87,7 +85,9 @@ def sample_id(i: int) -> str:
     return f"pmdqa-{i:06d}"
 
 
-class _Context:
+class SampleContext:
+    """What every sample of one build shares: options, documents, token counter, LLM client."""
+
     def __init__(self, opts: Options, corpus: Corpus, counter: TokenCounter, client: Any) -> None:
         self.opts, self.docs, self.counter, self.client = opts, corpus.docs, counter, client
         order = list(range(len(self.docs)))
@@ -103,7 +103,7 @@ class _Context:
         return [self.docs[self.order[(i * g + k) % n]] for k in range(g)]
 
 
-async def make_sample(ctx: _Context, i: int) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+async def make_sample(ctx: SampleContext, i: int) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """Build sample ``i`` (deterministic given the seed and cache): ``(sample, info)`` where
     ``sample`` is None when dropped and ``info`` holds the reason and rejection counts."""
     opts, rng = ctx.opts, random.Random(f"{ctx.opts.seed}:{i}")
@@ -147,7 +147,7 @@ async def make_sample(ctx: _Context, i: int) -> tuple[dict[str, Any] | None, dic
     return sample, info
 
 
-def _skeleton_tokens(ctx: _Context, turns: list[ms.Turn], lang: str) -> int:
+def _skeleton_tokens(ctx: SampleContext, turns: list[ms.Turn], lang: str) -> int:
     """Tokens of the sample with its relevant documents only (no distractors)."""
     if ctx.opts.generator == "extractive":
         for t in turns:
@@ -250,29 +250,10 @@ def _sample(ctx, i, docs, turns, messages, n_tokens, lang):  # noqa: ANN001, ANN
     return {"id": sample_id(i), "task": TASK, "lang": lang, "messages": messages, "meta": meta}
 
 
-def _make_client(opts: Options, out: Path) -> Any:
-    if opts.generator != "llm":
-        return None
-    from longqa.data.llm import LLMClient
-
-    if not opts.base_url and not opts.model:
-        raise LongqaError(
-            "the llm generator needs --base-url and --model (or use --generator extractive)"
-        )
-    return LLMClient(
-        base_url=opts.base_url,
-        model=opts.model or "",
-        concurrency=opts.concurrency,
-        timeout=opts.timeout,
-        max_retries=opts.max_retries,
-        cache_path=opts.cache or out / "llm_cache.sqlite",
-        price_input_per_1m=opts.price_input,
-        price_output_per_1m=opts.price_output,
-    )
-
-
 def build(options: Options) -> dict[str, Any]:
     """Build (or resume) the dataset described by ``options``; returns the stats dict."""
     from data_builders.mdqa_run import run_build
 
-    return run_build(options)
+    return run_build(
+        options, task=TASK, sample_id=sample_id, new_context=SampleContext, make_sample=make_sample
+    )

@@ -7,10 +7,11 @@ import json
 import pytest
 from builder_texts import prose
 
-from data_builders.long_pretrain import ApproxCodec, HFCodec, Options, build, pack
+from data_builders.long_pretrain import Options, build, pack
 from data_builders.text import count_words
 from longqa.core.errors import LongqaError
 from longqa.data.schema import read_samples
+from longqa.data.tokens import ApproxTokenCounter, HFTokenCounter
 
 
 def test_pack_exact_lengths_in_order_and_tail():
@@ -55,7 +56,7 @@ def _all_ids(out):
 
 def test_build_round_trip_with_approx_codec(tmp_path):
     src, expected = _corpus(tmp_path)
-    codec = ApproxCodec()
+    codec = ApproxTokenCounter()
     opts = Options(corpus=src, out=tmp_path / "out", min_words=300, target_tokens=512)
     stats = build(opts, codec=codec)
     samples, ids = _all_ids(tmp_path / "out")
@@ -96,7 +97,7 @@ def _tiny_bpe(texts):
 def test_build_with_hf_tokenizer_upsampling_and_separator(tmp_path):
     src, expected = _corpus(tmp_path)
     hf = _tiny_bpe(expected)
-    codec = HFCodec(hf, "tiny-bpe")
+    codec = HFTokenCounter(hf, "tiny-bpe")
     opts = Options(
         corpus=str(src),
         out=tmp_path / "out",
@@ -131,7 +132,7 @@ def test_count_words_chinese_characters_english_words():
 
 
 def test_essays_corpus_selection(essays_dir, tmp_path):
-    codec = ApproxCodec()
+    codec = ApproxTokenCounter()
     opts = Options(corpus=essays_dir, out=tmp_path / "o", min_words=6000, target_tokens=4096)
     stats = build(opts, codec=codec)
     assert 0 < stats["selected_documents"] < stats["raw_documents"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from data_builders.corpus import read_corpus
-from data_builders.paraphrase_mdqa import Options, _Context, build
+from data_builders.paraphrase_mdqa import Options, SampleContext, build
 from data_builders.verify import verify_quote
 from longqa.cli.build_data import run_builder
 from longqa.core.errors import LongqaError
@@ -62,7 +62,7 @@ def base_opts(corpus: Path, out: Path, **kw) -> Options:
 
 def relevant_docs(opts: Options) -> list[list]:
     corpus = read_corpus(opts.corpus, counter=get_token_counter("approx"))
-    ctx = _Context(opts, corpus, get_token_counter("approx"), None)
+    ctx = SampleContext(opts, corpus, get_token_counter("approx"), None)
     return [ctx.group(i)[: opts.turns] for i in range(opts.num_samples)]
 
 

@@ -8,9 +8,9 @@ import pytest
 from train_fixtures import tiny_tokenizer, write_jsonl
 
 from longqa.core.errors import LongqaError
+from longqa.data.conversation import IGNORE_INDEX
+from longqa.data.sources import load_records
 from longqa.train.data import (
-    IGNORE_INDEX,
-    load_records,
     mix_records,
     tokenize_conversation,
     tokenize_pretrain,

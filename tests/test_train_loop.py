@@ -11,7 +11,8 @@ from longqa.core.errors import LongqaError
 from longqa.models.adapters import read_adapter_info
 from longqa.models.load import load
 from longqa.train.metrics import read_log
-from longqa.train.trainer import prepare_recipe, run_training
+from longqa.train.phases import prepare_recipe
+from longqa.train.trainer import run_training
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,9 @@ def test_prepare_recipe_data_out_and_max_steps(setup, tmp_path):
     _, model_dir, data = setup
     phases = [_phase(tmp_path / "missing-text", 100, "pre", "pretrain"), _phase("x.jsonl", 50)]
     recipe = tiny_recipe(model_dir, data, tmp_path / "o", phases=phases)
-    new, notes = prepare_recipe(recipe, data=str(data), out=str(tmp_path / "z"), max_steps=3)
+    new, notes = prepare_recipe(
+        recipe, data=str(data), out=str(tmp_path / "z"), max_steps=3, pretrain_on_sft_text=True
+    )
     assert [p.steps for p in new.train.phases] == [3, 3]
     assert all(p.datasets[0].path == str(data) for p in new.train.phases)
     assert str(new.output_dir) == str(tmp_path / "z") and len(notes) == 2
@@ -130,3 +133,23 @@ def test_model_not_on_disk_is_one_line_error(setup, tmp_path, monkeypatch):
         with pytest.raises(LongqaError) as err:
             run_training(recipe)
         assert "\n" not in str(err.value) and "no-" in str(err.value)
+
+
+def test_skipped_bad_rows_and_skipped_pretraining_are_in_the_run_summary(setup, tmp_path):
+    from rich.console import Console
+
+    _, model_dir, data = setup
+    bad = tmp_path / "with-bad.jsonl"
+    bad.write_text(data.read_text() + '{"messages": [{"role": "robot", "content": "beep"}]}\n')
+    phases = [_phase(tmp_path / "no-text", 1, "pre", "pretrain"), _phase("gone.jsonl", 1)]
+    recipe = tiny_recipe(model_dir, data, tmp_path / "s", phases=phases)
+    with pytest.raises(LongqaError, match=r"with-bad\.jsonl:17: field 'messages\.0\.role'"):
+        run_training(recipe, data=[str(bad)])
+    console = Console(record=True, width=200)
+    run_training(recipe, data=[str(bad)], skip_bad_rows=True, console=console)
+    text = console.export_text()
+    assert "phase 'pre' (pretrain) skipped: dataset not found" in text
+    assert "data: with-bad.jsonl → messages, 16 rows" in text
+    assert "1 bad rows skipped (unknown_role 1)" in text
+    assert "bad rows skipped: 1 (unknown_role 1)" in text
+    assert [r["phase"] for r in read_log(tmp_path / "s" / "train_log.jsonl")] == ["sft"]

@@ -35,7 +35,13 @@ def test_recipe_trains_one_step_per_phase_and_saves_bundle(tmp_path):
     ]
     data = write_jsonl(tmp_path / "d.jsonl", rows)
     recipe = load_recipe("smollm2-135m-yarn16k", ["train.max_length=256"])
-    out = run_training(recipe, data=str(data), out=str(tmp_path / "run"), max_steps=1)
+    out = run_training(
+        recipe,
+        data=str(data),
+        out=str(tmp_path / "run"),
+        max_steps=1,
+        pretrain_on_sft_text=True,  # the recipe's long-pretrain text is not built here
+    )
     log = read_log(out / "train_log.jsonl")
     assert [r["phase"] for r in log] == [p.name for p in recipe.train.phases]
     info = read_adapter_info(out)

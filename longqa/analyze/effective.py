@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from longqa.train.data import IGNORE_INDEX, encode_conversation, ensure_chat_template
+from longqa.data.conversation import IGNORE_INDEX, encode_conversation, ensure_chat_template
 
 
 @dataclass

@@ -157,7 +157,7 @@ def conversation_for_attention(sample: Sample, turn: int = 0) -> tuple[list[dict
 
 def attention_inputs(tokenizer, sample: Sample, turn: int = 0):
     """(input_ids [1, T], answer token positions, context_end, relevant span in tokens or None)."""
-    from longqa.train.data import encode_conversation, ensure_chat_template
+    from longqa.data.conversation import encode_conversation, ensure_chat_template
 
     ensure_chat_template(tokenizer)
     msgs, k = conversation_for_attention(sample, turn)

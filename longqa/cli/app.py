@@ -14,6 +14,7 @@ import typer
 from longqa.cli import (
     analyze,
     build_data,
+    data,
     doctor,
     eval,
     export,
@@ -36,6 +37,7 @@ app = typer.Typer(
 app.command("build-data")(build_data.build_data)
 app.command("train")(train.train)
 app.add_typer(eval.app, name="eval")
+app.add_typer(data.app, name="data")
 app.add_typer(analyze.app, name="analyze")
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(rope.app, name="rope")

@@ -3,6 +3,7 @@
 Examples::
 
     longqa train --recipe smollm2-135m-yarn16k --max-steps 3 --data runs/data/mix
+    longqa train --recipe smollm2-135m-yarn16k --data chat.jsonl --data alpaca.json:0.5
     longqa train --recipe qwen14b-yarn32k --plan --gpu-mem 80
     longqa train --recipe my.yaml --resume --set train.lr=1e-4
 """
@@ -16,9 +17,27 @@ import typer
 
 def train(
     recipe: str = typer.Option(..., "--recipe", help="shipped recipe name or path to a YAML file"),
-    data: str | None = typer.Option(
-        None, "--data", help="dataset file/folder replacing the recipe's instruction-tuning data"
+    data: list[str] | None = typer.Option(
+        None,
+        "--data",
+        help="PATH[:WEIGHT] replacing the recipe's sft data (repeatable; formats detected per row)",
     ),
+    data_format: str = typer.Option(
+        "auto",
+        "--data-format",
+        help="force the row format of --data: messages, openai, sharegpt, alpaca, text",
+    ),  # fmt: skip
+    skip_bad_rows: bool = typer.Option(
+        False, "--skip-bad-rows", help="skip and count unusable rows instead of failing"
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="fail when a pretraining phase has no data (default: skip it)"
+    ),
+    pretrain_on_sft_text: bool = typer.Option(
+        False,
+        "--pretrain-on-sft-text",
+        help="a pretraining phase without data trains on the full text of --data instead",
+    ),  # fmt: skip
     out: Path | None = typer.Option(None, "--out", help="output dir (default: the recipe's)"),
     max_steps: int | None = typer.Option(
         None, "--max-steps", min=1, help="cap every phase at N optimizer steps"
@@ -45,7 +64,11 @@ def train(
 
     final = run_training(
         rec,
-        data=data,
+        data=data or None,
+        data_format=data_format,
+        strict=strict,
+        pretrain_on_sft_text=pretrain_on_sft_text,
+        skip_bad_rows=skip_bad_rows,
         out=str(out) if out is not None else None,
         max_steps=max_steps,
         resume=resume,

@@ -91,7 +91,9 @@ class LoraConfig(_Strict):
 class DatasetSpec(_Strict):
     path: str
     weight: float = Field(1.0, gt=0)
-    format: Literal["auto", "messages", "text", "sharegpt", "alpaca"] = "auto"
+    format: Literal["auto", "messages", "openai", "sharegpt", "alpaca", "text"] = Field(
+        "auto", description="row format (longqa.data.formats); auto detects it per row"
+    )
 
 
 class PhaseConfig(_Strict):
@@ -115,7 +117,9 @@ class PhaseConfig(_Strict):
 class DataConfig(_Strict):
     packing: bool = False
     group_by_length: bool = True
-    overlength: Literal["truncate", "drop"] = "truncate"
+    overlength: Literal["truncate", "drop", "error"] = Field(
+        "truncate", description="an SFT example over max_length: cut its end, drop it, or fail"
+    )
     num_proc: int = Field(1, ge=1)
 
 

@@ -7,12 +7,12 @@ A sample (one JSON object per line)::
      "meta": {...builder-specific: relevant doc ids, depths, token length, generator, ...}}
 
 Pretraining text uses the same file format with ``"text"`` instead of ``"messages"``.
-``read_samples`` validates every line and reports ``file:line: field ...`` on bad input.
+``read_samples`` validates every line and reports ``file:line: field ...`` on bad input; it also
+reads every other format ``longqa train --data`` takes (converted by ``longqa.data.formats``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -46,33 +46,42 @@ class Sample(BaseModel):
         return self
 
 
-def sample_files(path: str | Path) -> list[Path]:
-    """A .jsonl file, or every ``*.jsonl`` under a folder (sorted) — the builders' output layout."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.jsonl") if not p.name.startswith("."))
-        if not files:
-            raise LongqaError(f"{path}: no .jsonl files in this folder")
-        return files
-    raise LongqaError(f"dataset not found: {path}")
+def _validate(row: dict[str, Any], where: str) -> Sample:
+    try:
+        return Sample.model_validate(row)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "<sample>"
+        raise LongqaError(f"{where}: field '{loc}': {err['msg']}") from None
 
 
 def read_samples(path: str | Path, strict: bool = True) -> Iterator[Sample]:
-    """Yield validated samples from a file or folder. Bad lines raise (strict) or are skipped."""
-    for file in sample_files(path):
-        with open(file, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield Sample.model_validate(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    if strict:
-                        raise LongqaError(f"{file}:{lineno}: invalid JSON ({exc.msg})") from None
-                except ValidationError as exc:
-                    if strict:
-                        err = exc.errors()[0]
-                        loc = ".".join(str(p) for p in err["loc"]) or "<sample>"
-                        raise LongqaError(f"{file}:{lineno}: field '{loc}': {err['msg']}") from None
+    """Yield samples from a file or folder in any layout :mod:`longqa.data.sources` reads.
+
+    A builder's row (``id`` + ``task``) is validated against :class:`Sample`; a row of another
+    format (ShareGPT, Alpaca, plain messages, …) is converted by :mod:`longqa.data.formats` (its
+    task is then the format's name). Bad rows raise a one-line error (``strict``) or are skipped."""
+    from longqa.data.formats import BadRow, convert_row
+    from longqa.data.sources import iter_source_rows
+
+    for _file, where, row in iter_source_rows(path):
+        try:
+            if isinstance(row, BadRow):
+                raise row
+            if isinstance(row, dict) and {"id", "task"} <= set(row):
+                yield _validate(row, where)
+                continue
+            rec = convert_row(row, "auto", where)
+        except LongqaError:
+            if strict:
+                raise
+            continue
+        messages = [{"role": m["role"], "content": m["content"]} for m in rec.messages or []]
+        yield Sample(
+            id=rec.id,
+            task=rec.task or rec.format,
+            lang=rec.lang or "en",
+            messages=messages if rec.messages is not None else None,
+            text=rec.text,
+            meta=rec.meta,
+        )

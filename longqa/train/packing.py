@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from longqa.train.data import IGNORE_INDEX, Example
+from longqa.data.conversation import IGNORE_INDEX
+from longqa.train.data import Example
 
 
 @dataclass

@@ -19,25 +19,19 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from transformers import Trainer
 
-from longqa.config.recipe import DatasetSpec, PhaseConfig, Recipe, dump_recipe, recipes_dir
+from longqa.config.recipe import PhaseConfig, Recipe, dump_recipe
 from longqa.core.errors import LongqaError
 from longqa.core.paths import atomic_write_text
 from longqa.models.adapters import is_adapter_dir, read_adapter_info, save_adapter_bundle
 from longqa.ops.causal_lm import causal_lm_loss
-from longqa.train.data import (
-    TokenizeStats,
-    load_records,
-    mix_records,
-    tokenize_pretrain,
-    tokenize_sft,
-)
-from longqa.train.packing import ListDataset, PackedCollator, PaddedCollator, pack_examples
+from longqa.train.phases import build_phase_dataset, describe_phase_data, prepare_recipe
 
 LOG_FILE = "train_log.jsonl"
 
@@ -68,93 +62,6 @@ class LongqaTrainer(Trainer):
         denom = num_items_in_batch if (num_items_in_batch is not None and model.training) else n
         loss = total / max(int(denom), 1)
         return (loss, None) if return_outputs else loss
-
-
-# ---------------------------------------------------------------- recipe → run plan
-
-
-def prepare_recipe(
-    recipe: Recipe, *, data: str | None = None, out: str | None = None, max_steps: int | None = None
-) -> tuple[Recipe, list[str]]:
-    """Apply the CLI's ``--data`` (replaces every sft phase's datasets), ``--out`` and
-    ``--max-steps`` (caps every phase) to a copy of the recipe."""
-    notes: list[str] = []
-    phases = [p.model_copy(deep=True) for p in recipe.train.phases]
-    if not phases:
-        if data is None:
-            raise LongqaError(
-                f"recipe '{recipe.name}': train.phases is empty; add a phase or --data"
-            )
-        phases = [PhaseConfig(name="sft", kind="sft", epochs=1.0)]
-    if data is not None:
-        replaced = 0
-        for p in phases:
-            if p.kind == "sft":
-                p.datasets = [DatasetSpec(path=data)]
-                replaced += 1
-        if not replaced:
-            raise LongqaError(f"recipe '{recipe.name}' has no sft phase for --data to replace")
-        notes.append(f"--data: {replaced} sft phase(s) now train on {data}")
-        for p in phases:
-            if p.kind == "pretrain" and not all(_dataset_exists(d.path) for d in p.datasets):
-                p.datasets = [DatasetSpec(path=data)]
-                notes.append(
-                    f"phase '{p.name}': its pretraining text is not on disk; "
-                    f"continued pretraining on the full text of {data} instead"
-                )
-    if max_steps is not None:
-        for p in phases:
-            capped = min(p.steps, max_steps) if p.steps else max_steps
-            object.__setattr__(p, "steps", capped)
-            object.__setattr__(p, "epochs", None)
-    train = recipe.train.model_copy(update={"phases": phases})
-    update: dict[str, Any] = {"train": train}
-    if out is not None:
-        update["output"] = recipe.output.model_copy(update={"dir": str(out)})
-    return recipe.model_copy(update=update), notes
-
-
-def _dataset_exists(path: str) -> bool:
-    try:
-        resolve_dataset_path(path, "")
-    except LongqaError:
-        return False
-    return True
-
-
-def resolve_dataset_path(path: str, phase: str) -> Path:
-    p = Path(path).expanduser()
-    if p.exists():
-        return p
-    alt = recipes_dir().parent / path
-    if not p.is_absolute() and alt.exists():
-        return alt
-    raise LongqaError(f"dataset not found: {path} (phase '{phase}')")
-
-
-def build_phase_dataset(
-    recipe: Recipe, phase: PhaseConfig, tokenizer: Any
-) -> tuple[ListDataset, Any, TokenizeStats]:
-    """Read, mix, tokenize (and pack) a phase's datasets; returns dataset, collator and stats."""
-    if not phase.datasets:
-        raise LongqaError(f"phase '{phase.name}' has no datasets (set train.phases or --data)")
-    parts = [
-        (load_records(resolve_dataset_path(d.path, phase.name), d.format), d.weight)
-        for d in phase.datasets
-    ]
-    records = mix_records(parts, seed=recipe.train.seed)
-    max_len = phase.max_length or recipe.train.max_length
-    if phase.kind == "sft":
-        examples, stats = tokenize_sft(
-            records, tokenizer, max_length=max_len, overlength=recipe.data.overlength
-        )
-    else:
-        examples, stats = tokenize_pretrain(records, tokenizer, max_length=max_len)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pad = pad if pad is not None else 0
-    if recipe.data.packing:
-        return ListDataset(pack_examples(examples, max_len)), PackedCollator(pad), stats
-    return ListDataset(examples), PaddedCollator(pad), stats
 
 
 def training_arguments(recipe: Recipe, phase: PhaseConfig, out_dir: Path, rt: Any) -> Any:
@@ -206,14 +113,16 @@ def _phase_done(adapter: Path) -> bool:
 def run_training(
     recipe: Recipe,
     *,
-    data: str | None = None,
-    out: str | None = None,
-    max_steps: int | None = None,
     resume: bool = False,
+    skip_bad_rows: bool = False,
     console: Any = None,
     callbacks: Sequence[Any] = (),
+    **prepare: Any,
 ) -> Path:
-    """Train every phase of ``recipe``; return the final adapter folder."""
+    """Train every phase of ``recipe``; return the final adapter folder. ``prepare`` holds the
+    keywords of :func:`longqa.train.phases.prepare_recipe` (``data`` as ``PATH`` or
+    ``PATH:WEIGHT`` items, ``data_format``, ``out``, ``max_steps``, ``strict``,
+    ``pretrain_on_sft_text``); ``skip_bad_rows`` skips bad rows and counts them in the summary."""
     from rich.console import Console
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -224,7 +133,7 @@ def run_training(
     from longqa.train.model import build_trainable_model, runtime_for
 
     console = console or Console(stderr=True)
-    recipe, notes = prepare_recipe(recipe, data=data, out=out, max_steps=max_steps)
+    recipe, notes = prepare_recipe(recipe, **prepare)
     out_dir = recipe.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "recipe.yaml", dump_recipe(recipe))
@@ -238,6 +147,7 @@ def run_training(
     )
     model = None
     prev_adapter: Path | None = None
+    skipped_rows: Counter = Counter()
     for phase in recipe.train.phases:
         phase_dir = out_dir / phase.name
         adapter = phase_dir / "adapter"
@@ -254,8 +164,14 @@ def run_training(
             )
             shutil.rmtree(phase_dir)
             checkpoint = None
-        dataset, collator, stats = build_phase_dataset(recipe, phase, tokenizer)
-        _print_data_stats(console, phase, stats, len(dataset))
+        dataset, collator, stats = build_phase_dataset(
+            recipe, phase, tokenizer, skip_bad_rows=skip_bad_rows
+        )
+        for line in describe_phase_data(phase, stats, len(dataset)):
+            console.print(line, highlight=False)
+        for n in stats.notes:
+            console.print(f"[yellow]notice:[/] {n}", highlight=False)
+        skipped_rows.update(stats.skipped_rows)
         if model is None:
             set_seed(recipe.train.seed)  # LoRA init is random: same seed, same adapter
             model, model_notes = build_trainable_model(recipe, rt, start_adapter=prev_adapter)
@@ -291,25 +207,10 @@ def run_training(
     for f in prev_adapter.iterdir():
         if f.is_file():
             shutil.copy2(f, final / f.name)
+    if skipped_rows:
+        why = ", ".join(f"{k} {v}" for k, v in sorted(skipped_rows.items()))
+        console.print(
+            f"[yellow]bad rows skipped:[/] {sum(skipped_rows.values())} ({why})", highlight=False
+        )
     console.print(f"[green]done:[/] adapter in {final}", highlight=False)
     return final
-
-
-def _print_data_stats(console: Any, phase: PhaseConfig, stats: TokenizeStats, rows: int) -> None:
-    s = stats
-    msg = (
-        f"phase {phase.name} ({phase.kind}): {s.examples} examples, {rows} rows, "
-        f"{s.tokens:,} tokens ({s.label_tokens:,} trained)"
-    )
-    extra = []
-    if s.truncated:
-        extra.append(f"{s.truncated} truncated")
-    if s.dropped_overlength:
-        extra.append(f"{s.dropped_overlength} dropped as over-long")
-    if s.dropped_no_labels:
-        extra.append(f"{s.dropped_no_labels} dropped without assistant tokens")
-    if s.split:
-        extra.append(f"{s.split} long documents split")
-    console.print(msg + (f"; {', '.join(extra)}" if extra else ""), highlight=False)
-    for n in s.notes:
-        console.print(f"[yellow]notice:[/] {n}", highlight=False)

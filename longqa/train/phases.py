@@ -1,0 +1,191 @@
+"""Which data each training phase reads: the CLI's ``--data`` applied to a recipe, phases built.
+
+Usage::
+
+    from longqa.train.phases import prepare_recipe, build_phase_dataset
+    recipe, notes = prepare_recipe(recipe, data=["chat.jsonl", "alpaca.json:0.5"], max_steps=3)
+    dataset, collator, stats = build_phase_dataset(recipe, recipe.train.phases[0], tokenizer)
+
+``--data PATH[:WEIGHT]`` (repeatable) replaces the datasets of every ``sft`` phase, each path read in
+the format detected per row (or ``data_format``). Pretraining phases keep their own datasets; one
+whose data is not on disk is skipped with a notice that says so (an error with ``strict``), and
+trains on the text of the ``--data`` conversations only when asked (``pretrain_on_sft_text``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from longqa.config.recipe import DatasetSpec, PhaseConfig, Recipe, recipes_dir
+from longqa.core.errors import LongqaError
+from longqa.data.sources import load_dataset_records
+from longqa.train.data import TokenizeStats, mix_records, tokenize_pretrain, tokenize_sft
+from longqa.train.packing import ListDataset, PackedCollator, PaddedCollator, pack_examples
+
+
+def parse_data_arg(spec: str, fmt: str = "auto") -> DatasetSpec:
+    """``PATH`` or ``PATH:WEIGHT`` (weight > 0) → a :class:`DatasetSpec`."""
+    path, weight = spec, 1.0
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            weight = float(tail)
+        except ValueError:
+            pass  # a ':' that is part of the path
+        else:
+            path = head
+            if weight <= 0:
+                raise LongqaError(f"--data {spec}: the weight after ':' must be > 0")
+    try:
+        return DatasetSpec(path=path, weight=weight, format=fmt)
+    except ValueError:
+        raise LongqaError(f"--data-format {fmt}: not a known format") from None
+
+
+def resolve_dataset_path(path: str, phase: str) -> Path:
+    """A dataset path as given, or relative to the repository (where the recipes folder is)."""
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    alt = recipes_dir().parent / path
+    if not p.is_absolute() and alt.exists():
+        return alt
+    raise LongqaError(f"dataset not found: {path} (phase '{phase}')")
+
+
+def _missing(phase: PhaseConfig) -> list[str]:
+    out = []
+    for d in phase.datasets:
+        try:
+            resolve_dataset_path(d.path, phase.name)
+        except LongqaError as err:
+            out.append(str(err))
+    return out
+
+
+def prepare_recipe(
+    recipe: Recipe,
+    *,
+    data: Sequence[str] | str | None = None,
+    data_format: str = "auto",
+    out: str | None = None,
+    max_steps: int | None = None,
+    strict: bool = False,
+    pretrain_on_sft_text: bool = False,
+) -> tuple[Recipe, list[str]]:
+    """Apply ``--data`` (see the module docstring), ``--out`` and ``--max-steps`` (caps every
+    phase) to a copy of the recipe; returns it and the notices to print."""
+    specs = [
+        parse_data_arg(d, data_format) for d in ([data] if isinstance(data, str) else data or [])
+    ]
+    notes: list[str] = []
+    phases = [p.model_copy(deep=True) for p in recipe.train.phases]
+    if not phases:
+        if not specs:
+            raise LongqaError(
+                f"recipe '{recipe.name}': train.phases is empty; add a phase or --data"
+            )
+        phases = [PhaseConfig(name="sft", kind="sft", epochs=1.0)]
+    shown = ", ".join(
+        f"{d.path}" + (f" (weight {d.weight:g})" if d.weight != 1 else "") for d in specs
+    )
+    if specs:
+        sft = [p for p in phases if p.kind == "sft"]
+        if not sft:
+            raise LongqaError(f"recipe '{recipe.name}' has no sft phase for --data to replace")
+        for p in sft:
+            p.datasets = [d.model_copy() for d in specs]
+        notes.append(f"--data: {len(sft)} sft phase(s) now train on {shown}")
+    kept, skipped = [], []
+    for p in phases:
+        missing = _missing(p) if p.kind == "pretrain" else []
+        if missing and specs and pretrain_on_sft_text:
+            p.datasets = [d.model_copy() for d in specs]
+            notes.append(
+                f"phase '{p.name}': its pretraining text is not on disk; "
+                f"continued pretraining on the full text of {shown} instead (--pretrain-on-sft-text)"
+            )
+        elif missing or (p.kind == "pretrain" and not p.datasets):
+            why = "; ".join(missing) or "no datasets"
+            if strict:
+                raise LongqaError(f"pretraining phase '{p.name}' has no data: {why} (--strict)")
+            notes.append(
+                f"phase '{p.name}' (pretrain) skipped: {why}. Build it (longqa build-data --task "
+                "long-pretrain), or pass --pretrain-on-sft-text with --data; --strict makes this "
+                "an error"
+            )
+            skipped.append(why)
+            continue
+        kept.append(p)
+    if not kept:
+        raise LongqaError(f"recipe '{recipe.name}': no phase left to train ({'; '.join(skipped)})")
+    if max_steps is not None:
+        for p in kept:
+            capped = min(p.steps, max_steps) if p.steps else max_steps
+            object.__setattr__(p, "steps", capped)
+            object.__setattr__(p, "epochs", None)
+    train = recipe.train.model_copy(update={"phases": kept})
+    update: dict[str, Any] = {"train": train}
+    if out is not None:
+        update["output"] = recipe.output.model_copy(update={"dir": str(out)})
+    return recipe.model_copy(update=update), notes
+
+
+def build_phase_dataset(
+    recipe: Recipe, phase: PhaseConfig, tokenizer: Any, *, skip_bad_rows: bool = False
+) -> tuple[ListDataset, Any, TokenizeStats]:
+    """Read, mix, tokenize (and pack) a phase's datasets; returns dataset, collator and stats
+    (``stats.detected``: what each file was read as; ``stats.skipped_rows``: bad rows skipped)."""
+    if not phase.datasets:
+        raise LongqaError(f"phase '{phase.name}' has no datasets (set train.phases or --data)")
+    parts, detected, skipped = [], [], []
+    for d in phase.datasets:
+        path = resolve_dataset_path(d.path, phase.name)
+        loaded = load_dataset_records(path, d.format, skip_bad_rows=skip_bad_rows)
+        parts.append((loaded.records, d.weight))
+        detected += loaded.describe()
+        skipped.append(loaded.skipped)
+    records = mix_records(parts, seed=recipe.train.seed)
+    max_len = phase.max_length or recipe.train.max_length
+    if phase.kind == "sft":
+        examples, stats = tokenize_sft(
+            records,
+            tokenizer,
+            max_length=max_len,
+            overlength=recipe.data.overlength,
+            skip_bad_rows=skip_bad_rows,
+        )
+    else:
+        examples, stats = tokenize_pretrain(records, tokenizer, max_length=max_len)
+    stats.detected = detected
+    for counts in skipped:
+        stats.skipped_rows.update(counts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad if pad is not None else 0
+    if recipe.data.packing:
+        return ListDataset(pack_examples(examples, max_len)), PackedCollator(pad), stats
+    return ListDataset(examples), PaddedCollator(pad), stats
+
+
+def describe_phase_data(phase: PhaseConfig, stats: TokenizeStats, rows: int) -> list[str]:
+    """The lines ``longqa train`` prints about a phase's data (detection, then the counts)."""
+    s = stats
+    msg = (
+        f"phase {phase.name} ({phase.kind}): {s.examples} examples, {rows} rows, "
+        f"{s.tokens:,} tokens ({s.label_tokens:,} trained)"
+    )
+    extra = []
+    if s.truncated:
+        extra.append(f"{s.truncated} truncated")
+    if s.dropped_overlength:
+        extra.append(f"{s.dropped_overlength} dropped as over-long")
+    if s.dropped_no_labels:
+        extra.append(f"{s.dropped_no_labels} dropped without assistant tokens")
+    if s.split:
+        extra.append(f"{s.split} long documents split")
+    if s.skipped_rows:
+        why = ", ".join(f"{k} {v}" for k, v in sorted(s.skipped_rows.items()))
+        extra.append(f"{sum(s.skipped_rows.values())} bad rows skipped ({why})")
+    return [*s.detected, msg + (f"; {', '.join(extra)}" if extra else "")]
