@@ -143,7 +143,7 @@ def load_model_with_adapter(
     trained_on = str(info["base_model"])
     if base is not None and not _same_base(base, trained_on):
         raise LongqaError(
-            f"--base {base} does not match the adapter's base model {trained_on} "
+            f"--model {base} does not match the adapter's base model {trained_on} "
             f"(from {Path(adapter_dir) / INFO_FILE})"
         )
     model = load_model(

@@ -201,7 +201,7 @@ def _load_dequantized_with_adapter(
     from longqa.patch.rope import apply_rope_scaling
 
     if base != trained_on and not _same_base(base, trained_on):
-        raise LongqaError(f"--base {base} does not match the adapter's base model {trained_on}")
+        raise LongqaError(f"--model {base} does not match the adapter's base model {trained_on}")
     model = load_model(base, dtype=dtype, quantization=quantization, attn_implementation="sdpa")
     log.warning("de-quantising the 4-bit base weights to %s before merging", dtype)
     model = model.dequantize().to(getattr(torch, dtype))
