@@ -111,6 +111,15 @@ def _builder_parameters() -> list[Any]:
     return params
 
 
+def given_options(params: dict[str, Any]) -> dict[str, Any]:
+    """The builder flags a command line set (``builder_<field>`` parameters), keyed by field."""
+    return {
+        name.removeprefix("builder_"): value
+        for name, value in params.items()
+        if name.startswith("builder_") and value not in (None, [], ())
+    }
+
+
 def builder_options(func: Any) -> Any:
     """Decorator: one flag per builder ``Options`` field; ``func`` receives the given ones (not
     ``None``) as a dict in its ``options`` parameter."""
@@ -119,11 +128,7 @@ def builder_options(func: Any) -> Any:
 
     @functools.wraps(func)
     def command(*args: Any, **kwargs: Any) -> Any:
-        given = {}
-        for p in extra:
-            value = kwargs.pop(p.name, None)
-            if value is not None and value != []:
-                given[p.name.removeprefix("builder_")] = value
+        given = given_options({p.name: kwargs.pop(p.name, None) for p in extra})
         return func(*args, options=given, **kwargs)
 
     command.__signature__ = signature
@@ -131,7 +136,7 @@ def builder_options(func: Any) -> Any:
     return command
 
 
-def _fit(task: str, given: dict[str, Any]) -> dict[str, Any]:
+def fit_to_task(task: str, given: dict[str, Any]) -> dict[str, Any]:
     """Flag values shaped for ``task``'s Options: paths as text, repeatable flags as one value
     where the task takes one."""
     from data_builders.registry import get_builder_module
@@ -211,7 +216,7 @@ def build_data(
 
         print(describe_builder(task))
         return
-    given = _fit(task, options or {})
+    given = fit_to_task(task, options or {})
     extra = _parse_opts(opt or [])
     clash = sorted(set(extra) & set(given))
     if clash:
