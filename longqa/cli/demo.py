@@ -18,40 +18,13 @@ written to the output folder and used instead.
 from __future__ import annotations
 
 import argparse
-import pydoc
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from longqa.core.paths import shared_essays
-
-_STDLIB_MODULES = [
-    "collections", "functools", "itertools", "pathlib", "json", "csv", "argparse", "logging",
-    "threading", "subprocess", "socket", "sqlite3", "unittest", "datetime", "decimal", "fractions",
-    "statistics", "random", "textwrap", "string", "re", "shutil", "tempfile", "zipfile", "tarfile",
-    "email", "http.client", "urllib.request", "asyncio", "concurrent.futures", "dataclasses", "enum",
-    "typing", "inspect", "heapq", "bisect", "queue", "contextlib", "abc", "copy", "pickle", "gzip",
-]  # fmt: skip
-
-
-def default_corpus(out: Path) -> Path:
-    """The shared essays when present, else stdlib documentation written under ``out``."""
-    shared = shared_essays()
-    if shared is not None:
-        return shared
-    folder = out / "corpus"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in _STDLIB_MODULES:
-        target = folder / f"{name}.txt"
-        if not target.exists():
-            try:
-                text = pydoc.render_doc(name, renderer=pydoc.plaintext)
-            except Exception:  # a module missing from this Python build
-                continue
-            target.write_text(text, encoding="utf-8")
-    return folder
+from data_builders.offline_corpus import default_corpus
 
 
 def run_step(title: str, args: list[str]) -> None:
