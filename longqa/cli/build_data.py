@@ -11,7 +11,6 @@ no change here: its ``Options`` fields become flags.
 
 from __future__ import annotations
 
-import functools
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,7 +18,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from data_builders.registry import available_builders
-from longqa.cli.options import cli_type, extend_signature, flag_name, schema_parameter
+from longqa.cli.options import add_parameters, cli_type, flag_name, schema_parameter
 from longqa.core.errors import LongqaError
 
 SHARED_PANEL = "Options of several tasks (default per task)"
@@ -123,17 +122,7 @@ def given_options(params: dict[str, Any]) -> dict[str, Any]:
 def builder_options(func: Any) -> Any:
     """Decorator: one flag per builder ``Options`` field; ``func`` receives the given ones (not
     ``None``) as a dict in its ``options`` parameter."""
-    extra = _builder_parameters()
-    signature, annotations = extend_signature(func, "options", extra)
-
-    @functools.wraps(func)
-    def command(*args: Any, **kwargs: Any) -> Any:
-        given = given_options({p.name: kwargs.pop(p.name, None) for p in extra})
-        return func(*args, options=given, **kwargs)
-
-    command.__signature__ = signature
-    command.__annotations__ = annotations
-    return command
+    return add_parameters(func, "options", _builder_parameters(), given_options)
 
 
 def fit_to_task(task: str, given: dict[str, Any]) -> dict[str, Any]:

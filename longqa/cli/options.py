@@ -11,8 +11,9 @@ every command that takes a RoPE spec (``eval *``, ``analyze *``, ``rope show``, 
         ...  # rope: the validated spec, or None when no --rope was given
 
 A value given without ``--rope METHOD`` is an error naming the flag (never silently ignored).
-:func:`schema_parameter` (one pydantic field → one typer parameter) is shared with ``build-data``,
-whose flags come from each dataset builder's ``Options`` model.
+:func:`schema_parameter` (one pydantic field → one typer parameter) and :func:`add_parameters` (a
+generated group in a command's signature, handed to the command as one value) also give
+``build-data`` its flags, from each dataset builder's ``Options`` model.
 """
 
 from __future__ import annotations
@@ -73,16 +74,29 @@ def schema_parameter(name: str, annotation: Any, flag: str, help: str, panel: st
     )
 
 
-def extend_signature(
-    func: Callable[..., Any], replaced: str, extra: list[inspect.Parameter]
-) -> tuple[inspect.Signature, dict[str, Any]]:
-    """``func``'s signature without parameter ``replaced`` and with ``extra`` appended."""
+def add_parameters(
+    func: F,
+    receiver: str,
+    extra: list[inspect.Parameter],
+    build: Callable[[dict[str, Any]], Any],
+) -> F:
+    """``func`` with parameter ``receiver`` replaced by the ``extra`` (generated) parameters in the
+    signature typer reads; at call time ``build({name: value})`` of the extra ones is passed to
+    ``func`` as ``receiver``. One implementation for every schema-generated option group."""
     sig = inspect.signature(func, eval_str=True)
-    if replaced not in sig.parameters:
-        raise TypeError(f"{func.__name__} has no parameter '{replaced}' to receive the options")
-    kept = [p for p in sig.parameters.values() if p.name != replaced]
-    new = sig.replace(parameters=[*kept, *extra])
-    return new, {p.name: p.annotation for p in new.parameters.values()}
+    if receiver not in sig.parameters:
+        raise TypeError(f"{func.__name__} has no parameter '{receiver}' to receive the options")
+    kept = [p for p in sig.parameters.values() if p.name != receiver]
+    signature = sig.replace(parameters=[*kept, *extra])
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        values = {p.name: kwargs.pop(p.name, None) for p in extra}
+        return func(*args, **{receiver: build(values)}, **kwargs)
+
+    command.__signature__ = signature  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return command  # type: ignore[return-value]
 
 
 def _rope_parameters() -> list[inspect.Parameter]:
@@ -130,15 +144,8 @@ def rope_config_from_flags(values: dict[str, Any]) -> RopeConfig | None:
 def rope_options(func: F) -> F:
     """Decorator: add the RoPE option group to a typer command; ``func`` receives the validated
     spec in its ``rope`` parameter (``None`` when ``--rope`` is not given)."""
-    extra = _rope_parameters()
-    names = {p.name: p.name.removeprefix("rope_") for p in extra}
-    signature, annotations = extend_signature(func, "rope", extra)
 
-    @functools.wraps(func)
-    def command(*args: Any, **kwargs: Any) -> Any:
-        values = {field: kwargs.pop(name, None) for name, field in names.items()}
-        return func(*args, rope=rope_config_from_flags(values), **kwargs)
+    def build(values: dict[str, Any]) -> RopeConfig | None:
+        return rope_config_from_flags({k.removeprefix("rope_"): v for k, v in values.items()})
 
-    command.__signature__ = signature  # type: ignore[attr-defined]
-    command.__annotations__ = annotations
-    return command  # type: ignore[return-value]
+    return add_parameters(func, "rope", _rope_parameters(), build)

@@ -109,7 +109,7 @@ def context_warnings(model: Any, spec: RopeConfig | None, lengths: Iterable[int]
             msgs.append(
                 f"context length {length} is above the {limit} tokens this model can address with "
                 f"rope '{spec_label(spec)}'; expect it to fail at that length "
-                f"(use --rope with a larger --factor, or dynamic-yarn)"
+                f"(use --rope with a larger --rope-factor, or dynamic-yarn)"
             )
     for msg in msgs:
         warnings.warn(msg, stacklevel=2)
