@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -136,8 +137,9 @@ def rope_config_from_flags(values: dict[str, Any]) -> RopeConfig | None:
         return rope_spec_from_options(method, **given)
     except LongqaError as exc:
         text = str(exc)
-        for field in sorted(given, key=len, reverse=True):
-            text = text.replace(f"'{field}'", rope_flag(field))
+        for field in sorted(given, key=len, reverse=True):  # "rope factor" → "--rope-factor"
+            pattern = rf"(?:rope )?'?(?<![\w-]){re.escape(field)}'?(?![\w-])"
+            text = re.sub(pattern, rope_flag(field), text)
         raise LongqaError(text) from None
 
 
