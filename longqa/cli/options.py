@@ -63,7 +63,9 @@ def cli_type(annotation: Any) -> Any:
     return str
 
 
-def schema_parameter(name: str, annotation: Any, flag: str, help: str, panel: str):
+def schema_parameter(
+    name: str, annotation: Any, flag: str, help: str, panel: str
+) -> inspect.Parameter:
     """A keyword-only typer parameter (default ``None`` = not given) for one schema field."""
     decls = [f"{flag}/--no-{flag[2:]}"] if annotation is bool else [flag]
     option = typer.Option(*decls, help=help, rich_help_panel=panel, show_default=False)
@@ -120,8 +122,8 @@ def _rope_parameters() -> list[inspect.Parameter]:
 def rope_config_from_flags(values: dict[str, Any]) -> RopeConfig | None:
     """RoPE group flag values (keyed by field, ``None`` = not given) → a validated spec.
 
-    No ``--rope``: ``None`` (the model's or the adapter's RoPE), or an error naming the first flag
-    that was given anyway. Invalid values: one-line errors naming the flag.
+    No ``--rope``: ``None`` (the model's or the adapter's RoPE), or an error naming the flags that
+    were given anyway. Invalid values: one-line errors naming the flag.
     """
     from longqa.patch.rope import rope_spec_from_options
 
