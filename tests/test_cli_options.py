@@ -164,7 +164,14 @@ def _help(*args: str) -> str:
 
 
 def test_build_data_help_lists_every_task():
-    assert "<" + "|".join(available_builders()) + ">" in _help("build-data")
+    from data_builders.registry import summarize_builder
+
+    text = _help("build-data")
+    assert "<" + "|".join(available_builders()) + ">" in text
+    for task in available_builders():
+        summary = summarize_builder(task)
+        assert len(summary) > 20 and "--task" not in summary
+        assert f"{task}: {summary}" in text
     result = runner.invoke(app, ["build-data", "--task", "nope"])
     assert result.exit_code == 2 and "passage-retrieval" in result.output
 

@@ -214,6 +214,15 @@ def build_data(
     _report(task, stats, given.get("out") or extra.get("out"))
 
 
+def _task_list() -> str:
+    from data_builders.registry import summarize_builder
+
+    return "\n\n".join(f"{task}: {summarize_builder(task)}" for task in _TASKS)
+
+
+build_data.__doc__ = f"{build_data.__doc__}\n\nTasks:\n\n{_task_list()}"
+
+
 def _report(task: str, stats: dict[str, Any], out: Any) -> None:
     from rich.console import Console
 
