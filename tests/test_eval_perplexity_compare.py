@@ -136,8 +136,8 @@ def test_cli_rope_flags_are_checked_before_loading_a_model(tmp_path):
     doc.write_text("Some text to score. " * 20)
     for task in ("passkey", "perplexity"):
         extra = ["--data", str(doc)] if task == "perplexity" else []
-        res = _cli([task, "--model", "nope", "--factor", "2", *extra])
+        res = _cli([task, "--model", "nope", "--rope-factor", "2", *extra])
         assert isinstance(res.exception, LongqaError), (task, res.output)
-        assert "--factor needs --rope METHOD" in str(res.exception)
+        assert "--rope-factor needs --rope METHOD" in str(res.exception)
     res = _cli(["passkey", "--model", "nope", "--rope", "bogus"])
     assert isinstance(res.exception, LongqaError) and "unknown rope method" in str(res.exception)

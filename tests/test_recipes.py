@@ -14,21 +14,29 @@ from longqa.config.recipe import (
     load_recipe,
     recipe_from_dict,
     recipes_dir,
+    resolve_recipe_path,
 )
 from longqa.core.errors import LongqaError
 
 SHIPPED = sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 
 
+FOUNDATION = ["llama2-7b-abf32k", "llama3-8b-abf128k", "qwen14b-yarn32k", "smollm2-135m-yarn16k"]
+
+
 def test_the_four_foundation_recipes_ship() -> None:
-    for name in (
-        "qwen14b-yarn32k",
-        "llama3-8b-abf128k",
-        "llama2-7b-abf32k",
-        "smollm2-135m-yarn16k",
-    ):
-        assert name in SHIPPED
-    assert list_recipes() == SHIPPED
+    assert list_recipes() == FOUNDATION
+    for name in FOUNDATION:
+        recipe = load_recipe(name)
+        assert recipe.name == name
+        assert resolve_recipe_path(name) == recipes_dir() / f"{name}.yaml"
+    methods = {name: load_recipe(name).rope.method for name in FOUNDATION}
+    assert methods == {
+        "llama2-7b-abf32k": "abf",
+        "llama3-8b-abf128k": "abf",
+        "qwen14b-yarn32k": "dynamic-yarn",
+        "smollm2-135m-yarn16k": "yarn",
+    }
 
 
 @pytest.mark.parametrize("name", SHIPPED)

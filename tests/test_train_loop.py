@@ -103,12 +103,50 @@ def test_two_phases_chain_and_finished_phases_are_skipped_on_resume(setup, tmp_p
     assert [r["phase"] for r in read_log(out / "train_log.jsonl")] == ["pretrain"] * 2 + ["sft"] * 2
 
 
+class _PackedInputs(TrainerCallback):
+    """Records the training rows and what each call of the decoder trunk receives."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.calls: list[dict] = []
+
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kw):
+        self.rows = [train_dataloader.dataset[i] for i in range(len(train_dataloader.dataset))]
+        (trunk,) = [
+            m for m in model.modules() if hasattr(m, "embed_tokens") and hasattr(m, "layers")
+        ]
+        trunk.register_forward_pre_hook(
+            lambda module, a, kwargs: self.calls.append(dict(kwargs)), with_kwargs=True
+        )
+
+
+def _segments(position_ids: list[int]) -> list[list[int]]:
+    starts = [i for i, p in enumerate(position_ids) if p == 0] + [len(position_ids)]
+    return [position_ids[a:b] for a, b in zip(starts, starts[1:], strict=False)]
+
+
 def test_packed_training_runs_and_counts_rows(setup, tmp_path):
     _, model_dir, data = setup
     recipe = tiny_recipe(model_dir, data, tmp_path / "p", phases=[_phase(data, 2)])
     recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"packing": True})})
-    run_training(recipe)
+    seen = _PackedInputs()
+    run_training(recipe, callbacks=[seen])
     assert len(read_log(tmp_path / "p" / "train_log.jsonl")) == 2
+    # 16 conversations packed into fewer rows of at most max_length tokens
+    segments = [seg for row in seen.rows for seg in _segments(row["position_ids"])]
+    assert len(segments) == 16 and len(seen.rows) < 16
+    assert any(len(_segments(row["position_ids"])) > 1 for row in seen.rows)
+    for row in seen.rows:
+        assert len(row["input_ids"]) == len(row["position_ids"]) <= 64
+    for seg in segments:  # positions restart at 0 for every packed example and count up
+        assert seg == list(range(len(seg)))
+    # the model gets the restarting position ids (per-sample attention) and no attention mask
+    assert len(seen.calls) >= 2
+    for call in seen.calls:
+        pos = call["position_ids"]
+        assert call.get("attention_mask") is None
+        assert pos.shape == call["input_ids"].shape
+        assert int((pos == 0).sum()) > pos.shape[0]  # more segments than rows in the batch
 
 
 def test_prepare_recipe_data_out_and_max_steps(setup, tmp_path):

@@ -13,7 +13,9 @@ from typing import Annotated
 
 import typer
 
-from longqa.cli.eval import AdapterOpt, FactorOpt, ModelOpt, OrigOpt, RopeOpt
+from longqa.cli.eval import AdapterOpt, ModelOpt
+from longqa.cli.options import rope_options
+from longqa.config.recipe import RopeConfig
 from longqa.core.errors import LongqaError
 
 app = typer.Typer(
@@ -21,15 +23,8 @@ app = typer.Typer(
 )
 
 
-def _spec(rope: str | None, factor: float | None, original_length: int | None):
-    from longqa.patch.rope import rope_spec_from_options
-
-    if rope is None and (factor is not None or original_length is not None):
-        raise LongqaError("--factor/--original-length need --rope METHOD")
-    return rope_spec_from_options(rope, factor=factor, original_length=original_length)
-
-
 @app.command("effective-tokens")
+@rope_options
 def effective_tokens_cmd(
     data: Annotated[Path, typer.Option(help="dataset (our JSONL schema, file or folder)")],
     model: ModelOpt = "smollm2-135m",
@@ -38,9 +33,7 @@ def effective_tokens_cmd(
         Path | None, typer.Option(help="a second dataset to compare side by side")
     ] = None,
     adapter: AdapterOpt = None,
-    rope: RopeOpt = None,
-    factor: FactorOpt = None,
-    original_length: OrigOpt = None,
+    rope: RopeConfig | None = None,
     threshold: Annotated[
         float, typer.Option(help="gap in nats that makes a token effective")
     ] = 1.0,
@@ -63,7 +56,7 @@ def effective_tokens_cmd(
         model=model,
         out=out,
         adapter=adapter,
-        rope=_spec(rope, factor, original_length),
+        rope=rope,
         threshold=threshold,
         mode=ablation,
         max_samples=max_samples,
@@ -90,6 +83,7 @@ def effective_tokens_cmd(
 
 
 @app.command("attention")
+@rope_options
 def attention_cmd(
     data: Annotated[Path, typer.Option(help="dataset (our JSONL schema, file or folder)")],
     model: ModelOpt = "smollm2-135m",
@@ -100,9 +94,7 @@ def attention_cmd(
     adapter: AdapterOpt = None,
     compare_base: Annotated[bool, typer.Option(help="also plot the base model")] = False,
     per_layer: Annotated[bool, typer.Option(help="also write a per-layer heatmap")] = False,
-    rope: RopeOpt = None,
-    factor: FactorOpt = None,
-    original_length: OrigOpt = None,
+    rope: RopeConfig | None = None,
 ) -> None:
     """Attention mass of the answer tokens over relative context position (eager attention)."""
     from longqa.analyze.runner import analyze_attention
@@ -112,7 +104,7 @@ def attention_cmd(
         model=model,
         out=out,
         adapter=adapter,
-        rope=_spec(rope, factor, original_length),
+        rope=rope,
         sample_index=sample,
         turn=turn,
         bins=bins,

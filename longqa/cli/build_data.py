@@ -1,21 +1,28 @@
 """`longqa build-data --task TASK ...`: run one dataset builder of ``data_builders.registry``.
 
-Every flag the user sets is gathered into a dict and validated against the chosen builder's
-``Options`` model (pydantic, ``extra="forbid"``), so a flag another task does not know fails with a
-one-line "``--turns`` is not an option of task book-summary" error. Options without a dedicated flag
-are passed as ``--opt key=value`` (repeatable; values parsed as YAML scalars/lists). Adding a
-builder needs no change here unless it wants a dedicated flag: add one parameter below (default
-``None``) and it is forwarded automatically.
+The flags are generated from the builders' ``Options`` models (pydantic, ``extra="forbid"``): every
+field of every builder is a ``--kebab-case`` flag, with its description and per-task default as help
+(``longqa build-data --help``; ``--task T --describe`` prints one task's behaviour and options).
+The flags the user sets are validated against the chosen task's ``Options``, so a flag another task
+does not know fails with a one-line "``--turns`` is not an option of task book-summary" error.
+``--opt key=value`` (repeatable; values parsed as YAML) sets any option too. Adding a builder needs
+no change here: its ``Options`` fields become flags.
 """
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import typer
 
+from data_builders.registry import available_builders
+from longqa.cli.options import add_parameters, cli_type, flag_name, schema_parameter
 from longqa.core.errors import LongqaError
+
+SHARED_PANEL = "Options of several tasks (default per task)"
+_TASKS = available_builders()
 
 
 def _parse_opts(pairs: list[str]) -> dict[str, Any]:
@@ -34,7 +41,108 @@ def _parse_opts(pairs: list[str]) -> dict[str, Any]:
 
 
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return flag_name(name)
+
+
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list
+
+
+def _merged_type(types: list[Any]) -> Any:
+    """One command-line type for a field several builders declare (``str`` when they disagree)."""
+    if any(_is_list(t) for t in types):
+        return list[str]  # repeatable; builders split comma-separated values themselves
+    if all(typing.get_origin(t) is Literal for t in types):
+        return Literal[tuple(dict.fromkeys(v for t in types for v in typing.get_args(t)))]
+    kinds = set(types)
+    if len(kinds) == 1:
+        return types[0]
+    return float if kinds <= {int, float} else str
+
+
+def _builder_fields() -> dict[str, list[tuple[str, Any]]]:
+    """Field name → ``[(task, pydantic FieldInfo), ...]`` over every registered builder."""
+    from data_builders.registry import available_builders, get_builder_module
+
+    fields: dict[str, list[tuple[str, Any]]] = {}
+    for task in available_builders():
+        for name, info in get_builder_module(task).Options.model_fields.items():
+            fields.setdefault(name, []).append((task, info))
+    return fields
+
+
+def _help(entries: list[tuple[str, Any]], n_tasks: int) -> str:
+    """Description(s) and per-task defaults of one flag."""
+    by_desc: dict[str, list[str]] = {}
+    for task, info in entries:
+        if info.description:
+            by_desc.setdefault(info.description, []).append(task)
+    if len(by_desc) > 1:
+        desc = "; ".join(f"{', '.join(tasks)}: {d}" for d, tasks in by_desc.items())
+    else:
+        desc = next(iter(by_desc), "")
+    by_default: dict[str, list[str]] = {}
+    for task, info in entries:
+        shown = "unset" if info.default is None else info.default
+        default = "required" if info.is_required() else f"default {shown}"
+        by_default.setdefault(default, []).append(task)
+    if len(by_default) == 1:
+        scope = ", all tasks" if len(entries) == n_tasks else ""
+        parts = [f"{next(iter(by_default))}{scope}"]
+    else:
+        parts = [f"{', '.join(tasks)}: {default}" for default, tasks in by_default.items()]
+    return f"{desc} ({'; '.join(parts)})".strip()
+
+
+def _builder_parameters() -> list[Any]:
+    from data_builders.registry import available_builders
+
+    n_tasks = len(available_builders())
+    params = []
+    for name, entries in _builder_fields().items():
+        annotation = _merged_type([cli_type(info.annotation) for _, info in entries])
+        panel = SHARED_PANEL if len(entries) > 1 else f"Options of task {entries[0][0]}"
+        params.append(
+            schema_parameter(
+                f"builder_{name}", annotation, _flag(name), _help(entries, n_tasks), panel
+            )
+        )
+    return params
+
+
+def given_options(params: dict[str, Any]) -> dict[str, Any]:
+    """The builder flags a command line set (``builder_<field>`` parameters), keyed by field."""
+    return {
+        name.removeprefix("builder_"): value
+        for name, value in params.items()
+        if name.startswith("builder_") and value not in (None, [], ())
+    }
+
+
+def builder_options(func: Any) -> Any:
+    """Decorator: one flag per builder ``Options`` field; ``func`` receives the given ones (not
+    ``None``) as a dict in its ``options`` parameter."""
+    return add_parameters(func, "options", _builder_parameters(), given_options)
+
+
+def fit_to_task(task: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Flag values shaped for ``task``'s Options: paths as text, repeatable flags as one value
+    where the task takes one."""
+    from data_builders.registry import get_builder_module
+
+    fields = get_builder_module(task).Options.model_fields
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        if (
+            isinstance(value, list)
+            and name in fields
+            and not _is_list(cli_type(fields[name].annotation))
+        ):
+            if len(value) > 1:
+                raise LongqaError(f"`{_flag(name)}` takes one value for task {task} (got {value})")
+            value = value[0]
+        out[name] = str(value) if isinstance(value, Path) else value
+    return out
 
 
 def validate_options(task: str, values: dict[str, Any]) -> Any:
@@ -57,8 +165,10 @@ def validate_options(task: str, values: dict[str, Any]) -> Any:
             ) from None
         if err["type"] == "missing":
             raise LongqaError(f"`{_flag(name)}` is required for task {task}") from None
-        got = err.get("input")
-        raise LongqaError(f"`{_flag(name)}`: {err['msg']} (got {got!r})") from None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not err["loc"]:
+            raise LongqaError(f"task {task}: {msg}") from None
+        raise LongqaError(f"`{_flag(name)}`: {msg} (got {err.get('input')!r})") from None
 
 
 def run_builder(task: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -69,69 +179,48 @@ def run_builder(task: str, values: dict[str, Any]) -> dict[str, Any]:
     return get_builder(task)(options)
 
 
+@builder_options
 def build_data(
-    task: str = typer.Option(..., "--task", help="builder: paraphrase-mdqa, book-summary, ..."),
-    describe: bool = typer.Option(
-        False, "--describe", help="print the task's behaviour and all its options, then exit"
-    ),
-    out: Path = typer.Option(None, "--out", help="output folder (JSONL shards + stats.json)"),
-    corpus: Path = typer.Option(None, "--corpus", help="input corpus (file or folder)"),
-    input: Path = typer.Option(None, "--input", help="input file/folder (builders that use it)"),
-    inputs: list[str] = typer.Option(None, "--inputs", help="mix: input datasets (repeatable)"),
-    generator: str = typer.Option(None, "--generator", help="llm | extractive"),
-    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint"),
-    model: str = typer.Option(None, "--model", help="served model name (key: $OPENAI_API_KEY)"),
-    concurrency: int = typer.Option(None, "--concurrency", help="parallel LLM requests"),
-    cache: Path = typer.Option(None, "--cache", help="SQLite LLM response cache"),
-    num_samples: int = typer.Option(None, "--num-samples", help="samples to build"),
-    max_samples: int = typer.Option(None, "--max-samples", help="cap on samples"),
-    target_tokens: int = typer.Option(None, "--target-tokens", help="sample length in tokens"),
-    tokenizer: str = typer.Option(None, "--tokenizer", help="alias/path/hub id, or 'approx'"),
-    docs_per_group: int = typer.Option(None, "--docs-per-group", help="documents per sample"),
-    max_doc_tokens: int = typer.Option(None, "--max-doc-tokens", help="split longer docs"),
-    turns: int = typer.Option(None, "--turns", help="QA turns per sample"),
-    negative_ratio: float = typer.Option(None, "--negative-ratio", help="share of negatives"),
-    cite_index: bool = typer.Option(None, "--cite-index/--no-cite-index", help="name doc number"),
-    answer_style: str = typer.Option(None, "--answer-style", help="paraphrase | plain (control)"),
-    max_attempts: int = typer.Option(None, "--max-attempts", help="LLM tries per turn"),
-    quote_threshold: float = typer.Option(None, "--quote-threshold", help="fuzzy quote ratio"),
-    lang: str = typer.Option(None, "--lang", help="en | zh | auto"),
-    field: str = typer.Option(None, "--field", help="text field of JSONL/Parquet input"),
-    min_words: int = typer.Option(None, "--min-words", help="long-pretrain: min doc length"),
-    separator: str = typer.Option(None, "--separator", help="long-pretrain: doc separator"),
-    upsample: float = typer.Option(None, "--upsample", help="long-pretrain: copies of long docs"),
-    counts: str = typer.Option(None, "--counts", help="mix: records per input, e.g. 20000,1000"),
-    ratios: str = typer.Option(None, "--ratios", help="mix: share per input, e.g. 0.9,0.1"),
-    total: int = typer.Option(None, "--total", help="mix: mixture size with --ratios"),
-    seed: int = typer.Option(None, "--seed", help="random seed"),
-    shard_size: int = typer.Option(None, "--shard-size", help="samples per output shard"),
-    strict: bool = typer.Option(None, "--strict/--no-strict", help="fail on a bad input line"),
-    progress: bool = typer.Option(None, "--progress/--no-progress", help="show a progress bar"),
-    opt: list[str] = typer.Option(None, "--opt", help="any other option: key=value (repeatable)"),
+    task: Annotated[
+        Literal[tuple(_TASKS)],  # type: ignore[valid-type]
+        typer.Option(help="the dataset builder to run"),
+    ],
+    describe: Annotated[
+        bool,
+        typer.Option(
+            "--describe", help="print the task's behaviour and all its options, then exit"
+        ),
+    ] = False,
+    opt: Annotated[
+        list[str] | None, typer.Option(help="any option of the task as key=value (repeatable)")
+    ] = None,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Build a training dataset: `longqa build-data --task paraphrase-mdqa --corpus DIR --out DIR`.
 
-    Flags not known to the chosen task are errors; `--opt key=value` passes any option of the task.
+    Flags not known to the chosen task are errors; `--task T --describe` lists the task's options.
     """
-    params = dict(locals())
-    from data_builders.registry import available_builders
-
-    if task not in available_builders():
-        raise LongqaError(f"unknown task '{task}'; available: {', '.join(available_builders())}")
     if describe:
         from data_builders.registry import describe_builder
 
         print(describe_builder(task))
         return
-    skip = ("task", "opt", "describe")
-    given = {k: v for k, v in params.items() if k not in skip and v not in (None, [])}
-    given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
+    given = fit_to_task(task, options or {})
     extra = _parse_opts(opt or [])
     clash = sorted(set(extra) & set(given))
     if clash:
         raise LongqaError(f"`{_flag(clash[0])}` given both as a flag and as --opt")
     stats = run_builder(task, {**given, **extra})
     _report(task, stats, given.get("out") or extra.get("out"))
+
+
+def _task_list() -> str:
+    from data_builders.registry import summarize_builder
+
+    return "\n\n".join(f"{task}: {summarize_builder(task)}" for task in _TASKS)
+
+
+build_data.__doc__ = f"{build_data.__doc__}\n\nTasks:\n\n{_task_list()}"
 
 
 def _report(task: str, stats: dict[str, Any], out: Any) -> None:

@@ -7,7 +7,8 @@ On a CPU machine with the real SmolLM2-135M-Instruct model (8192-token window) i
 1. training-free extension: passkey retrieval at 12K tokens with no RoPE scaling vs dynamic YaRN;
 2. W-shaped paraphrase multi-document QA data built offline (extractive generator);
 3. a few QLoRA steps of the ``smollm2-135m-yarn16k`` recipe on that data;
-4. the trained adapter evaluated with the RoPE spec it carries, and the runs compared side by side.
+4. the trained adapter evaluated with the RoPE spec it carries;
+5. the three passkey runs (no scaling, dynamic YaRN, the adapter) compared side by side.
 
 The corpus defaults to the essays in ``../shared/corpora/paul_graham_essays`` when present; otherwise
 the documentation of Python's standard library (real English prose available offline everywhere) is
@@ -17,40 +18,13 @@ written to the output folder and used instead.
 from __future__ import annotations
 
 import argparse
-import pydoc
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from longqa.core.paths import shared_essays
-
-_STDLIB_MODULES = [
-    "collections", "functools", "itertools", "pathlib", "json", "csv", "argparse", "logging",
-    "threading", "subprocess", "socket", "sqlite3", "unittest", "datetime", "decimal", "fractions",
-    "statistics", "random", "textwrap", "string", "re", "shutil", "tempfile", "zipfile", "tarfile",
-    "email", "http.client", "urllib.request", "asyncio", "concurrent.futures", "dataclasses", "enum",
-    "typing", "inspect", "heapq", "bisect", "queue", "contextlib", "abc", "copy", "pickle", "gzip",
-]  # fmt: skip
-
-
-def default_corpus(out: Path) -> Path:
-    """The shared essays when present, else stdlib documentation written under ``out``."""
-    shared = shared_essays()
-    if shared is not None:
-        return shared
-    folder = out / "corpus"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in _STDLIB_MODULES:
-        target = folder / f"{name}.txt"
-        if not target.exists():
-            try:
-                text = pydoc.render_doc(name, renderer=pydoc.plaintext)
-            except Exception:  # a module missing from this Python build
-                continue
-            target.write_text(text, encoding="utf-8")
-    return folder
+from data_builders.offline_corpus import default_corpus
 
 
 def run_step(title: str, args: list[str]) -> None:
@@ -61,6 +35,75 @@ def run_step(title: str, args: list[str]) -> None:
     if proc.returncode != 0:
         sys.exit(f"demo step failed ({title}), exit status {proc.returncode}")
     print(f"--- done in {time.time() - start:.0f}s", flush=True)
+
+
+def demo_steps(
+    out: Path, corpus: Path, *, trials: int = 3, length: int = 12288, train_steps: int = 3
+) -> list[tuple[str, list[str]]]:
+    """The demo as ``(title, longqa arguments)`` pairs, in order."""
+    model = "smollm2-135m"
+    passkey = ["eval", "passkey", "--model", model, "--lengths", str(length),
+               "--trials", str(trials)]  # fmt: skip
+    runs = {name: f"{out}/pk-{name}" for name in ("none", "dynamic-yarn", "adapter")}
+    return [
+        ("prepare the model (GGUF → cached HF folder, once)", ["models", "prepare", model]),
+        (
+            "passkey past the 8K window, no RoPE scaling",
+            [*passkey, "--rope", "none", "--out", runs["none"]],
+        ),
+        (
+            "passkey past the 8K window, dynamic YaRN",
+            [*passkey, "--rope", "dynamic-yarn", "--out", runs["dynamic-yarn"]],
+        ),
+        (
+            "build W-shaped paraphrase multi-document QA (offline extractive generator)",
+            [
+                "build-data",
+                "--task",
+                "paraphrase-mdqa",
+                "--generator",
+                "extractive",
+                "--corpus",
+                str(corpus),
+                "--out",
+                f"{out}/data",
+                "--num-samples",
+                "8",
+                "--target-tokens",
+                "1024",
+                "--max-doc-tokens",
+                "160",
+                "--tokenizer",
+                model,
+                "--turns",
+                "2",
+                "--seed",
+                "0",
+            ],
+        ),  # fmt: skip
+        (
+            "QLoRA on the W-shaped data (a few steps on CPU; samples fit the recipe's 1024 tokens)",
+            [
+                "train",
+                "--recipe",
+                "smollm2-135m-yarn16k",
+                "--data",
+                f"{out}/data",
+                "--out",
+                f"{out}/adapter",
+                "--max-steps",
+                str(train_steps),
+            ],
+        ),  # fmt: skip
+        (
+            "passkey with the trained adapter (its RoPE spec is read from the adapter)",
+            [*passkey, "--adapter", f"{out}/adapter", "--out", runs["adapter"]],
+        ),
+        (
+            "compare the three runs: no scaling, dynamic YaRN, trained adapter",
+            ["eval", "compare", *runs.values()],
+        ),
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,50 +117,11 @@ def main(argv: list[str] | None = None) -> None:
 
     out = Path(opts.out)
     corpus = Path(opts.corpus) if opts.corpus else default_corpus(out)
-    model = "smollm2-135m"
-    passkey = ["--lengths", str(opts.length), "--trials", str(opts.trials)]
-
-    run_step("prepare the model (GGUF → cached HF folder, once)", ["models", "prepare", model])
-    run_step(
-        "passkey past the 8K window, no RoPE scaling",
-        [
-            "eval",
-            "passkey",
-            "--model",
-            model,
-            "--rope",
-            "none",
-            *passkey,
-            "--out",
-            f"{out}/pk-none",
-        ],
+    steps = demo_steps(
+        out, corpus, trials=opts.trials, length=opts.length, train_steps=opts.train_steps
     )
-    run_step(
-        "passkey past the 8K window, dynamic YaRN",
-        ["eval", "passkey", "--model", model, "--rope", "dynamic-yarn", *passkey,
-         "--out", f"{out}/pk-dynamic-yarn"],
-    )  # fmt: skip
-    run_step(
-        "build W-shaped paraphrase multi-document QA (offline extractive generator)",
-        ["build-data", "--task", "paraphrase-mdqa", "--generator", "extractive",
-         "--corpus", str(corpus), "--out", f"{out}/data", "--num-samples", "8",
-         "--target-tokens", "1024", "--max-doc-tokens", "160", "--tokenizer", model,
-         "--turns", "2", "--seed", "0"],
-    )  # fmt: skip
-    run_step(
-        "QLoRA on the W-shaped data (a few steps on CPU; samples fit the recipe's 1024 tokens)",
-        ["train", "--recipe", "smollm2-135m-yarn16k", "--data", f"{out}/data",
-         "--out", f"{out}/adapter", "--max-steps", str(opts.train_steps)],
-    )  # fmt: skip
-    run_step(
-        "passkey with the trained adapter (its RoPE spec is read from the adapter)",
-        ["eval", "passkey", "--model", model, "--adapter", f"{out}/adapter", *passkey,
-         "--out", f"{out}/pk-adapter"],
-    )  # fmt: skip
-    run_step(
-        "compare the two training-free runs",
-        ["eval", "compare", f"{out}/pk-none", f"{out}/pk-dynamic-yarn"],
-    )
+    for title, args in steps:
+        run_step(title, args)
     print(f"\nDemo finished; outputs in {out}/")
 
 

@@ -83,7 +83,7 @@ def _flash_attn() -> list[Check]:
     if ver is None or importlib.util.find_spec("flash_attn") is None:
         return [
             Check(
-                "flash-attn", "missing", "not installed: attention uses sdpa (extra: longqa\\[gpu])"
+                "flash-attn", "missing", "not installed: attention uses sdpa (extra: longqa[gpu])"
             )
         ]
     return [Check("flash-attn", "ok", f"{ver}; used for attn 'auto' on CUDA")]
@@ -134,6 +134,7 @@ def environment_checks() -> list[Check]:
 def doctor() -> None:
     """Show versions and what works here: torch/CUDA, 4-bit, flash-attn, Triton, GGUF, SmolLM2."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     style = {"ok": "green", "missing": "red", "warn": "yellow", "info": "cyan"}
@@ -143,5 +144,5 @@ def doctor() -> None:
     table.add_column("detail", overflow="fold")
     for row in environment_checks():
         color = style.get(row.status, "white")
-        table.add_row(row.component, f"[{color}]{row.status}[/{color}]", row.detail)
+        table.add_row(escape(row.component), f"[{color}]{row.status}[/{color}]", escape(row.detail))
     Console().print(table)

@@ -3,15 +3,17 @@
 Examples::
 
     longqa eval passkey --model smollm2-135m --rope dynamic-yarn --lengths 4096,12288 --trials 10
-    longqa eval passkey --model smollm2-135m --rope yarn --factor 2 --out runs/pk-yarn2
+    longqa eval passkey --model smollm2-135m --rope yarn --rope-factor 2 --out runs/pk-yarn2
     longqa eval needle --model smollm2-135m --haystack ../shared/corpora/paul_graham_essays \\
         --lengths 1000,2000,4000 --depths 0,25,50,75,100 --out runs/needle
     longqa eval passage-retrieval --model M --adapter runs/x/adapter --data pr_en.jsonl --out runs/pr
-    longqa eval perplexity --model M --rope yarn --factor 2 --data docs/ --lengths 2048,8192,16384
-    longqa eval compare runs/pk-none runs/pk-yarn2
+    longqa eval perplexity --model M --rope yarn --rope-factor 2 --data docs/ --lengths 2048,8192,16384
+    longqa eval compare runs/pk-none runs/pk-yarn2 runs/pk-adapter
 
 Thin wrappers over ``longqa.eval``; every run writes ``results.jsonl`` + ``summary.json`` in
-``--out`` and resumes there when rerun with the same settings.
+``--out`` and resumes there when rerun with the same settings. A new evaluation is one function:
+``@app.command("name")`` + ``@rope_options`` (the whole RoPE flag group, received as ``rope``),
+the shared ``ModelOpt``/``AdapterOpt``/``DtypeOpt``/``OutOpt`` parameters, then ``_load(...)``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Annotated, Any
 
 import typer
 
+from longqa.cli.options import rope_options
+from longqa.config.recipe import RopeConfig
 from longqa.core.errors import LongqaError
 
 app = typer.Typer(help="Evaluate long-context ability (results.jsonl + summary.json in --out).")
@@ -30,21 +34,6 @@ ModelOpt = Annotated[str, typer.Option(help="model alias, HF folder, .gguf or hu
 AdapterOpt = Annotated[
     str | None, typer.Option(help="LoRA adapter folder (its saved RoPE spec is applied)")
 ]
-RopeOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="RoPE scaling method (none, linear, ntk, dynamic-ntk, yarn, dynamic-yarn, …)"
-    ),
-]
-FactorOpt = Annotated[float | None, typer.Option(help="scale s = target / original length")]
-OrigOpt = Annotated[int | None, typer.Option(help="original (pretraining) window")]
-BaseOpt = Annotated[float | None, typer.Option(help="new rope base (abf, ntk)")]
-MarginOpt = Annotated[int | None, typer.Option(help="dynamic-yarn: length margin")]
-BetaFastOpt = Annotated[float | None, typer.Option(help="yarn: extrapolation bound")]
-BetaSlowOpt = Annotated[float | None, typer.Option(help="yarn: interpolation bound")]
-AttnFactorOpt = Annotated[float | None, typer.Option(help="override the attention (mscale) factor")]
-TargetOpt = Annotated[int | None, typer.Option(help="target window after scaling")]
-NtkVariantOpt = Annotated[str | None, typer.Option(help="dynamic-ntk: hf or qwen")]
 DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
 OutOpt = Annotated[Path | None, typer.Option(help="output folder (default: runs/eval/…)")]
 OverwriteOpt = Annotated[bool, typer.Option(help="discard earlier results in --out")]
@@ -75,25 +64,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:60] or "run"
 
 
-ROPE_FLAGS = (
-    "factor", "original_length", "base", "margin", "beta_fast", "beta_slow",
-    "attention_factor", "target_length", "ntk_variant",
-)  # fmt: skip
+def _load(model: str, adapter: str | None, rope: RopeConfig | None, dtype: str):
+    """Model, tokenizer and the RoPE spec in effect (``rope``, else the adapter's, else none)."""
+    from longqa.models.load import load
 
-
-def _load(params: dict[str, Any]):
-    """Model + adapter + RoPE spec from a command's parameters (its ``locals()``)."""
-    from longqa.eval.runner import load_for_eval
-    from longqa.patch.rope import rope_spec_from_options
-
-    rope_kw = {k: params[k] for k in ROPE_FLAGS}
-    given = [k for k, v in rope_kw.items() if v is not None]
-    if params["rope"] is None and given:
-        raise LongqaError(f"--{given[0].replace('_', '-')} needs --rope METHOD")
-    spec = rope_spec_from_options(params["rope"], **rope_kw)
-    return load_for_eval(
-        params["model"], adapter=params["adapter"], rope=spec, dtype=params["dtype"]
-    )
+    return load(model, adapter=adapter, rope=rope, dtype=dtype)
 
 
 def _out(out: Path | None, task: str, model: str, spec: Any) -> Path:
@@ -125,19 +100,11 @@ def _console():
 
 
 @app.command("passkey")
+@rope_options
 def passkey(
     model: ModelOpt = "smollm2-135m",
     adapter: AdapterOpt = None,
-    rope: RopeOpt = None,
-    factor: FactorOpt = None,
-    original_length: OrigOpt = None,
-    base: BaseOpt = None,
-    margin: MarginOpt = None,
-    beta_fast: BetaFastOpt = None,
-    beta_slow: BetaSlowOpt = None,
-    attention_factor: AttnFactorOpt = None,
-    target_length: TargetOpt = None,
-    ntk_variant: NtkVariantOpt = None,
+    rope: RopeConfig | None = None,
     lengths: Annotated[str, typer.Option(help="context lengths in tokens")] = "4096,12288",
     trials: Annotated[int, typer.Option(help="trials per length")] = 10,
     depths: Annotated[str, typer.Option(help="key depths in percent")] = "0,25,50,75,100",
@@ -152,7 +119,7 @@ def passkey(
     from longqa.eval.passkey import run_passkey
 
     lens = _ints(lengths, "--lengths")
-    mdl, tok, spec = _load(locals())
+    mdl, tok, spec = _load(model, adapter, rope, dtype)
     _warn(mdl, spec, lens)
     summary = run_passkey(
         mdl, tok, spec, lengths=lens, trials=trials, depths=tuple(_depths(depths)),
@@ -189,19 +156,11 @@ def _make_judge(judge_model: str | None, judge_url: str | None):
 
 
 @app.command("needle")
+@rope_options
 def needle(
     model: ModelOpt = "smollm2-135m",
     adapter: AdapterOpt = None,
-    rope: RopeOpt = None,
-    factor: FactorOpt = None,
-    original_length: OrigOpt = None,
-    base: BaseOpt = None,
-    margin: MarginOpt = None,
-    beta_fast: BetaFastOpt = None,
-    beta_slow: BetaSlowOpt = None,
-    attention_factor: AttnFactorOpt = None,
-    target_length: TargetOpt = None,
-    ntk_variant: NtkVariantOpt = None,
+    rope: RopeConfig | None = None,
     haystack: Annotated[
         Path | None, typer.Option(help="folder of .txt/.md files (default: shared essays)")
     ] = None,
@@ -229,7 +188,7 @@ def needle(
     if haystack is not None:
         nd.load_haystack(haystack)  # fail on an empty folder before loading the model
     judge = _make_judge(judge_model, judge_url)
-    mdl, tok, spec = _load(locals())
+    mdl, tok, spec = _load(model, adapter, rope, dtype)
     _warn(mdl, spec, lens)
     out_dir = _out(out, "needle", model, spec)
     summary = nd.run_needle(
@@ -247,20 +206,12 @@ def needle(
 
 
 @app.command("passage-retrieval")
+@rope_options
 def passage_retrieval(
     data: Annotated[Path, typer.Option(help="LongBench JSONL (passage_retrieval_en/zh format)")],
     model: ModelOpt = "smollm2-135m",
     adapter: AdapterOpt = None,
-    rope: RopeOpt = None,
-    factor: FactorOpt = None,
-    original_length: OrigOpt = None,
-    base: BaseOpt = None,
-    margin: MarginOpt = None,
-    beta_fast: BetaFastOpt = None,
-    beta_slow: BetaSlowOpt = None,
-    attention_factor: AttnFactorOpt = None,
-    target_length: TargetOpt = None,
-    ntk_variant: NtkVariantOpt = None,
+    rope: RopeConfig | None = None,
     lang: Annotated[str | None, typer.Option(help="en or zh (default: from the data)")] = None,
     max_length: Annotated[
         int | None, typer.Option(help="prompt token budget (middle truncation beyond it)")
@@ -275,7 +226,7 @@ def passage_retrieval(
     from longqa.eval.passage_retrieval import read_longbench, run_passage_retrieval
 
     rows = read_longbench(data)  # validate before loading the model
-    mdl, tok, spec = _load(locals())
+    mdl, tok, spec = _load(model, adapter, rope, dtype)
     if max_length:
         _warn(mdl, spec, [max_length])
     summary = run_passage_retrieval(
@@ -290,20 +241,12 @@ def passage_retrieval(
 
 
 @app.command("perplexity")
+@rope_options
 def perplexity(
     data: Annotated[Path, typer.Option(help="text file, folder of .txt/.md, or JSONL with 'text'")],
     model: ModelOpt = "smollm2-135m",
     adapter: AdapterOpt = None,
-    rope: RopeOpt = None,
-    factor: FactorOpt = None,
-    original_length: OrigOpt = None,
-    base: BaseOpt = None,
-    margin: MarginOpt = None,
-    beta_fast: BetaFastOpt = None,
-    beta_slow: BetaSlowOpt = None,
-    attention_factor: AttnFactorOpt = None,
-    target_length: TargetOpt = None,
-    ntk_variant: NtkVariantOpt = None,
+    rope: RopeConfig | None = None,
     lengths: Annotated[str, typer.Option(help="context lengths in tokens")] = "2048,4096,8192",
     stride: Annotated[int | None, typer.Option(help="window stride (default: length / 2)")] = None,
     max_tokens: Annotated[
@@ -320,7 +263,7 @@ def perplexity(
     if stride is not None and (stride < 1 or stride > min(lens)):
         raise LongqaError(f"--stride must be between 1 and the smallest length {min(lens)}")
     load_documents(data)
-    mdl, tok, spec = _load(locals())
+    mdl, tok, spec = _load(model, adapter, rope, dtype)
     _warn(mdl, spec, lens)
     out_dir = _out(out, "perplexity", model, spec)
     summary = run_perplexity(
@@ -334,25 +277,34 @@ def perplexity(
 
 @app.command("compare")
 def compare(
-    run1: Annotated[Path, typer.Argument(help="first --out folder")],
-    run2: Annotated[Path, typer.Argument(help="second --out folder")],
+    runs: Annotated[list[Path], typer.Argument(help="two or more --out folders")],
 ) -> None:
-    """Side-by-side table of two runs' summaries (headline, by length, by depth)."""
+    """Side-by-side table of runs' summaries (headline, by length, by depth), Δ vs the first."""
+    from rich.markup import escape
     from rich.table import Table
 
     from longqa.eval.compare import compare_runs, format_value
 
-    info, rows = compare_runs(run1, run2)
-    if info["tasks"][0] != info["tasks"][1]:
-        typer.echo(f"note: comparing different tasks {info['tasks'][0]} vs {info['tasks'][1]}")
-    from rich.markup import escape
-
-    t = Table(title=escape(f"{info['tasks'][0]}: {run1} vs {run2}"))
+    if len(runs) < 2:
+        raise LongqaError("eval compare needs at least two run folders")
+    first, others = runs[0], runs[1:]
+    pairs = [compare_runs(first, other) for other in others]
+    tasks = [pairs[0][0]["tasks"][0], *(info["tasks"][1] for info, _ in pairs)]
+    ropes = [pairs[0][0]["ropes"][0], *(info["ropes"][1] for info, _ in pairs)]
+    if len(set(tasks)) > 1:
+        typer.echo(f"note: comparing different tasks {' vs '.join(map(str, tasks))}")
+    names = list(dict.fromkeys(name for _, rows in pairs for name, *_ in rows))
+    by_pair = [{name: (a, b, d) for name, a, b, d in rows} for _, rows in pairs]
+    t = Table(title=escape(f"{tasks[0]}: {' vs '.join(map(str, runs))}"))
     t.add_column("metric")
-    t.add_column(escape(f"{run1}\n{info['ropes'][0]}"), justify="right")
-    t.add_column(escape(f"{run2}\n{info['ropes'][1]}"), justify="right")
-    t.add_column("Δ", justify="right")
-    for name, a, b, delta in rows:
-        d = "" if delta is None else f"{delta:+.4g}"
-        t.add_row(name, format_value(a), format_value(b), d)
+    for run, rope in zip(runs, ropes, strict=True):
+        t.add_column(escape(f"{run}\n{rope}"), justify="right")
+    for run in others:
+        t.add_column(escape(f"Δ {run.name}" if len(others) > 1 else "Δ"), justify="right")
+    for name in names:
+        base = next((p[name][0] for p in by_pair if name in p), None)
+        values = [p.get(name, (None, None, None))[1] for p in by_pair]
+        deltas = [p.get(name, (None, None, None))[2] for p in by_pair]
+        cells = [format_value(v) for v in (base, *values)]
+        t.add_row(name, *cells, *("" if d is None else f"{d:+.4g}" for d in deltas))
     _console().print(t)

@@ -16,8 +16,8 @@ def export(
     merge: bool = typer.Option(
         False, "--merge/--keep-adapter", help="fold LoRA into the base weights (default: keep it)"
     ),
-    base: str | None = typer.Option(
-        None, "--base", help="base model location (default: the adapter's base model)"
+    model: str | None = typer.Option(
+        None, "--model", help="base model location (default: the adapter's base model)"
     ),
     dtype: str = typer.Option(
         "bfloat16", "--dtype", help="merged weights: bfloat16|float16|float32"
@@ -41,7 +41,7 @@ def export(
     err = Console(stderr=True)
     with err.status(f"exporting {adapter} → {out}"):
         summary = export_adapter(
-            adapter, out, merge=merge, base=base, dtype=dtype, from_nf4=from_nf4
+            adapter, out, merge=merge, base=model, dtype=dtype, from_nf4=from_nf4
         )
     for warning in summary["warnings"]:
         err.print(f"[yellow]warning:[/yellow] {warning}")

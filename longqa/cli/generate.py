@@ -1,6 +1,7 @@
 """`longqa generate`: stream a reply from a base model (+ adapter, + RoPE spec), or chat with it.
 
-Thin wrapper over :mod:`longqa.eval.generate`.
+Thin wrapper over :mod:`longqa.eval.generate`. The RoPE flag group (``--rope``, ``--rope-<field>``)
+replaces the adapter's saved spec as a whole; ``--rope-*`` values without ``--rope`` are an error.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from pathlib import Path
 
 import typer
 
+from longqa.cli.options import rope_options
+from longqa.config.recipe import RopeConfig
 
+
+@rope_options
 def generate(
     model: str | None = typer.Option(
         None, "--model", help="base model: alias, folder, .gguf or hub id (default: adapter's)"
@@ -26,12 +31,7 @@ def generate(
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy"),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
     seed: int | None = typer.Option(None, "--seed", help="seed for sampling"),
-    rope: str | None = typer.Option(
-        None, "--rope", help="override the RoPE method (default: the adapter's spec)"
-    ),
-    rope_factor: float | None = typer.Option(None, "--rope-factor"),
-    rope_base: float | None = typer.Option(None, "--rope-base"),
-    rope_original_length: int | None = typer.Option(None, "--rope-original-length"),
+    rope: RopeConfig | None = None,
     dtype: str = typer.Option("float32", "--dtype", help="float32|bfloat16|float16"),
     quantization: str = typer.Option("none", "--quantization", help="none|nf4"),
 ) -> None:
@@ -39,13 +39,10 @@ def generate(
     from rich.console import Console
 
     from longqa.core.errors import LongqaError
-    from longqa.eval.generate import chat_loop, generate_text, load_for_generation
-    from longqa.patch.rope import rope_spec_from_options
+    from longqa.eval.generate import chat_loop, generate_text
+    from longqa.models.load import load
 
     err = Console(stderr=True)
-    spec = rope_spec_from_options(
-        rope, factor=rope_factor, base=rope_base, original_length=rope_original_length
-    )
     if not chat:  # read the prompt before the (slow) model load so bad input fails fast
         if prompt_file is not None:
             if not prompt_file.is_file():
@@ -58,10 +55,10 @@ def generate(
         if not prompt.strip():
             raise LongqaError(f"empty prompt ({prompt_file or 'stdin'})")
     with err.status("loading model"):
-        lm, tok, spec = load_for_generation(
+        lm, tok, spec = load(
             model,
             adapter=str(adapter) if adapter else None,
-            rope=spec,
+            rope=rope,
             dtype=dtype,
             quantization=quantization,
         )

@@ -1,11 +1,15 @@
-"""`longqa rope show`: inspect what a RoPE scaling method does to each rotary pair.
+"""`longqa rope show` / `longqa rope methods`: what a RoPE scaling method does to each rotary pair.
 
 Example::
 
-    longqa rope show --method yarn --factor 4 --original-length 2048 --base 10000 --head-dim 128
-    longqa rope show --method dynamic-yarn --seq-len 12000 --original-length 8192 --json
+    longqa rope show --rope yarn --rope-factor 4 --rope-original-max-position-embeddings 2048 \\
+        --rope-theta 10000 --head-dim 128
+    longqa rope show --rope dynamic-yarn --seq-len 12000 \\
+        --rope-original-max-position-embeddings 8192 --json
 
-Thin wrapper over :func:`longqa.ops.rope_scaling.rope_report`.
+The spec is the same RoPE flag group every command takes (``--rope``, ``--rope-<field>``); the
+model is described by ``--rope-theta`` (its base) and ``--head-dim``. Thin wrapper over
+:func:`longqa.ops.rope_scaling.rope_report`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,12 @@ from typing import Annotated
 
 import typer
 
+from longqa.cli.options import rope_options
+from longqa.config.recipe import RopeConfig
+
 app = typer.Typer(help="Inspect RoPE scaling methods.", no_args_is_help=True)
+
+DEFAULT_WINDOW = 2048
 
 
 @app.callback()
@@ -23,59 +32,48 @@ def _rope() -> None:
     """Inspect RoPE scaling methods."""
 
 
+@app.command("methods")
+def methods() -> None:
+    """List the RoPE scaling methods (the values of --rope) with a one-line summary each."""
+    from longqa.ops.rope_scaling import available_methods, describe
+
+    for name in available_methods():
+        typer.echo(f"{name:14} {describe(name)}")
+
+
 @app.command("show")
+@rope_options
 def show(
-    method: Annotated[str, typer.Option(help="scaling method (e.g. yarn, dynamic-yarn, linear)")],
-    factor: Annotated[float | None, typer.Option(help="scale s = target / original length")] = None,
-    original_length: Annotated[int, typer.Option(help="original (pretraining) window L0")] = 2048,
-    base: Annotated[float, typer.Option(help="the model's rope base (rope_theta)")] = 10000.0,
+    rope: RopeConfig | None = None,
+    rope_theta: Annotated[float, typer.Option(help="the model's own rope base (rope_theta)")] = 1e4,
     head_dim: Annotated[int, typer.Option(help="rotary head dimension")] = 128,
     seq_len: Annotated[
         int | None,
         typer.Option(help="current length for dynamic methods (default: factor × original)"),
     ] = None,
-    new_base: Annotated[float | None, typer.Option(help="new base (abf; ntk/yarn on top)")] = None,
-    beta_fast: Annotated[float | None, typer.Option(help="yarn: extrapolation bound")] = None,
-    beta_slow: Annotated[float | None, typer.Option(help="yarn: interpolation bound")] = None,
-    margin: Annotated[int | None, typer.Option(help="dynamic-yarn: length margin")] = None,
-    low_freq_factor: Annotated[float | None, typer.Option(help="llama3")] = None,
-    high_freq_factor: Annotated[float | None, typer.Option(help="llama3")] = None,
-    ntk_variant: Annotated[str | None, typer.Option(help="dynamic-ntk: hf or qwen")] = None,
-    attention_factor: Annotated[float | None, typer.Option(help="override mscale")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Print each rotary pair's wavelength before/after scaling and the attention factor."""
+    """Print each rotary pair's wavelength before/after scaling and the attention factor.
+
+    The model's original window is --rope-original-max-position-embeddings (default 2048).
+    """
     from longqa.core.errors import LongqaError
     from longqa.ops.rope_scaling import is_dynamic, rope_report
-    from longqa.patch.rope import rope_spec_from_options
 
-    for name, value in (("original-length", original_length), ("head-dim", head_dim)):
-        if value < 1:
-            raise LongqaError(f"--{name} must be >= 1 (got {value})")
-    if base <= 1:
-        raise LongqaError(f"--base must be > 1 (got {base})")
-    spec = rope_spec_from_options(
-        method,
-        factor=factor,
-        original_length=original_length,
-        base=new_base,
-        beta_fast=beta_fast,
-        beta_slow=beta_slow,
-        margin=margin,
-        low_freq_factor=low_freq_factor,
-        high_freq_factor=high_freq_factor,
-        ntk_variant=ntk_variant,
-        attention_factor=attention_factor,
-    )
-    if spec is None:
-        raise LongqaError("--method is empty; give a rope method name")
-    if seq_len is None and is_dynamic(spec.method):
-        seq_len = int((spec.factor or 1.0) * original_length)
+    if rope is None:
+        raise LongqaError("rope show needs --rope METHOD (`longqa rope methods` lists them)")
+    if head_dim < 1:
+        raise LongqaError(f"--head-dim must be >= 1 (got {head_dim})")
+    if rope_theta <= 1:
+        raise LongqaError(f"--rope-theta must be > 1 (got {rope_theta})")
+    window = rope.original_max_position_embeddings or DEFAULT_WINDOW
+    if seq_len is None and is_dynamic(rope.method):
+        seq_len = int((rope.factor or 1.0) * window)
     report = rope_report(
-        spec.model_dump(),
+        rope.model_dump(),
         head_dim=head_dim,
-        base=base,
-        original_max_position_embeddings=original_length,
+        base=rope_theta,
+        original_max_position_embeddings=window,
         seq_len=seq_len,
     )
     if as_json:

@@ -49,17 +49,23 @@ class RopeConfig(_Strict):
     Unset values fall back to the model config (base, original window) or the method's defaults.
     """
 
-    method: str = "none"
+    method: str = Field(
+        "none", description="scaling method, a name in the registry (`longqa rope methods`)"
+    )
     factor: float | None = Field(None, description="scale s = target / original length")
-    original_max_position_embeddings: int | None = None
+    original_max_position_embeddings: int | None = Field(
+        None, description="original (pretraining) window L0 — default: the model's"
+    )
     base: float | None = Field(None, description="new rope base (abf, ntk) — default: model's")
-    beta_fast: float = 32.0
-    beta_slow: float = 1.0
+    beta_fast: float = Field(32.0, description="yarn: extrapolation bound (rotations)")
+    beta_slow: float = Field(1.0, description="yarn: interpolation bound (rotations)")
     attention_factor: float | None = Field(None, description="override of the mscale factor")
     margin: int = Field(512, ge=0, description="dynamic-yarn: scale from current length + margin")
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    ntk_variant: Literal["hf", "qwen"] = "hf"
+    low_freq_factor: float = Field(
+        1.0, description="llama3: wavelengths above L0/this are divided by s"
+    )
+    high_freq_factor: float = Field(4.0, description="llama3: wavelengths below L0/this are kept")
+    ntk_variant: Literal["hf", "qwen"] = Field("hf", description="dynamic-ntk: hf or qwen formula")
     max_position_embeddings: int | None = Field(None, description="target window after scaling")
 
     @field_validator("factor")

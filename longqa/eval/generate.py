@@ -21,13 +21,8 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from longqa.core.errors import LongqaError
-from longqa.models.load import load
 
 log = logging.getLogger(__name__)
-
-
-# The one loader (model + tokenizer + RoPE spec in effect), under the name generate callers use.
-load_for_generation = load
 
 
 def context_warning(model: Any, spec: Any, n_prompt: int, max_new_tokens: int) -> str | None:

@@ -2,8 +2,9 @@
 
 Usage (what ``longqa eval …`` does, callable from a notebook)::
 
-    from longqa.eval.runner import load_for_eval, GreedyGenerator, ResultStore
-    model, tok, spec = load_for_eval("smollm2-135m", adapter=None, rope=RopeConfig(method="yarn", factor=2))
+    from longqa.eval.runner import GreedyGenerator, ResultStore
+    from longqa.models.load import load
+    model, tok, spec = load("smollm2-135m", adapter=None, rope=RopeConfig(method="yarn", factor=2))
     gen = GreedyGenerator(model, tok, rope=spec)
     store = ResultStore("runs/pk", config={"task": "passkey", ...})
     for item in items:
@@ -38,12 +39,7 @@ from longqa.eval.results import (  # noqa: F401  (re-exported: one import for ta
     ResultStore,
     read_run,
 )
-from longqa.models.load import load
 from longqa.ops.rope_scaling import is_dynamic
-
-# ----------------------------------------------------------------------------------------- loading
-# The one loader (model + tokenizer + RoPE spec in effect), under the name eval callers use.
-load_for_eval = load
 
 
 def spec_label(spec: RopeConfig | None) -> str:
@@ -72,7 +68,7 @@ def context_warnings(model: Any, spec: RopeConfig | None, lengths: Iterable[int]
             msgs.append(
                 f"context length {length} is above the {limit} tokens this model can address with "
                 f"rope '{spec_label(spec)}'; expect it to fail at that length "
-                f"(use --rope with a larger --factor, or dynamic-yarn)"
+                f"(use --rope with a larger --rope-factor, or dynamic-yarn)"
             )
     for msg in msgs:
         warnings.warn(msg, stacklevel=2)

@@ -189,7 +189,7 @@ def load(
         trained_on = str(read_adapter_info(adapter)["base_model"])
         if model and not same_base(model, trained_on):
             raise LongqaError(
-                f"--base {model} does not match the adapter's base model {trained_on} "
+                f"--model {model} does not match the adapter's base model {trained_on} "
                 f"(from {Path(adapter) / INFO_FILE})"
             )
         name, spec = model or trained_on, read_rope_spec(adapter)

@@ -243,9 +243,14 @@ def check_params(params: Mapping[str, Any]) -> None:
         method == "dynamic-ntk" and params.get("ntk_variant", "hf") != "qwen"
     )
     if needs_factor and not has_factor:
-        raise LongqaError(f"rope method '{method}' needs a factor (e.g. --factor 4)")
+        raise LongqaError(f"rope method '{method}' needs a factor (e.g. --rope-factor 4)")
     if method == "abf" and params.get("base") is None:
-        raise LongqaError("rope method 'abf' needs a new base (e.g. --base 500000)")
+        raise LongqaError("rope method 'abf' needs a new base (e.g. --rope-base 500000)")
+    low, high = params.get("low_freq_factor", 1.0), params.get("high_freq_factor", 4.0)
+    if method == "llama3" and float(high) <= float(low):
+        raise LongqaError(
+            f"llama3 rope: high_freq_factor ({high}) must exceed low_freq_factor ({low})"
+        )
     base = params.get("base")
     if base is not None and float(base) <= 1.0:
         raise LongqaError(f"rope base must be > 1 (got {base})")
