@@ -90,7 +90,7 @@ _SPECIALS = ["<s>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id
 _SPECIALS += ["<|im_start|>", "<|im_end|>"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def template_tokenizer(kind: str):
     """The tiny BPE vocabulary behaving like a Llama-2, Llama-3, ChatML or template-less base
     tokenizer: which BOS ``tokenizer(text)`` adds (post-processor) and what the template writes."""

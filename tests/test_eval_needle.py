@@ -38,7 +38,7 @@ def test_insert_needle_keeps_sentences_whole(depth):
 WRAPPED = textwrap.fill(
     " ".join(
         f"Sentence {i} says that progress means making things people want, "
-        f"and that {'the' if i % 2 else 'a'} \"hard\" part is the part nobody sees."
+        f'and that {"the" if i % 2 else "a"} "hard" part is the part nobody sees.'
         for i in range(40)
     ),
     width=47,

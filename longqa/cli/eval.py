@@ -265,6 +265,13 @@ def passage_retrieval(
     max_length: Annotated[
         int | None, typer.Option(help="prompt token budget (middle truncation beyond it)")
     ] = None,
+    budget: Annotated[
+        str,
+        typer.Option(
+            help="budget rule without --max-length: window (window - 96) or longbench "
+            "(LongBench's model2maxlen: 31500 for a 32K window)"
+        ),
+    ] = "window",
     limit: Annotated[int | None, typer.Option(help="only the first N samples")] = None,
     dtype: DtypeOpt = "float32",
     batch_size: BatchOpt = 1,
@@ -274,18 +281,21 @@ def passage_retrieval(
     """LongBench passage retrieval with its prompts and scorer (score ×100 and accuracy)."""
     from longqa.eval.passage_retrieval import read_longbench, run_passage_retrieval
 
+    if budget not in ("window", "longbench"):
+        raise LongqaError(f"--budget must be window or longbench (got '{budget}')")
     rows = read_longbench(data)  # validate before loading the model
     mdl, tok, spec = _load(locals())
     if max_length:
         _warn(mdl, spec, [max_length])
     summary = run_passage_retrieval(
         mdl, tok, spec, data=data, out_dir=_out(out, "passage-retrieval", model, spec), lang=lang,
-        max_length=max_length, limit=limit, batch_size=batch_size, model_name=model,
+        max_length=max_length, budget=budget, limit=limit, batch_size=batch_size, model_name=model,
         overwrite=overwrite,
     )  # fmt: skip
     typer.echo(
         f"{summary['dataset']}: score {summary['score']:.2f} (×100), accuracy "
-        f"{summary['accuracy']:.2f} over {summary['n']} of {len(rows)} samples"
+        f"{summary['accuracy']:.2f} over {summary['n']} of {len(rows)} samples "
+        f"(prompt budget {summary['max_length']} tokens, rule {summary['budget']})"
     )
 
 
