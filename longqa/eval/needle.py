@@ -239,6 +239,7 @@ def run_needle(
         "lengths": lengths,
         "depths": depths,
         "needle": needle,
+        "placement": "after-sentence-end",  # runs placed at line breaks are not resumed into
         "question": question,
         "answer": answer,
         "judge": bool(judge),
