@@ -220,3 +220,15 @@ def test_yarn_windows_follow_the_reference_loop(n, length, stride):
     assert ppl.yarn_windows(n, length, stride, bos=True, truncate=True) == [
         (0, min(n, length - 1), min(n, length - 1))
     ]
+
+
+def test_cli_protocol_flags_are_checked_before_loading_a_model(tmp_path):
+    from longqa.core.errors import LongqaError
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Some text to score. " * 20)
+    res = _cli(["perplexity", "--model", "nope", "--data", str(doc), "--protocol", "pg19"])
+    assert isinstance(res.exception, LongqaError) and "--protocol must be" in str(res.exception)
+    res = _cli(["perplexity", "--model", "nope", "--data", str(doc), "--truncate"])
+    assert isinstance(res.exception, LongqaError)
+    assert "--truncate needs --protocol yarn" in str(res.exception)

@@ -315,10 +315,26 @@ def perplexity(
     target_length: TargetOpt = None,
     ntk_variant: NtkVariantOpt = None,
     lengths: Annotated[str, typer.Option(help="context lengths in tokens")] = "2048,4096,8192",
-    stride: Annotated[int | None, typer.Option(help="window stride (default: length / 2)")] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option(help="tokens of text to score (default: 2 × max length)")
+    stride: Annotated[
+        int | None, typer.Option(help="window stride (default: length / 2; yarn: 256)")
     ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="stream: tokens of text to score (default: 2 × max length)")
+    ] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="stream (documents joined, token-weighted) or yarn (YaRN's compute_perplexity: "
+            "each document alone, BOS per window, mean of window losses)"
+        ),
+    ] = "stream",
+    min_tokens: Annotated[
+        int | None, typer.Option(help="yarn: drop documents shorter than this (tokens)")
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="yarn: first N documents kept")] = None,
+    truncate: Annotated[
+        bool, typer.Option(help="yarn: score only each document's first window")
+    ] = False,
     dtype: DtypeOpt = "float32",
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
@@ -327,6 +343,12 @@ def perplexity(
     from longqa.eval.perplexity import load_documents, run_perplexity
 
     lens = _ints(lengths, "--lengths")
+    if protocol not in ("stream", "yarn"):
+        raise LongqaError(f"--protocol must be stream or yarn (got '{protocol}')")
+    yarn_only = {"--min-tokens": min_tokens, "--samples": samples, "--truncate": truncate or None}
+    misplaced = [flag for flag, value in yarn_only.items() if value is not None]
+    if protocol != "yarn" and misplaced:
+        raise LongqaError(f"{misplaced[0]} needs --protocol yarn")
     if stride is not None and (stride < 1 or stride > min(lens)):
         raise LongqaError(f"--stride must be between 1 and the smallest length {min(lens)}")
     load_documents(data)
@@ -335,11 +357,12 @@ def perplexity(
     out_dir = _out(out, "perplexity", model, spec)
     summary = run_perplexity(
         mdl, tok, spec, data=data, lengths=lens, out_dir=out_dir, stride=stride,
-        max_tokens=max_tokens, model_name=model, overwrite=overwrite,
+        max_tokens=max_tokens, protocol=protocol, min_tokens=min_tokens, samples=samples,
+        truncate=truncate, model_name=model, overwrite=overwrite,
     )  # fmt: skip
     for length, ppl in summary["by_length"].items():
         typer.echo(f"length {length}: perplexity {ppl:.3f}")
-    typer.echo(f"→ {out_dir / 'perplexity_by_length.png'}")
+    typer.echo(f"protocol {summary['protocol']} → {out_dir / 'perplexity_by_length.png'}")
 
 
 @app.command("compare")
