@@ -61,6 +61,9 @@ class RopeConfig(_Strict):
     high_freq_factor: float = 4.0
     ntk_variant: Literal["hf", "qwen"] = "hf"
     max_position_embeddings: int | None = Field(None, description="target window after scaling")
+    logn: bool = Field(
+        False, description="original Qwen's log-n query scaling past the original window"
+    )
 
     @field_validator("factor")
     @classmethod
