@@ -232,3 +232,22 @@ def test_cli_protocol_flags_are_checked_before_loading_a_model(tmp_path):
     res = _cli(["perplexity", "--model", "nope", "--data", str(doc), "--truncate"])
     assert isinstance(res.exception, LongqaError)
     assert "--truncate needs --protocol yarn" in str(res.exception)
+
+
+def test_cli_logn_flag_becomes_part_of_the_spec(monkeypatch, tmp_path):
+    from longqa.core.errors import LongqaError
+    from longqa.eval import runner
+
+    seen = {}
+
+    def fake_load(model, adapter=None, rope=None, dtype="float32"):
+        seen["rope"] = rope
+        raise LongqaError("stop after parsing")
+
+    monkeypatch.setattr(runner, "load_for_eval", fake_load)
+    args = ["passkey", "--model", "m", "--rope", "dynamic-ntk", "--ntk-variant", "qwen", "--logn"]
+    res = _cli(args)
+    assert "stop after parsing" in str(res.exception)
+    assert seen["rope"].logn and seen["rope"].ntk_variant == "qwen"
+    res = _cli(["passkey", "--model", "m", "--logn"])
+    assert "--logn needs --rope METHOD" in str(res.exception)

@@ -8,6 +8,8 @@ Examples::
         --lengths 1000,2000,4000 --depths 0,25,50,75,100 --out runs/needle
     longqa eval passage-retrieval --model M --adapter runs/x/adapter --data pr_en.jsonl --out runs/pr
     longqa eval perplexity --model M --rope yarn --factor 2 --data docs/ --lengths 2048,8192,16384
+    longqa eval perplexity --model M --data pg19/ --protocol yarn --min-tokens 16384 --samples 10
+    longqa eval passkey --model Qwen/Qwen-14B-Chat --rope dynamic-ntk --ntk-variant qwen --logn
     longqa eval compare runs/pk-none runs/pk-yarn2
 
 Thin wrappers over ``longqa.eval``; every run writes ``results.jsonl`` + ``summary.json`` in
@@ -45,6 +47,10 @@ BetaSlowOpt = Annotated[float | None, typer.Option(help="yarn: interpolation bou
 AttnFactorOpt = Annotated[float | None, typer.Option(help="override the attention (mscale) factor")]
 TargetOpt = Annotated[int | None, typer.Option(help="target window after scaling")]
 NtkVariantOpt = Annotated[str | None, typer.Option(help="dynamic-ntk: hf or qwen")]
+LognOpt = Annotated[
+    bool | None,
+    typer.Option(help="original Qwen's log-n query scaling past the original window"),
+]
 DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
 OutOpt = Annotated[Path | None, typer.Option(help="output folder (default: runs/eval/…)")]
 OverwriteOpt = Annotated[bool, typer.Option(help="discard earlier results in --out")]
@@ -77,7 +83,7 @@ def _slug(text: str) -> str:
 
 ROPE_FLAGS = (
     "factor", "original_length", "base", "margin", "beta_fast", "beta_slow",
-    "attention_factor", "target_length", "ntk_variant",
+    "attention_factor", "target_length", "ntk_variant", "logn",
 )  # fmt: skip
 
 
@@ -138,6 +144,7 @@ def passkey(
     attention_factor: AttnFactorOpt = None,
     target_length: TargetOpt = None,
     ntk_variant: NtkVariantOpt = None,
+    logn: LognOpt = None,
     lengths: Annotated[str, typer.Option(help="context lengths in tokens")] = "4096,12288",
     trials: Annotated[int, typer.Option(help="trials per length")] = 10,
     depths: Annotated[str, typer.Option(help="key depths in percent")] = "0,25,50,75,100",
@@ -202,6 +209,7 @@ def needle(
     attention_factor: AttnFactorOpt = None,
     target_length: TargetOpt = None,
     ntk_variant: NtkVariantOpt = None,
+    logn: LognOpt = None,
     haystack: Annotated[
         Path | None, typer.Option(help="folder of .txt/.md files (default: shared essays)")
     ] = None,
@@ -261,6 +269,7 @@ def passage_retrieval(
     attention_factor: AttnFactorOpt = None,
     target_length: TargetOpt = None,
     ntk_variant: NtkVariantOpt = None,
+    logn: LognOpt = None,
     lang: Annotated[str | None, typer.Option(help="en or zh (default: from the data)")] = None,
     max_length: Annotated[
         int | None, typer.Option(help="prompt token budget (middle truncation beyond it)")
@@ -314,6 +323,7 @@ def perplexity(
     attention_factor: AttnFactorOpt = None,
     target_length: TargetOpt = None,
     ntk_variant: NtkVariantOpt = None,
+    logn: LognOpt = None,
     lengths: Annotated[str, typer.Option(help="context lengths in tokens")] = "2048,4096,8192",
     stride: Annotated[
         int | None, typer.Option(help="window stride (default: length / 2; yarn: 256)")
