@@ -275,11 +275,7 @@ def passage_retrieval(
         int | None, typer.Option(help="prompt token budget (middle truncation beyond it)")
     ] = None,
     budget: Annotated[
-        str,
-        typer.Option(
-            help="budget rule without --max-length: window (window - 96) or longbench "
-            "(LongBench's model2maxlen: 31500 for a 32K window)"
-        ),
+        str, typer.Option(help="without --max-length: window or longbench")
     ] = "window",
     limit: Annotated[int | None, typer.Option(help="only the first N samples")] = None,
     dtype: DtypeOpt = "float32",
@@ -332,11 +328,7 @@ def perplexity(
         int | None, typer.Option(help="stream: tokens of text to score (default: 2 × max length)")
     ] = None,
     protocol: Annotated[
-        str,
-        typer.Option(
-            help="stream (documents joined, token-weighted) or yarn (YaRN's compute_perplexity: "
-            "each document alone, BOS per window, mean of window losses)"
-        ),
+        str, typer.Option(help="stream (token-weighted) or yarn (YaRN's)")
     ] = "stream",
     min_tokens: Annotated[
         int | None, typer.Option(help="yarn: drop documents shorter than this (tokens)")
