@@ -6,10 +6,16 @@
 ``all_classes``) and ``OUT/stats.json``, ready for ``longqa eval passage-retrieval --data``.
 
 Each sample: ``num_paragraphs`` paragraphs drawn from the corpus, numbered like LongBench's
-("Paragraph 1: …" / "段落1：…"), and an extractive summary of one of them — its most salient
+("Paragraph 1: …" / "段落1：…"; the eval prompt states their real number), and an extractive summary
+of one of them — its most salient
 sentences (Luhn, "The Automatic Creation of Literature Abstracts", 1958: sentences scored by the
 paragraph's frequent content words) — as the abstract to locate. LongBench's own abstracts are
 LLM-written; an extractive one is easier, so compare numbers only within the same data.
+
+Paragraphs are the corpus's blank-line blocks of ``min_words``–``max_words`` words; a longer block
+(text whose paragraph breaks were lost, as in the shared essays) is cut into runs of whole sentences
+of at most ``max_words`` words. ``length`` is counted as LongBench counts it: words (CJK characters
+for Chinese) of ``input`` plus ``context``.
 """
 
 from __future__ import annotations
@@ -48,18 +54,32 @@ class Options(BaseModel):
     num_paragraphs: int = Field(30, ge=2, description="paragraphs per sample (LongBench: 30)")
     summary_sentences: int = Field(2, ge=1, description="sentences in the extractive abstract")
     min_words: int = Field(40, ge=1, description="shortest paragraph (words, or CJK characters)")
-    max_words: int = Field(400, ge=1, description="longest paragraph")
+    max_words: int = Field(300, ge=1, description="longest paragraph (LongBench's average: ~300)")
     seed: int = 0
 
 
 def paragraphs(text: str, min_words: int, max_words: int) -> list[str]:
-    """Blank-line separated paragraphs of ``text`` with a length in ``[min_words, max_words]``."""
+    """Paragraphs of ``text`` with ``min_words``–``max_words`` words and at least two sentences:
+    blank-line blocks, longer blocks cut into consecutive whole sentences of at most ``max_words``."""
     out = []
-    for para in clean_text(text).split("\n\n"):
-        para = " ".join(para.split("\n")).strip()
-        n = count_words(para)
-        if min_words <= n <= max_words and len(split_sentences(para)) >= 2:
-            out.append(para)
+    for block in clean_text(text).split("\n\n"):
+        block = " ".join(block.split("\n")).strip()
+        if count_words(block) <= max_words:
+            chunks = [block]
+        else:
+            chunks, current, words = [], [], 0
+            for sent in split_sentences(block):
+                n = count_words(sent)
+                if current and words + n > max_words:
+                    chunks.append(" ".join(current))
+                    current, words = [], 0
+                current.append(sent)
+                words += n
+            chunks.append(" ".join(current))
+        for para in chunks:
+            n = count_words(para)
+            if min_words <= n <= max_words and len(split_sentences(para)) >= 2:
+                out.append(para)
     return out
 
 
@@ -91,7 +111,7 @@ def make_sample(paras: list[str], target: int, lang: str, k: int, name: str) -> 
         "input": abstract,
         "context": context,
         "answers": [_label(lang, target + 1)],
-        "length": count_words(context),
+        "length": count_words(abstract) + count_words(context),
         "dataset": name,
         "language": lang,
         "all_classes": None,

@@ -62,3 +62,51 @@ def tiny_llama(max_position_embeddings: int = 256, seed: int = 0):
     model = LlamaForCausalLM(cfg).eval()
     model.generation_config.eos_token_id = tok.eos_token_id
     return model
+
+
+TEMPLATES = {
+    # Llama-2 chat: the template writes the BOS into the text
+    "llama2": (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}<<SYS>>\n"
+        "{{ m['content'] }}\n<</SYS>>\n\n{% elif m['role'] == 'user' %}[INST] {{ m['content'] }}"
+        " [/INST]{% endif %}{% endfor %}"
+    ),
+    # Llama-3 instruct: BOS in the template too, header tokens per turn
+    "llama3": (
+        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}"
+        "<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+    ),
+    # ChatML (Qwen): no BOS at all
+    "chatml": (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    ),
+    # a base model: no chat template, the tokenizer adds <s> itself
+    "base": None,
+}
+_BOS = {"llama2": "<s>", "llama3": "<|begin_of_text|>", "chatml": None, "base": "<s>"}
+_SPECIALS = ["<s>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+_SPECIALS += ["<|im_start|>", "<|im_end|>"]
+
+
+@functools.cache
+def template_tokenizer(kind: str):
+    """The tiny BPE vocabulary behaving like a Llama-2, Llama-3, ChatML or template-less base
+    tokenizer: which BOS ``tokenizer(text)`` adds (post-processor) and what the template writes."""
+    from tokenizers import AddedToken, Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_str(tiny_tokenizer().backend_tokenizer.to_str())
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in _SPECIALS])
+    bos = _BOS[kind]
+    if bos is not None:
+        bos_id = tok.token_to_id(bos)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+        )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token="<eos>", pad_token="<pad>"
+    )
+    fast.chat_template = TEMPLATES[kind]
+    return fast

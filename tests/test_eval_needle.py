@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import textwrap
 
 import pytest
-from eval_fixtures import ESSAYS, tiny_llama, tiny_tokenizer
+from eval_fixtures import ESSAYS, template_tokenizer, tiny_llama, tiny_tokenizer
 
 from longqa.core.errors import LongqaError
 from longqa.eval import needle as nd
@@ -31,6 +32,53 @@ def test_insert_needle_keeps_sentences_whole(depth):
         assert out.startswith("NEEDLE")
     if depth == 1.0:
         assert out.endswith("NEEDLE here.")
+
+
+# Hard-wrapped prose, as the essays are stored: most line breaks fall inside a sentence.
+WRAPPED = textwrap.fill(
+    " ".join(
+        f"Sentence {i} says that progress means making things people want, "
+        f'and that {"the" if i % 2 else "a"} "hard" part is the part nobody sees.'
+        for i in range(40)
+    ),
+    width=47,
+)
+
+
+def test_wrapped_text_line_breaks_are_not_boundaries():
+    assert WRAPPED.count("\n") > 40
+    for pos in range(0, len(WRAPPED), 7):
+        i = nd.sentence_boundary(WRAPPED, pos)
+        assert i == 0 or WRAPPED[:i].rstrip()[-1] in '."', (pos, WRAPPED[i - 20 : i + 5])
+
+
+@pytest.mark.parametrize("depth", [i / 37 for i in range(38)])
+def test_needle_in_wrapped_text_follows_a_sentence_end(depth):
+    out = nd.insert_needle(WRAPPED, "NEEDLE here.", depth)
+    before, after = out.split("NEEDLE here.")
+    assert before.strip() == "" or before.rstrip().endswith((".", '."'))
+    assert after.strip() == "" or after.lstrip()[:8] == "Sentence"  # a whole sentence follows
+    if depth == 1.0:
+        assert after == "" and before.rstrip() == WRAPPED.rstrip()
+
+
+def test_needle_at_full_depth_is_last_before_the_question():
+    tok = tiny_tokenizer()
+    hay = _haystack()
+    for it in nd.make_items(tok, hay, [500, 700], [1.0]):
+        text = tok.decode(it["ids"])
+        assert text.index(nd.NEEDLE) + len(nd.NEEDLE) == text.index("\n</document>")
+
+
+@pytest.mark.parametrize("kind", ["llama2", "llama3", "chatml", "base"])
+def test_needle_prompt_has_exactly_one_bos(kind):
+    tok = template_tokenizer(kind)
+    (item,) = nd.make_items(tok, _haystack(), [600], [0.5])
+    bos = tok.bos_token_id
+    if bos is None:
+        assert tok.convert_ids_to_tokens(item["ids"][0]) == "<|im_start|>"
+    else:
+        assert item["ids"][0] == bos and item["ids"].count(bos) == 1
 
 
 def test_containment_is_normalised():

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import textwrap
 
 import pytest
-from eval_fixtures import ESSAYS, tiny_llama, tiny_tokenizer
+from eval_fixtures import ESSAYS, template_tokenizer, tiny_llama, tiny_tokenizer
 
 from data_builders.longbench_pr import Options, build, extractive_summary
 from longqa.core.errors import LongqaError
@@ -68,11 +69,64 @@ def test_missing_field_names_line_and_field(tmp_path):
 
 def test_prompt_uses_longbench_template_and_chat_template():
     tok = tiny_tokenizer()
-    p = pr.build_prompt(tok, _row(input="THE ABSTRACT"), "en", 10_000)
+    context = "\n\n".join(f"Paragraph {i}: text {i}." for i in range(1, 31))
+    p = pr.build_prompt(tok, _row(input="THE ABSTRACT", context=context), "en", 10_000)
     assert p.startswith("<|user|>Here are 30 paragraphs from Wikipedia, along with an abstract.")
     assert "The following is an abstract.\n\nTHE ABSTRACT\n\n" in p
     assert p.endswith('"Paragraph 1", "Paragraph 2", etc.\n\nThe answer is: <|end|><|assistant|>')
     assert pr.PROMPTS["zh"].endswith("答案是：")
+
+
+def test_prompt_states_the_real_number_of_paragraphs(tmp_path):
+    out = tmp_path / "pr"
+    build(Options(corpus=_corpus(tmp_path), out=out, num_samples=2, num_paragraphs=5))
+    row = pr.read_longbench(out / "passage_retrieval_en.jsonl")[0]
+    assert "Here are 5 paragraphs" in pr.build_prompt(tiny_tokenizer(), row, "en", 10_000)
+
+
+@pytest.mark.parametrize("kind", ["llama2", "llama3", "chatml", "base"])
+def test_prompt_ids_have_exactly_one_bos(kind):
+    tok = template_tokenizer(kind)
+    (item,) = pr.make_items(tok, [_row()], "en", 200)
+    ids = item["ids"]
+    if tok.bos_token_id is None:
+        assert tok.convert_ids_to_tokens(ids[0]) == "<|im_start|>"
+    else:  # the base tokenizer has no template: LongBench's tokenizer(prompt) gives it a BOS
+        assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+
+
+@pytest.mark.parametrize(
+    "window,budget,expected",
+    [(4096, "longbench", 3500), (8192, "longbench", 7500), (32768, "longbench", 31500),
+     (16384, "longbench", 15500), (32768, "window", 32768 - 96)],
+)  # fmt: skip
+def test_budget_rules(window, budget, expected):
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=window))
+    assert pr.default_max_length(model, None, budget) == expected
+    with pytest.raises(LongqaError, match="--budget must be one of"):
+        pr.default_max_length(model, None, "paper")
+
+
+def test_summary_records_the_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(pr, "MAX_NEW_TOKENS", 2)
+    path = tmp_path / "pr.jsonl"
+    path.write_text(json.dumps(_row()) + "\n")
+    tok, model = tiny_tokenizer(), tiny_llama(max_position_embeddings=4096)
+    kw = dict(data=path, show_progress=False)
+    s = pr.run_passage_retrieval(model, tok, None, out_dir=tmp_path / "a", budget="longbench", **kw)
+    assert s["budget"] == "longbench" and s["max_length"] == 3500
+    s = pr.run_passage_retrieval(model, tok, None, out_dir=tmp_path / "b", max_length=100, **kw)
+    assert s["budget"] == "explicit" and s["max_length"] == 100
+    assert json.loads((tmp_path / "b/summary.json").read_text())["budget"] == "explicit"
+
+
+def test_language_from_rows_before_file_name(tmp_path):
+    assert pr.detect_lang([_row(language="en")], tmp_path / "passage_retrieval_zh.jsonl") == "en"
+    assert pr.detect_lang([_row(dataset="passage_retrieval_zh")], tmp_path / "x_en.jsonl") == "zh"
+    assert pr.detect_lang([_row()], tmp_path / "passage_retrieval_zh.jsonl") == "zh"
+    assert pr.detect_lang([_row()], tmp_path / "data.jsonl") == "en"
 
 
 def test_middle_truncation_keeps_both_ends():
@@ -107,6 +161,37 @@ def test_builder_writes_longbench_rows_with_the_abstract_from_the_answer(tmp_pat
         assert len(paras) == 5 and paras[n - 1].startswith(f"Paragraph {n}: ")
         for sent in r["input"].split(". "):  # extractive: its sentences come from that paragraph
             assert sent.rstrip(".") in paras[n - 1]
+
+
+def test_builder_length_counts_input_and_context(tmp_path):
+    from data_builders.text import count_words
+
+    out = tmp_path / "pr"
+    build(Options(corpus=_corpus(tmp_path), out=out, num_samples=3, num_paragraphs=4))
+    for r in pr.read_longbench(out / "passage_retrieval_en.jsonl"):
+        assert r["length"] == count_words(r["input"]) + count_words(r["context"])
+
+
+def test_builder_defaults_work_on_text_without_blank_lines(tmp_path):
+    """Hard-wrapped essays whose paragraph breaks were lost: one block of text per file."""
+    corpus = tmp_path / "wrapped"
+    corpus.mkdir()
+    for i in range(8):
+        words = " ".join(
+            f"Essay {i} point {j} is that founders{j % 7} should talk to users{j % 5} early."
+            for j in range(120)
+        )
+        (corpus / f"{i}.txt").write_text(textwrap.fill(words, 70))
+    stats = build(Options(corpus=corpus, out=tmp_path / "o", num_samples=2))
+    assert stats["paragraphs_per_sample"] == 30 and stats["paragraph_pool"] >= 30
+
+
+@pytest.mark.skipif(not ESSAYS.is_dir(), reason="shared essays corpus not present")
+def test_builder_defaults_work_on_the_essays(tmp_path):
+    stats = build(Options(corpus=ESSAYS, out=tmp_path / "o", num_samples=2))
+    assert stats["paragraph_pool"] >= 100
+    row = pr.read_longbench(tmp_path / "o" / "passage_retrieval_en.jsonl")[0]
+    assert pr.paragraph_count(row["context"], "en") == 30
 
 
 def test_builder_needs_enough_paragraphs(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from eval_fixtures import tiny_llama, tiny_tokenizer
+from eval_fixtures import template_tokenizer, tiny_llama, tiny_tokenizer
 
 from longqa.config.recipe import RopeConfig
 from longqa.core.errors import LongqaError
@@ -36,6 +36,17 @@ def test_prompt_has_exact_length_and_standard_parts(tok):
     assert text.endswith("\nWhat is the pass key? The pass key is")
     assert "\nThe pass key is 4242. Remember it. 4242 is the pass key.\n" in text
     assert "The grass is green. The sky is blue. The sun is yellow. Here we go." in text
+
+
+@pytest.mark.parametrize("kind", ["llama2", "llama3", "chatml", "base"])
+def test_prompt_starts_with_the_tokenizers_bos_once(kind):
+    t = template_tokenizer(kind)
+    ids = pk.passkey_ids(t, 4242, 300, 0.5)
+    assert len(ids) == 300
+    if t.bos_token_id is None:
+        assert ids[:2] == t(pk.TASK_LINE)["input_ids"][:2]
+    else:  # raw text, as tokenizer(prompt) encodes it: one BOS
+        assert ids[0] == t.bos_token_id and ids.count(t.bos_token_id) == 1
 
 
 @pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])

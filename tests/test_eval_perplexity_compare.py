@@ -141,3 +141,113 @@ def test_cli_rope_flags_are_checked_before_loading_a_model(tmp_path):
         assert "--rope-factor needs --rope METHOD" in str(res.exception)
     res = _cli(["passkey", "--model", "nope", "--rope", "bogus"])
     assert isinstance(res.exception, LongqaError) and "unknown rope method" in str(res.exception)
+
+
+def yarn_reference(model, bos_id, docs_ids, max_length, sliding_window, truncate=False):
+    """YaRN's compute_perplexity (eval/perplexity.py) re-written from its published loop: each
+    document alone, BOS per window, HF loss of the window's targets, exp(mean of window losses)."""
+    import torch
+
+    max_tokenized_len = max_length - 1 if bos_id is not None else max_length
+    if truncate:
+        docs_ids = [d[:max_tokenized_len] for d in docs_ids]
+        sliding_window = max_tokenized_len
+    nlls = []
+    for doc in docs_ids:
+        labels = torch.tensor([doc])
+        seq_len = labels.size(1)
+        prev_end_loc = 0
+        for begin_loc in range(0, seq_len, sliding_window):
+            end_loc = min(begin_loc + max_tokenized_len, seq_len)
+            trg_len = end_loc - prev_end_loc
+            input_ids = labels[:, begin_loc:end_loc]
+            if bos_id is not None:
+                input_ids = torch.cat([torch.tensor([[bos_id]]), input_ids], dim=1)
+            target_ids = input_ids.clone()
+            target_ids[:, :-trg_len] = -100
+            with torch.no_grad():
+                nlls.append(model(input_ids, labels=target_ids).loss)
+            prev_end_loc = end_loc
+            if end_loc == seq_len:
+                break
+    return float(torch.exp(torch.stack(nlls).mean()))
+
+
+@pytest.mark.parametrize("bos,truncate", [(True, False), (False, False), (True, True)])
+def test_yarn_protocol_matches_reference(tmp_path, bos, truncate):
+    from eval_fixtures import template_tokenizer
+
+    tok = template_tokenizer("base") if bos else tiny_tokenizer()
+    model = tiny_llama()
+    model.resize_token_embeddings(len(tok))
+    docs = [TEXT[:400], TEXT[:90], TEXT[1000:1500], TEXT[2000:2300]]  # one below min_tokens
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i, d in enumerate(docs):
+        (folder / f"{i}.txt").write_text(d)
+    encoded = [tok(d.strip(), add_special_tokens=False)["input_ids"] for d in docs]
+    min_tokens = 60
+    assert sum(len(e) >= min_tokens for e in encoded) == 3
+    s = ppl.run_perplexity(
+        model, tok, None, data=folder, lengths=[48, 96], out_dir=tmp_path / "run",
+        protocol="yarn", min_tokens=min_tokens, samples=2, stride=32, truncate=truncate,
+        show_progress=False,
+    )  # fmt: skip
+    kept = [e for e in encoded if len(e) >= min_tokens][:2]
+    for length in (48, 96):
+        want = yarn_reference(model, tok.bos_token_id if bos else None, kept, length, 32, truncate)
+        assert s["by_length"][str(length)] == pytest.approx(want, rel=1e-4)
+    assert s["protocol"] == "yarn" and s["documents"] == 2 and s["bos"] is bos
+    saved = json.loads((tmp_path / "run/summary.json").read_text())
+    assert saved["protocol"] == "yarn" and saved["truncate"] is truncate
+    if not bos or truncate:
+        return
+    # the stream protocol scores the same text differently (token-weighted, no BOS per window)
+    stream = ppl.run_perplexity(
+        model, tok, None, data=folder, lengths=[48], out_dir=tmp_path / "stream", stride=32,
+        show_progress=False,
+    )  # fmt: skip
+    assert stream["protocol"] == "stream"
+    assert stream["by_length"]["48"] != pytest.approx(s["by_length"]["48"], rel=1e-3)
+
+
+@pytest.mark.parametrize("n,length,stride", [(100, 32, 16), (100, 32, 40), (20, 32, 8)])
+def test_yarn_windows_follow_the_reference_loop(n, length, stride):
+    wins = ppl.yarn_windows(n, length, stride, bos=True)
+    begins = [b for b, _, _ in wins]
+    assert begins == list(range(0, n, stride))[: len(wins)]
+    assert all(e - b <= length - 1 for b, e, _ in wins) and wins[-1][1] == n
+    assert ppl.yarn_windows(n, length, stride, bos=True, truncate=True) == [
+        (0, min(n, length - 1), min(n, length - 1))
+    ]
+
+
+def test_cli_protocol_flags_are_checked_before_loading_a_model(tmp_path):
+    from longqa.core.errors import LongqaError
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Some text to score. " * 20)
+    res = _cli(["perplexity", "--model", "nope", "--data", str(doc), "--protocol", "pg19"])
+    assert isinstance(res.exception, LongqaError) and "--protocol must be" in str(res.exception)
+    res = _cli(["perplexity", "--model", "nope", "--data", str(doc), "--truncate"])
+    assert isinstance(res.exception, LongqaError)
+    assert "--truncate needs --protocol yarn" in str(res.exception)
+
+
+def test_cli_logn_flag_becomes_part_of_the_spec(monkeypatch, tmp_path):
+    from longqa.core.errors import LongqaError
+    from longqa.eval import runner
+
+    seen = {}
+
+    def fake_load(model, adapter=None, rope=None, dtype="float32"):
+        seen["rope"] = rope
+        raise LongqaError("stop after parsing")
+
+    monkeypatch.setattr(runner, "load_for_eval", fake_load)
+    args = ["passkey", "--model", "m", "--rope", "dynamic-ntk", "--ntk-variant", "qwen", "--logn"]
+    res = _cli(args)
+    assert "stop after parsing" in str(res.exception)
+    assert seen["rope"].logn and seen["rope"].ntk_variant == "qwen"
+    res = _cli(["passkey", "--model", "m", "--logn"])
+    assert "--logn needs --rope METHOD" in str(res.exception)

@@ -105,7 +105,7 @@ def test_merged_export_matches_patched_training_model(tmp_path, case):
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     params = cfg["rope_parameters"]
     if case in ("yarn", "linear", "llama3", "dynamic-yarn"):
-        assert params["original_max_position_embeddings"] == L0
+        assert params.get("original_max_position_embeddings") == (None if case == "linear" else L0)
         assert cfg["rope_scaling"]["rope_type"] == params["rope_type"]
         assert cfg["rope_scaling"]["factor"] == params["factor"]
     if case == "dynamic-yarn":
@@ -114,6 +114,8 @@ def test_merged_export_matches_patched_training_model(tmp_path, case):
         assert params == {"rope_type": "default", "rope_theta": 500000.0}
         assert cfg["rope_scaling"] is None and cfg["rope_theta"] == 500000.0
     assert cfg["max_position_embeddings"] >= max_length
+    factor = (192 + 64) / L0 if case == "dynamic-yarn" else rope.get("factor", 256 / L0)
+    assert cfg["max_position_embeddings"] == factor * L0  # the window the factor addresses
 
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
     assert not any(isinstance(m, LongqaRotaryEmbedding) for m in plain.modules())

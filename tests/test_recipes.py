@@ -69,10 +69,9 @@ def test_qwen14b_is_the_paper_setup() -> None:
     assert r.model.name == "Qwen/Qwen-14B-Chat" and r.model.layout == "original-qwen"
     assert r.model.quantization == "nf4"
     assert r.rope.method == "dynamic-yarn"
-    assert (r.rope.original_max_position_embeddings, r.rope.max_position_embeddings) == (
-        8192,
-        32768,
-    )
+    # L0 comes from the checkpoint (original Qwen's seq_length), not from the recipe
+    assert r.rope.original_max_position_embeddings is None
+    assert r.rope.max_position_embeddings == 32768
     assert (r.lora.r, r.lora.alpha, r.lora.dropout) == (16, 64, 0.1)
     assert r.lora.target_modules == "all-linear" and r.lora.trainable_norms
     assert r.train.lr == 5e-5 and r.train.schedule == "linear" and r.train.warmup_ratio == 0.01

@@ -8,6 +8,8 @@ Examples::
         --lengths 1000,2000,4000 --depths 0,25,50,75,100 --out runs/needle
     longqa eval passage-retrieval --model M --adapter runs/x/adapter --data pr_en.jsonl --out runs/pr
     longqa eval perplexity --model M --rope yarn --rope-factor 2 --data docs/ --lengths 2048,8192,16384
+    longqa eval perplexity --model M --data pg19/ --protocol yarn --min-tokens 16384 --samples 10
+    longqa eval passkey --model Qwen/Qwen-14B-Chat --rope dynamic-ntk --rope-ntk-variant qwen --rope-logn
     longqa eval compare runs/pk-none runs/pk-yarn2 runs/pk-adapter
 
 Thin wrappers over ``longqa.eval``; every run writes ``results.jsonl`` + ``summary.json`` in
@@ -216,6 +218,9 @@ def passage_retrieval(
     max_length: Annotated[
         int | None, typer.Option(help="prompt token budget (middle truncation beyond it)")
     ] = None,
+    budget: Annotated[
+        str, typer.Option(help="without --max-length: window or longbench")
+    ] = "window",
     limit: Annotated[int | None, typer.Option(help="only the first N samples")] = None,
     dtype: DtypeOpt = "float32",
     batch_size: BatchOpt = 1,
@@ -225,18 +230,21 @@ def passage_retrieval(
     """LongBench passage retrieval with its prompts and scorer (score ×100 and accuracy)."""
     from longqa.eval.passage_retrieval import read_longbench, run_passage_retrieval
 
+    if budget not in ("window", "longbench"):
+        raise LongqaError(f"--budget must be window or longbench (got '{budget}')")
     rows = read_longbench(data)  # validate before loading the model
     mdl, tok, spec = _load(model, adapter, rope, dtype)
     if max_length:
         _warn(mdl, spec, [max_length])
     summary = run_passage_retrieval(
         mdl, tok, spec, data=data, out_dir=_out(out, "passage-retrieval", model, spec), lang=lang,
-        max_length=max_length, limit=limit, batch_size=batch_size, model_name=model,
+        max_length=max_length, budget=budget, limit=limit, batch_size=batch_size, model_name=model,
         overwrite=overwrite,
     )  # fmt: skip
     typer.echo(
         f"{summary['dataset']}: score {summary['score']:.2f} (×100), accuracy "
-        f"{summary['accuracy']:.2f} over {summary['n']} of {len(rows)} samples"
+        f"{summary['accuracy']:.2f} over {summary['n']} of {len(rows)} samples "
+        f"(prompt budget {summary['max_length']} tokens, rule {summary['budget']})"
     )
 
 
@@ -248,10 +256,22 @@ def perplexity(
     adapter: AdapterOpt = None,
     rope: RopeConfig | None = None,
     lengths: Annotated[str, typer.Option(help="context lengths in tokens")] = "2048,4096,8192",
-    stride: Annotated[int | None, typer.Option(help="window stride (default: length / 2)")] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option(help="tokens of text to score (default: 2 × max length)")
+    stride: Annotated[
+        int | None, typer.Option(help="window stride (default: length / 2; yarn: 256)")
     ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="stream: tokens of text to score (default: 2 × max length)")
+    ] = None,
+    protocol: Annotated[
+        str, typer.Option(help="stream (token-weighted) or yarn (YaRN's)")
+    ] = "stream",
+    min_tokens: Annotated[
+        int | None, typer.Option(help="yarn: drop documents shorter than this (tokens)")
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="yarn: first N documents kept")] = None,
+    truncate: Annotated[
+        bool, typer.Option(help="yarn: score only each document's first window")
+    ] = False,
     dtype: DtypeOpt = "float32",
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
@@ -260,6 +280,12 @@ def perplexity(
     from longqa.eval.perplexity import load_documents, run_perplexity
 
     lens = _ints(lengths, "--lengths")
+    if protocol not in ("stream", "yarn"):
+        raise LongqaError(f"--protocol must be stream or yarn (got '{protocol}')")
+    yarn_only = {"--min-tokens": min_tokens, "--samples": samples, "--truncate": truncate or None}
+    misplaced = [flag for flag, value in yarn_only.items() if value is not None]
+    if protocol != "yarn" and misplaced:
+        raise LongqaError(f"{misplaced[0]} needs --protocol yarn")
     if stride is not None and (stride < 1 or stride > min(lens)):
         raise LongqaError(f"--stride must be between 1 and the smallest length {min(lens)}")
     load_documents(data)
@@ -268,11 +294,12 @@ def perplexity(
     out_dir = _out(out, "perplexity", model, spec)
     summary = run_perplexity(
         mdl, tok, spec, data=data, lengths=lens, out_dir=out_dir, stride=stride,
-        max_tokens=max_tokens, model_name=model, overwrite=overwrite,
+        max_tokens=max_tokens, protocol=protocol, min_tokens=min_tokens, samples=samples,
+        truncate=truncate, model_name=model, overwrite=overwrite,
     )  # fmt: skip
     for length, ppl in summary["by_length"].items():
         typer.echo(f"length {length}: perplexity {ppl:.3f}")
-    typer.echo(f"→ {out_dir / 'perplexity_by_length.png'}")
+    typer.echo(f"protocol {summary['protocol']} → {out_dir / 'perplexity_by_length.png'}")
 
 
 @app.command("compare")

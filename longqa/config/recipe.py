@@ -67,6 +67,9 @@ class RopeConfig(_Strict):
     high_freq_factor: float = Field(4.0, description="llama3: wavelengths below L0/this are kept")
     ntk_variant: Literal["hf", "qwen"] = Field("hf", description="dynamic-ntk: hf or qwen formula")
     max_position_embeddings: int | None = Field(None, description="target window after scaling")
+    logn: bool = Field(
+        False, description="original Qwen's log-n query scaling past the original window"
+    )
 
     @field_validator("factor")
     @classmethod

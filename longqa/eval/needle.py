@@ -2,7 +2,9 @@
 
 After G. Kamradt's "LLMTest_NeedleInAHaystack" (2023): the haystack is real documents (essays),
 cut to a token budget per context length; the needle is inserted at a depth (0 % = start, 100 % =
-end), moved back to the previous sentence boundary so no sentence is split; the question follows;
+end), moved back to just after the previous sentence-ending punctuation so no sentence is split
+(a line break inside hard-wrapped text is not a boundary; the original backs off to a '.' token),
+and at depth 100 % appended after the haystack, the last thing before the question; the question follows;
 the greedy answer is scored by normalised containment of the expected answer (SQuAD-style
 normalisation: lower case, no punctuation/articles, single spaces). Output: ``results.jsonl``,
 ``summary.json`` (headline ``accuracy``), ``heatmap.json`` and ``heatmap.png`` (red → green).
@@ -25,6 +27,7 @@ from typing import Any
 from longqa.config.recipe import RopeConfig
 from longqa.core.errors import LongqaError
 from longqa.core.paths import atomic_write_json, shared_essays
+from longqa.data.prompting import prompt_ids
 
 NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
 QUESTION = "What is the best thing to do in San Francisco?"
@@ -33,6 +36,7 @@ SYSTEM = "You are a helpful AI bot that answers questions for a user. Keep your 
 INSTRUCTION = "Don't give information outside the document or repeat your findings."
 TEXT_SUFFIXES = (".txt", ".md")
 _SENTENCE_END = ".!?。！？"
+_CLOSERS = "\"')]»”’」』）"
 
 
 def default_haystack() -> Path | None:
@@ -65,19 +69,30 @@ def load_haystack(path: str | Path) -> str:
 
 
 def sentence_boundary(text: str, pos: int) -> int:
-    """The largest index ``i <= pos`` where a sentence starts (0 when there is none)."""
+    """The largest index ``i <= pos`` right after a sentence end (0 when there is none).
+
+    A sentence ends at ``.!?`` (or their CJK forms), optionally followed by closing quotes or
+    brackets, then whitespace or the end of the text. Line breaks alone are not boundaries: essays
+    are hard-wrapped, and a newline there sits in the middle of a sentence.
+    """
     pos = max(0, min(pos, len(text)))
     for i in range(pos, 0, -1):
-        prev = text[i - 1]
-        if prev == "\n":
-            return i
-        if prev in _SENTENCE_END and (i == len(text) or text[i].isspace()):
+        if i < len(text) and not text[i].isspace() and text[i - 1] not in "。！？":
+            continue
+        j = i
+        while j > 0 and text[j - 1] in _CLOSERS:
+            j -= 1
+        if j > 0 and text[j - 1] in _SENTENCE_END:
             return i
     return 0
 
 
 def insert_needle(text: str, needle: str, depth: float, char_pos: int | None = None) -> str:
-    """``text`` with ``needle`` at ``depth`` (or ``char_pos``), moved back to a sentence start."""
+    """``text`` with ``needle`` at ``depth`` (or ``char_pos``), moved back to a sentence end;
+    at ``depth`` 1.0 the needle goes after all of ``text``."""
+    if depth >= 1.0:
+        head = text.rstrip()
+        return f"{head} {needle}" if head else needle
     pos = round(depth * len(text)) if char_pos is None else char_pos
     i = sentence_boundary(text, pos)
     head, tail = text[:i].rstrip(" "), text[i:].lstrip(" ")
@@ -106,11 +121,10 @@ def word_recall(output: str, answer: str) -> float:
     return sum(w in got for w in want) / len(want) if want else 0.0
 
 
-def needle_prompt(tokenizer: Any, context: str, question: str) -> str:
-    from longqa.eval.runner import chat_prompt
-
+def needle_prompt(tokenizer: Any, context: str, question: str) -> list[int]:
+    """Token ids of the prompt: document, question and instruction in the chat template (one BOS)."""
     user = f"<document>\n{context}\n</document>\n\n{question} {INSTRUCTION}"
-    return chat_prompt(tokenizer, user, system=SYSTEM)
+    return prompt_ids(tokenizer, user, system=SYSTEM)
 
 
 def make_items(
@@ -124,7 +138,7 @@ def make_items(
 ) -> list[dict[str, Any]]:
     """One item per (length, depth), ordered so consecutive prompts share long prefixes."""
     hay_ids = tokenizer(haystack, add_special_tokens=False)["input_ids"]
-    overhead = len(tokenizer(needle_prompt(tokenizer, needle, question))["input_ids"]) + 1
+    overhead = len(needle_prompt(tokenizer, needle, question)) + 1
     items = []
     for length in lengths:
         budget = length - overhead
@@ -139,7 +153,7 @@ def make_items(
         for depth in depths:
             char_pos = len(tokenizer.decode(hay_ids[: round(budget * depth)]))
             text = insert_needle(context, needle, depth, char_pos=min(char_pos, len(context)))
-            ids = list(tokenizer(needle_prompt(tokenizer, text, question))["input_ids"])
+            ids = needle_prompt(tokenizer, text, question)
             items.append(
                 {
                     "key": f"L{length}-d{depth:g}",
@@ -225,6 +239,7 @@ def run_needle(
         "lengths": lengths,
         "depths": depths,
         "needle": needle,
+        "placement": "after-sentence-end",  # runs placed at line breaks are not resumed into
         "question": question,
         "answer": answer,
         "judge": bool(judge),

@@ -4,7 +4,17 @@ LongBench scores it.
 Reference: Bai et al., "LongBench" (2023), https://github.com/THUDM/LongBench — prompts from
 ``config/dataset2prompt.json``, 32 new tokens from ``config/dataset2maxlen.json``, middle truncation
 and chat template as in ``pred.py``, scores from ``metrics.py`` (``retrieval_score`` /
-``retrieval_zh_score``) averaged ×100 as in ``eval.py``.
+``retrieval_zh_score``) averaged ×100 as in ``eval.py``. The prompt starts with the tokenizer's BOS
+exactly once (``pred.py`` encodes with ``tokenizer(prompt)``, which adds it;
+``longqa.data.prompting``).
+
+Prompt token budget (``budget``), recorded in ``summary.json``:
+
+* ``longbench`` — LongBench's ``config/model2maxlen.json``: 3500 / 7500 / 15500 / 31500 tokens for
+  4K / 8K / 16K / 32K models (window − 500 for other windows), the window being what the model and
+  its RoPE spec address. Use it for numbers next to LongBench's tables.
+* ``window`` (default) — the addressable window − 32 new tokens − 64 for the chat template.
+* an explicit ``max_length`` overrides both.
 
 Input: LongBench JSONL, one object per line with ``input`` (the abstract), ``context`` (the
 numbered paragraphs), ``answers`` (e.g. ``["Paragraph 7"]``), ``length`` and ``_id``.
@@ -24,10 +34,11 @@ from typing import Any
 from longqa.config.recipe import RopeConfig
 from longqa.core.errors import LongqaError
 from longqa.core.paths import iter_jsonl
+from longqa.data.prompting import encode_for_generation
 
 PROMPTS = {
     "en": (
-        "Here are 30 paragraphs from Wikipedia, along with an abstract. Please determine which "
+        "Here are {count} paragraphs from Wikipedia, along with an abstract. Please determine which "
         "paragraph the abstract is from.\n\n{context}\n\nThe following is an abstract.\n\n{input}"
         "\n\nPlease enter the number of the paragraph that the abstract is from. The answer format "
         'must be like "Paragraph 1", "Paragraph 2", etc.\n\nThe answer is: '
@@ -38,8 +49,13 @@ PROMPTS = {
         "\n\n答案是："
     ),
 }
+LONGBENCH_PARAGRAPHS = 30  # every LongBench sample has 30; the prompt states each row's own count
 ANSWER_PATTERN = {"en": r"Paragraph (\d+)", "zh": r"段落(\d+)"}
 MAX_NEW_TOKENS = 32
+# LongBench config/model2maxlen.json, by model window (llama2-7b-chat-4k, xgen-7b-8k,
+# vicuna-v1.5-7b-16k, longchat-v1.5-7b-32k / chatglm2-6b-32k)
+LONGBENCH_MAXLEN = {4096: 3500, 8192: 7500, 16384: 15500, 32768: 31500}
+BUDGETS = ("window", "longbench")
 REQUIRED_FIELDS = {"input": str, "context": str, "answers": list, "length": int, "_id": str}
 
 
@@ -84,10 +100,19 @@ def read_longbench(path: str | Path) -> list[dict[str, Any]]:
 
 
 def detect_lang(rows: list[dict[str, Any]], path: str | Path) -> str:
-    """``zh`` for passage_retrieval_zh data (``dataset``/``language`` field or file name)."""
+    """``zh`` or ``en``: the rows' ``language`` field, else their ``dataset`` name
+    (``passage_retrieval_zh``), else the file name."""
     first = rows[0]
-    hint = f"{first.get('dataset', '')} {first.get('language', '')} {Path(path).name}".lower()
-    return "zh" if ("_zh" in hint or " zh" in hint) else "en"
+    lang = str(first.get("language") or "").lower()
+    if lang in PROMPTS:
+        return lang
+    for hint in (str(first.get("dataset") or ""), Path(path).stem):
+        hint = hint.lower()
+        if hint.endswith("_zh") or "_zh_" in hint or hint.endswith("-zh"):
+            return "zh"
+        if hint.endswith("_en") or "_en_" in hint or hint.endswith("-en"):
+            return "en"
+    return "en"
 
 
 def truncate_middle(tokenizer: Any, prompt: str, max_length: int) -> str:
@@ -102,23 +127,60 @@ def truncate_middle(tokenizer: Any, prompt: str, max_length: int) -> str:
 
 
 def build_prompt(tokenizer: Any, row: dict[str, Any], lang: str, max_length: int) -> str:
-    from longqa.eval.runner import chat_prompt
+    """LongBench's prompt for ``row``, middle-truncated to ``max_length`` tokens, in the chat
+    template (encode it with :func:`longqa.data.prompting.encode_for_generation`)."""
+    from longqa.data.prompting import chat_text
 
-    raw = PROMPTS[lang].format(context=row["context"], input=row["input"])
-    return chat_prompt(tokenizer, truncate_middle(tokenizer, raw, max_length))
+    raw = PROMPTS[lang].format(
+        count=paragraph_count(row["context"], lang), context=row["context"], input=row["input"]
+    )
+    return chat_text(tokenizer, truncate_middle(tokenizer, raw, max_length))
 
 
-def default_max_length(model: Any, spec: RopeConfig | None) -> int:
-    """Prompt token budget: what the model + RoPE spec address, minus generation and template."""
+def paragraph_count(context: str, lang: str) -> int:
+    """Numbered paragraphs in ``context`` ("Paragraph N:" / "段落N：" at a line start); LongBench's
+    30 when none is numbered that way."""
+    label = r"^Paragraph \d+:" if lang == "en" else r"^段落\d+[：:]"
+    return len(re.findall(label, context, flags=re.M)) or LONGBENCH_PARAGRAPHS
+
+
+def model_window(model: Any, spec: RopeConfig | None) -> int:
+    """What the model + RoPE spec address (the model's window when the spec sets no limit)."""
     config = getattr(model, "config", None)
-    try:
-        from longqa.patch.rope import addressable_length
+    from longqa.patch.rope import addressable_length
 
-        limit = addressable_length(config, spec)
-    except ImportError:
-        limit = None
-    limit = limit or getattr(config, "max_position_embeddings", None) or 4096
-    return max(64, int(limit) - MAX_NEW_TOKENS - 64)
+    limit = addressable_length(config, spec)
+    return int(limit or getattr(config, "max_position_embeddings", None) or 4096)
+
+
+def longbench_max_length(window: int) -> int:
+    """LongBench's ``model2maxlen`` entry for a model of ``window`` tokens."""
+    return LONGBENCH_MAXLEN.get(int(window), max(64, int(window) - 500))
+
+
+def default_max_length(model: Any, spec: RopeConfig | None, budget: str = "window") -> int:
+    """Prompt token budget under rule ``budget`` (see the module docstring)."""
+    if budget not in BUDGETS:
+        raise LongqaError(f"--budget must be one of {', '.join(BUDGETS)} (got '{budget}')")
+    window = model_window(model, spec)
+    if budget == "longbench":
+        return longbench_max_length(window)
+    return max(64, window - MAX_NEW_TOKENS - 64)
+
+
+def make_items(
+    tokenizer: Any, rows: list[dict[str, Any]], lang: str, max_length: int
+) -> list[dict[str, Any]]:
+    """One item per row: key, length, answers and the prompt's token ids (one BOS)."""
+    items = []
+    for row in rows:
+        for a in row["answers"]:  # fail early on answers without a paragraph id
+            retrieval_score("", a, lang)
+        ids = encode_for_generation(tokenizer, build_prompt(tokenizer, row, lang, max_length))
+        items.append(
+            {"key": row["_id"], "length": row["length"], "answers": row["answers"], "ids": ids}
+        )
+    return items
 
 
 def summarize(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -149,6 +211,7 @@ def run_passage_retrieval(
     out_dir: str | Path,
     lang: str | None = None,
     max_length: int | None = None,
+    budget: str = "window",
     limit: int | None = None,
     batch_size: int = 1,
     model_name: str = "",
@@ -162,25 +225,19 @@ def run_passage_retrieval(
     lang = lang or detect_lang(rows, data)
     if lang not in PROMPTS:
         raise LongqaError(f"--lang must be one of {', '.join(PROMPTS)} (got '{lang}')")
-    budget = max_length or default_max_length(model, spec)
+    rule = "explicit" if max_length else budget
+    max_length = max_length or default_max_length(model, spec, budget)
     config = {
         "task": "passage-retrieval",
         "model": model_name,
         "rope": spec.model_dump() if spec else None,
         "data": str(data),
         "lang": lang,
-        "max_length": budget,
+        "budget": rule,
+        "max_length": max_length,
     }
     store = ResultStore(out_dir, config, overwrite=overwrite)
-    items = []
-    for row in rows:
-        for a in row["answers"]:  # fail early on answers without a paragraph id
-            retrieval_score("", a, lang)
-        prompt = build_prompt(tokenizer, row, lang, budget)
-        ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        items.append(
-            {"key": row["_id"], "length": row["length"], "answers": row["answers"], "ids": ids}
-        )
+    items = make_items(tokenizer, rows, lang, max_length)
     gen = GreedyGenerator(model, tokenizer, rope=spec)
     run_items(
         items,
@@ -195,7 +252,12 @@ def run_passage_retrieval(
     wanted = {it["key"] for it in items}
     done = [r for r in store.rows if r["key"] in wanted]
     summary = summarize(
-        done, dataset=f"passage_retrieval_{lang}", model=model_name, rope=spec_label(spec)
+        done,
+        dataset=f"passage_retrieval_{lang}",
+        model=model_name,
+        rope=spec_label(spec),
+        budget=rule,
+        max_length=max_length,
     )
     store.write_summary(summary)
     return summary

@@ -3,7 +3,9 @@
 The standard prompt of Mohtashami & Jaggi, "Landmark Attention" (2023), also used by the YaRN and
 LongLoRA evaluations: a task line, repeated filler sentences around "The pass key is N. Remember it.
 N is the pass key.", and the question "What is the pass key? The pass key is". Greedy decoding of a
-few tokens; a trial is correct when the first integer of the output equals N.
+few tokens; a trial is correct when the first integer of the output equals N. The prompt is raw text
+(no chat template, as in the YaRN/LongLoRA scripts), preceded by the tokenizer's BOS when
+``tokenizer(text)`` adds one (``longqa.data.prompting.special_prefix``).
 
 Usage::
 
@@ -23,6 +25,7 @@ from typing import Any
 
 from longqa.config.recipe import RopeConfig
 from longqa.core.errors import LongqaError
+from longqa.data.prompting import special_prefix
 
 TASK_LINE = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
@@ -84,10 +87,7 @@ def passkey_ids(tokenizer: Any, passkey: int, length: int, depth: float) -> list
     """
     if not 0.0 <= depth <= 1.0:
         raise LongqaError(f"depth must be within [0, 1] (got {depth})")
-    bos = getattr(tokenizer, "bos_token_id", None)
-    head = _ids(tokenizer, TASK_LINE + "\n")
-    if bos is not None and tokenizer(".")["input_ids"][:1] == [bos]:
-        head = [bos] + head
+    head = special_prefix(tokenizer) + _ids(tokenizer, TASK_LINE + "\n")  # one BOS when it has one
     info = key_sentence_ids(tokenizer, passkey)
     tail = _ids(tokenizer, "\n" + QUESTION)
     budget = length - len(head) - len(info) - len(tail)

@@ -222,12 +222,11 @@ def greedy_generate(
 
 
 def chat_prompt(tokenizer: Any, user: str, system: str | None = None) -> str:
-    """``user`` wrapped in the tokenizer's chat template (plain text when it has none)."""
-    if not getattr(tokenizer, "chat_template", None):
-        return user if system is None else f"{system}\n\n{user}"
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": user})
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    """``user`` wrapped in the tokenizer's chat template (plain text when it has none); encode it
+    with :func:`longqa.data.prompting.encode_for_generation` (one BOS)."""
+    from longqa.data.prompting import chat_text
+
+    return chat_text(tokenizer, user, system)
 
 
 def progress_bar(total: int, description: str):

@@ -12,8 +12,11 @@ and writes the base model's config with the RoPE settings to ``base_model_config
 (engines take RoPE from the base config, never from a LoRA adapter).
 
 The RoPE spec the adapter was trained with becomes transformers' ``rope_parameters`` (and the legacy
-``rope_scaling`` + ``rope_theta`` keys older engines read): static methods as themselves, always with
-``original_max_position_embeddings``; ``abf`` and static ``ntk`` as a new ``rope_theta``; dynamic
+``rope_scaling`` + ``rope_theta`` keys older engines read): static methods as themselves (yarn and
+llama3 with ``original_max_position_embeddings``; linear does not depend on it and transformers
+warns when it is there); ``abf`` and static ``ntk`` as a new ``rope_theta``;
+``max_position_embeddings`` = ceil(factor × L0) for every scaled method (what transformers checks
+YaRN's factor against, and where lm-eval / vLLM cap prompts); dynamic
 methods, which standard engines do not implement the way training ran them, as their static
 counterpart at the trained length's scale (dynamic YaRN s = (L + margin) / L0 → static YaRN with that
 factor), with a warning: shorter prompts then see the long-context scale instead of a smaller one.
@@ -72,7 +75,6 @@ def hf_rope_parameters(
     method, factor = spec.method, spec.factor
     if factor is None and spec.max_position_embeddings is not None:
         factor = max(1.0, spec.max_position_embeddings / l0)
-    target = spec.max_position_embeddings
     if method.startswith("dynamic-"):
         if not trained_length:
             raise LongqaError(
@@ -98,20 +100,25 @@ def hf_rope_parameters(
                 seq_len=seq,
             )
             base, method = float(inv[1].double() ** (-_head_dim(config) / 2)), "abf"
+            factor = max(seq, l0) / l0  # the scale that base was computed for
             warnings.append(
                 f"dynamic-ntk exported as a fixed rope_theta {base:.6g} (its value at the trained "
                 f"length {seq}); shorter prompts see that base instead of a smaller one"
             )
-        target = target or max(seq, l0)
     if method == "ntk":  # static NTK-aware scaling is a new base: base·s^(d/(d-2))
         d = _head_dim(config)
         base, method = base * float(factor) ** (d / (d - 2)), "abf"
+    # The window every scaled method addresses is factor × L0: transformers derives YaRN's
+    # implicit factor from it (and warns on a mismatch), lm-eval and vLLM cap prompts at it.
+    new_window = math.ceil(round(float(factor) * l0, 6)) if factor is not None else None
     params: dict[str, Any] = {"rope_theta": base}
     if method in ("abf", "none"):
         params["rope_type"] = "default"
-        new_window = int(target or config.max_position_embeddings)
+        new_window = new_window or spec.max_position_embeddings or config.max_position_embeddings
     else:
-        params.update(rope_type=method, factor=float(factor), original_max_position_embeddings=l0)
+        params.update(rope_type=method, factor=float(factor))
+        if method in ("yarn", "llama3"):  # transformers rejects the key for linear (a warning)
+            params["original_max_position_embeddings"] = l0
         if method == "yarn":
             params.update(
                 beta_fast=float(spec.beta_fast),
@@ -125,13 +132,17 @@ def hf_rope_parameters(
             )
         elif method != "linear":
             raise LongqaError(f"rope method '{method}' has no standard config equivalent")
-        new_window = int(target or math.ceil(float(factor) * l0))
     if spec.attention_factor is not None and method != "yarn":
         warnings.append(
             f"attention_factor {spec.attention_factor} cannot be expressed for rope_type "
             f"'{params['rope_type']}' in a standard config and is dropped"
         )
-    return params, new_window, warnings
+    if spec.logn:
+        warnings.append(
+            "log-n attention (rope.logn) has no standard config equivalent and is dropped: "
+            "engines run the exported model without it"
+        )
+    return params, int(new_window), warnings
 
 
 def write_rope_config(config_file: Path, params: dict[str, Any], window: int) -> dict[str, Any]:

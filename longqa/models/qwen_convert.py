@@ -23,10 +23,13 @@ original                          Qwen2
 ================================  =============================================================
 
 Config: ``intermediate_size`` is halved (the original counts both branches), RMSNorm eps comes from
-``layer_norm_epsilon``, RoPE base from ``rotary_emb_base``, the window from ``seq_length``.
-Qwen's inference-time dynamic-NTK and log-n attention scaling are NOT carried over: the converted
-model uses plain RoPE and the recipe's RoPE spec decides any scaling (dynamic YaRN, no log-n, as in
-the long-context paraphrasing recipe). Conversion streams one shard at a time: each output tensor is
+``layer_norm_epsilon``, RoPE base from ``rotary_emb_base``, the window from ``seq_length`` — the
+trained window (2048 for Qwen-14B), not ``max_position_embeddings`` (8192 there: how far its
+inference-time dynamic NTK reaches); RoPE scaling takes its original window L0 from it.
+Qwen's inference-time dynamic-NTK and log-n attention scaling are NOT carried over into the config:
+the converted model uses plain RoPE and the RoPE spec decides any scaling — the original behaviour
+is ``--rope dynamic-ntk --ntk-variant qwen --logn``, the long-context paraphrasing recipe uses dynamic
+YaRN without log-n. The original settings are recorded in ``longqa_conversion.json``. Conversion streams one shard at a time: each output tensor is
 read, split and written before the next shard is opened, so two copies of the weights never exist.
 """
 
@@ -62,8 +65,10 @@ _IN_LAYER = {
     "mlp.c_proj.weight": "mlp.down_proj.weight",
 }
 NOT_CARRIED = (
-    "dynamic-NTK and log-n attention are not carried over (the recipe's RoPE spec decides)"
+    "dynamic-NTK and log-n attention are not carried over (the RoPE spec decides; the original "
+    "behaviour is --rope dynamic-ntk --ntk-variant qwen --logn)"
 )
+ORIGINAL_KEYS = ("seq_length", "max_position_embeddings", "use_dynamic_ntk", "use_logn_attn")
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -233,7 +238,8 @@ def convert_checkpoint(src: str | Path, out: str | Path, progress: bool = True) 
         raise LongqaError(f"checkpoint folder not found: {src}")
     if not is_original_qwen(src):
         raise LongqaError(f"{src}: not an original-Qwen checkpoint (config model_type 'qwen')")
-    config = qwen2_config(_read_config(src), str(src / "config.json"))
+    original = _read_config(src)
+    config = qwen2_config(original, str(src / "config.json"))
     log.warning("converting %s to Qwen2: %s", src, NOT_CARRIED)
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -272,7 +278,14 @@ def convert_checkpoint(src: str | Path, out: str | Path, progress: bool = True) 
     )
     gen.save_pretrained(str(tmp))
     _copy_tokenizer(src, tmp)
-    atomic_write_json(tmp / MARKER, {"source": str(src.resolve()), "note": NOT_CARRIED})
+    atomic_write_json(
+        tmp / MARKER,
+        {
+            "source": str(src.resolve()),
+            "note": NOT_CARRIED,
+            "original": {k: original[k] for k in ORIGINAL_KEYS if k in original},
+        },
+    )
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

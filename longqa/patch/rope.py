@@ -15,6 +15,12 @@ factor (``longqa.ops.rope_scaling``). The model config and library source are le
 Dynamic methods (``dynamic-ntk``, ``dynamic-yarn``) fix their scale at prefill — a forward with more
 than one new token, the first call, or a call starting at position 0 — and keep it for the
 single-token decoding steps that follow, so cached keys and new queries share one rotation base.
+The scale is per sample, as original Qwen computes it per sample: in a packed row (position ids
+restart at each sample) and in a padded batch each sample's frequencies come from its own length
+(the largest position of its run of consecutive positions + 1), never from the longest sample's.
+
+``spec.logn`` adds original Qwen's log-n query scaling past the original window
+(:mod:`longqa.patch.logn`), removed again by :func:`revert_rope_scaling`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from longqa.config.recipe import RopeConfig
 from longqa.core.errors import LongqaError
 from longqa.ops.rope_scaling import check_params, compute_rope, is_dynamic
 from longqa.patch.families import FAMILIES, family_class_of, family_of
+from longqa.patch.logn import apply_logn_attention, logn_factors, revert_logn_attention
 
 # config.max_position_embeddings of a model patched with a method that sets no limit (the config
 # field must be an int; int32's maximum is beyond any sequence a position tensor holds)
@@ -61,8 +68,13 @@ class LongqaRotaryEmbedding(nn.Module):
         self.params = spec.model_dump()
         self.head_dim, self.base, self.original_length = head_dim, base, original_length
         self.dynamic = is_dynamic(spec.method)
-        self.fixed_seq_len: int | None = None  # length the dynamic scale was fixed at
+        self.fixed_seq_len: int | None = None  # longest sample length at the last prefill
+        self._row_lengths: Tensor | None = None  # per row: the length its decoding continues
+        self._by_length: dict[int, tuple[Tensor, float]] = {}
         self.num_rescales = 0
+        self.logn_enabled = False  # set by longqa.patch.logn
+        self.logn_factors: Tensor | None = None  # [B, T, 1] of the last forward
+        self.logn_hooks: list[Any] = []
         inv_freq, self.attention_scaling = self._compute(None)
         # Float32 master copy as a plain attribute, so model.to(bfloat16) cannot round it.
         self._inv_freq = inv_freq
@@ -86,20 +98,46 @@ class LongqaRotaryEmbedding(nn.Module):
             seq_len=seq_len,
         )
 
-    def _maybe_rescale(self, position_ids: Tensor) -> None:
+    def _at_length(self, seq_len: int) -> tuple[Tensor, float]:
+        """(inv_freq, attention factor) at ``seq_len``, memoised."""
+        if seq_len not in self._by_length:
+            if len(self._by_length) > 256:
+                self._by_length.clear()
+            self._by_length[seq_len] = self._compute(seq_len)
+        return self._by_length[seq_len]
+
+    def _prefill_lengths(self, position_ids: Tensor) -> Tensor | None:
+        """Per-token sample lengths ``[B, T]`` at prefill; ``None`` on a decoding step (the
+        lengths fixed at prefill are kept)."""
         new_tokens = position_ids.shape[-1]
         is_prefill = (
             self.fixed_seq_len is None or new_tokens > 1 or int(position_ids.min().item()) == 0
         )
         if not is_prefill:
-            return  # decoding step: keep the prefill's scale
-        seq_len = int(position_ids.max().item()) + 1
-        if seq_len == self.fixed_seq_len:
-            return
-        inv_freq, self.attention_scaling = self._compute(seq_len)
-        self._inv_freq = inv_freq.to(self._inv_freq.device)
-        self.fixed_seq_len = seq_len
-        self.num_rescales += 1
+            return None
+        lengths = sample_lengths(position_ids)
+        row_lengths = lengths[:, -1].cpu()  # the sample that decoding continues, per row
+        if self._row_lengths is None or not torch.equal(self._row_lengths, row_lengths):
+            self.num_rescales += 1
+        self._row_lengths = row_lengths
+        self.fixed_seq_len = int(row_lengths.max().item())
+        return lengths
+
+    def _dynamic_freqs(self, position_ids: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Per-token (inv_freq ``[B, T, d/2]``, attention factor ``[B, T, 1]``)."""
+        lengths = self._prefill_lengths(position_ids)
+        if lengths is None:  # decoding: each row keeps its prefill length
+            rows = self._row_lengths
+            if rows is None or rows.numel() != position_ids.shape[0]:
+                rows = torch.full((position_ids.shape[0],), int(self.fixed_seq_len or 1))
+            lengths = rows.to(position_ids.device)[:, None].expand_as(position_ids)
+        unique = torch.unique(lengths)
+        table = [self._at_length(int(n)) for n in unique.tolist()]
+        inv = torch.stack([t[0] for t in table]).to(device)  # [U, d/2]
+        attn = torch.tensor([t[1] for t in table], dtype=torch.float32, device=device)  # [U]
+        index = torch.searchsorted(unique.to(device), lengths.to(device).contiguous())  # [B, T]
+        self._inv_freq, self.attention_scaling = table[-1][0].to(device), table[-1][1]
+        return inv[index], attn[index][..., None]
 
     @torch.no_grad()
     def forward(
@@ -107,18 +145,42 @@ class LongqaRotaryEmbedding(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         if position_ids is None:
             position_ids = torch.arange(x.shape[-2], device=x.device)[None]
+        if self.logn_enabled:
+            self.logn_factors = logn_factors(position_ids, self.original_length)
         if self.dynamic:
-            self._maybe_rescale(position_ids)
-        if self._inv_freq.device != x.device:
-            self._inv_freq = self._inv_freq.to(x.device)
-        freqs = position_ids[..., None].float() * self._inv_freq  # [B, T, d/2]
+            inv_freq, attn = self._dynamic_freqs(position_ids, x.device)  # [B, T, d/2], [B, T, 1]
+            freqs = position_ids[..., None].float() * inv_freq
+        else:
+            if self._inv_freq.device != x.device:
+                self._inv_freq = self._inv_freq.to(x.device)
+            freqs = position_ids[..., None].float() * self._inv_freq  # [B, T, d/2]
+            attn = self.attention_scaling
         emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, d]
-        cos = emb.cos() * self.attention_scaling
-        sin = emb.sin() * self.attention_scaling
+        cos = emb.cos() * attn
+        sin = emb.sin() * attn
         return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
 
     def extra_repr(self) -> str:
         return f"method={self.spec.method}, head_dim={self.head_dim}, base={self.base:g}"
+
+
+def sample_lengths(position_ids: Tensor) -> Tensor:
+    """Length of the sample each token belongs to, ``[B, T]`` (long).
+
+    A sample is a run of consecutive positions (``p, p+1, …``): packed rows restart at 0 for each
+    sample, left padding repeats a position (HF fills pads with 1). A sample's length is its last
+    position + 1 — for a decoding continuation, the whole sequence so far.
+    """
+    pos = position_ids.long()
+    if pos.dim() == 1:
+        pos = pos[None]
+    batch, width = pos.shape
+    starts = torch.ones_like(pos, dtype=torch.bool)
+    starts[:, 1:] = (pos[:, 1:] - pos[:, :-1]) != 1
+    segment = starts.cumsum(-1) + torch.arange(batch, device=pos.device)[:, None] * (width + 1)
+    last = torch.zeros(batch * (width + 1), dtype=pos.dtype, device=pos.device)
+    last = last.scatter_reduce(0, segment.reshape(-1), pos.reshape(-1), "amax", include_self=False)
+    return last[segment] + 1
 
 
 def _as_spec(spec: RopeConfig | dict[str, Any]) -> RopeConfig:
@@ -191,7 +253,8 @@ def apply_rope_scaling(model: nn.Module, spec: RopeConfig | dict[str, Any]) -> n
     rope = _as_spec(spec)
     revert_rope_scaling(model)
     if rope.method == "none" and rope.attention_factor is None and rope.base is None:
-        return model
+        if not rope.logn:
+            return model
     targets = _rotary_modules(model)
     if not targets:
         raise LongqaError(
@@ -212,6 +275,10 @@ def apply_rope_scaling(model: nn.Module, spec: RopeConfig | dict[str, Any]) -> n
         patched._inv_freq = patched._inv_freq.to(module.inv_freq.device)
         patched.window_backup = _extend_window(config, rope)
         setattr(parent, attr, patched)
+    if rope.logn:
+        if len(targets) != 1:
+            raise LongqaError("log-n attention needs a model with a single rotary embedding")
+        apply_logn_attention(model, getattr(targets[0][0], targets[0][1]))
     return model
 
 
@@ -241,7 +308,9 @@ def _restore_window(backup: dict[str, Any] | None) -> None:
 
 
 def revert_rope_scaling(model: nn.Module) -> nn.Module:
-    """Put the original rotary embedding module(s) back (no-op when not patched)."""
+    """Put the original rotary embedding module(s) back and remove log-n hooks (no-op when not
+    patched)."""
+    revert_logn_attention(model)
     for parent, attr, module in reversed(_rotary_modules(model)):
         if isinstance(module, LongqaRotaryEmbedding):
             _restore_window(getattr(module, "window_backup", None))
