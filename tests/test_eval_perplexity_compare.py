@@ -236,7 +236,7 @@ def test_cli_protocol_flags_are_checked_before_loading_a_model(tmp_path):
 
 def test_cli_logn_flag_becomes_part_of_the_spec(monkeypatch, tmp_path):
     from longqa.core.errors import LongqaError
-    from longqa.eval import runner
+    from longqa.models import load as load_module
 
     seen = {}
 
@@ -244,10 +244,19 @@ def test_cli_logn_flag_becomes_part_of_the_spec(monkeypatch, tmp_path):
         seen["rope"] = rope
         raise LongqaError("stop after parsing")
 
-    monkeypatch.setattr(runner, "load_for_eval", fake_load)
-    args = ["passkey", "--model", "m", "--rope", "dynamic-ntk", "--ntk-variant", "qwen", "--logn"]
+    monkeypatch.setattr(load_module, "load", fake_load)
+    args = [
+        "passkey",
+        "--model",
+        "m",
+        "--rope",
+        "dynamic-ntk",
+        "--rope-ntk-variant",
+        "qwen",
+        "--rope-logn",
+    ]
     res = _cli(args)
     assert "stop after parsing" in str(res.exception)
     assert seen["rope"].logn and seen["rope"].ntk_variant == "qwen"
-    res = _cli(["passkey", "--model", "m", "--logn"])
-    assert "--logn needs --rope METHOD" in str(res.exception)
+    res = _cli(["passkey", "--model", "m", "--rope-logn"])
+    assert "--rope-logn needs --rope METHOD" in str(res.exception)
