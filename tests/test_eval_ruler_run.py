@@ -21,7 +21,7 @@ from longqa.eval.ruler.scoring import (
     string_match_all,
     string_match_part,
 )
-from longqa.eval.ruler.tasks import TASKS, GenContext
+from longqa.eval.ruler.tasks import TASKS, GenContext, generator_for
 from longqa.eval.ruler.words import word_pool
 
 
@@ -117,9 +117,7 @@ def test_budget_search_fills_the_length_on_tiny_tokenizer(task):
     total = len(ids) + TASKS[task].tokens_to_generate
     assert 0.99 * 8192 <= total <= 8192
     # one more haystack unit would not fit
-    gen_more = fit_sample.__globals__["generator_for"](TASKS[task].family)(
-        TASKS[task], n + 1, "0", ctx
-    )
+    gen_more = generator_for(TASKS[task].family)(TASKS[task], n + 1, "0", ctx)
     assert (
         len(encode_prompt(tok, gen_more.input, gen_more.answer_prefix))
         + TASKS[task].tokens_to_generate
@@ -192,7 +190,7 @@ def test_qa_squad_gold_document_in_prompt(tmp_path):
     data = read_qa("squad", path)
     assert len(data["qas"]) == 1 and data["qas"][0]["outputs"] == ["Paris"]
     ctx = GenContext(words=word_pool(None, 2000), qa_data={"squad": data}, length=1024)
-    gen = fit_sample.__globals__["generator_for"]("qa")
+    gen = generator_for("qa")
     s = gen(TASKS["qa_1"], 5, "0", ctx)
     gold = [s.input[a:b] for a, b in s.spans]
     assert len(gold) == 1 and gold[0].endswith("Paris is the capital of France.")

@@ -20,9 +20,12 @@ def _rows(path):
 
 def test_evaluate_logs_by_length_and_restores_train_mode(tmp_path):
     model, tok = tiny_llama(max_position_embeddings=1024), tiny_tokenizer()
+    (tmp_path / "hay").mkdir()
+    (tmp_path / "hay" / "a.txt").write_text("The sky is blue. The sea is green. " * 200)
     cfg = EvalConfig(
-        enabled=True, lengths=[768, 512], samples=1, ruler=["niah_single_1"], max_new_tokens=8
-    )
+        enabled=True, lengths=[768, 512], samples=1, ruler=["niah_single_1"], max_new_tokens=8,
+        needle=True, haystack=str(tmp_path / "hay"),
+    )  # fmt: skip
     printed = []
 
     class Console:
@@ -34,14 +37,15 @@ def test_evaluate_logs_by_length_and_restores_train_mode(tmp_path):
     row = cb.evaluate(model, step=3)
     assert model.training  # back in training mode
     assert all(p.grad is None for p in model.parameters())  # no gradients from the probe
-    assert set(row["passkey"]) == {"512", "768"} and set(row["ruler"]) == {"512", "768"}
+    assert set(row["passkey"]) == set(row["needle"]) == set(row["ruler"]) == {"512", "768"}
     assert row["ruler_table"]["niah_single_1"].keys() == {"512", "768"}
     logged = _rows(tmp_path / "train_log.jsonl")
     assert logged == [row] and row["event"] == "eval" and row["step"] == 3
     # the effective context follows RULER's definition on the logged scores
     want = max([int(k) for k, v in row["ruler"].items() if v >= 85.6], default=0)
     assert row["effective_context"] == want
-    assert (tmp_path / "eval" / "sft-step3" / "ruler" / "summary.json").is_file()
+    for probe in ("passkey", "needle", "ruler"):
+        assert (tmp_path / "eval" / "sft-step3" / probe / "results.jsonl").is_file()
     assert any("sft" in m and "step 3 eval" in m for m in printed)
     info = cb.bundle_info()
     assert info["effective_context"] == want and info["eval"]["step"] == 3

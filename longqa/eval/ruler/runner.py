@@ -40,6 +40,7 @@ def gen_context(
     qa = {name: read_qa(name, path) for name, path in (qa_files or {}).items() if path}
     return GenContext(
         words=word_pool(folder, words_needed),
+        word_source=folder,
         essay_words=load_essay_words(folder) if folder else None,
         qa_data=qa,
     )
@@ -80,7 +81,7 @@ def make_items(
             if spec.family == "common_words" and len(ctx.words) < length // 4:
                 from longqa.eval.ruler.words import word_pool
 
-                lctx = replace(lctx, words=word_pool(None, length // 4))
+                lctx = replace(lctx, words=word_pool(ctx.word_source, length // 4))
             for i in range(samples):
                 sample, ids, n = fit_sample(
                     tokenizer, spec, length, f"{seed}-{task}-{length}-{i}", lctx

@@ -149,6 +149,7 @@ class GenContext:
 
     words: tuple[str, ...]
     essay_words: list[str] | None = None
+    word_source: str | None = None  # the folder ``words`` came from (None: generated only)
     length: int = 4096
     qa_data: dict[str, Any] = field(default_factory=dict)
 
