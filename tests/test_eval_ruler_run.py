@@ -273,3 +273,12 @@ def test_cli_rejects_bad_tasks_before_loading():
     )
     assert result.exit_code != 0 and isinstance(result.exception, LongqaError)
     assert "unknown RULER task 'bogus'" in str(result.exception)
+
+
+def test_cli_rejects_empty_haystack_before_loading(tmp_path):
+    from longqa.cli.app import app
+
+    args = ["eval", "ruler", "--model", "/nonexistent", "--haystack", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, LongqaError)
+    assert "no text to build a haystack" in str(result.exception)

@@ -381,6 +381,10 @@ def ruler(
         if path is not None and not path.exists():
             raise LongqaError(f"not found: {path}")
     hay = haystack or shared_essays()
+    if haystack is not None:
+        from longqa.eval.ruler.haystack import load_essay_words
+
+        load_essay_words(haystack)  # fail on an empty folder before loading the model
     mdl, tok, spec = _load(locals())
     _warn(mdl, spec, lens)
     summary = run_ruler(
