@@ -1,4 +1,4 @@
-"""`longqa eval …`: passkey, needle, passage-retrieval, perplexity, compare.
+"""`longqa eval …`: passkey, needle, passage-retrieval, perplexity, ruler, compare.
 
 Examples::
 
@@ -10,6 +10,8 @@ Examples::
     longqa eval perplexity --model M --rope yarn --rope-factor 2 --data docs/ --lengths 2048,8192,16384
     longqa eval perplexity --model M --data pg19/ --protocol yarn --min-tokens 16384 --samples 10
     longqa eval passkey --model Qwen/Qwen-14B-Chat --rope dynamic-ntk --rope-ntk-variant qwen --rope-logn
+    longqa eval ruler --model smollm2-135m --rope dynamic-yarn --lengths 4096,8192 --tasks all \\
+        --samples 5 --haystack ../shared/corpora/paul_graham_essays --out runs/ruler
     longqa eval compare runs/pk-none runs/pk-yarn2 runs/pk-adapter
 
 Thin wrappers over ``longqa.eval``; every run writes ``results.jsonl`` + ``summary.json`` in
@@ -300,6 +302,69 @@ def perplexity(
     for length, ppl in summary["by_length"].items():
         typer.echo(f"length {length}: perplexity {ppl:.3f}")
     typer.echo(f"protocol {summary['protocol']} → {out_dir / 'perplexity_by_length.png'}")
+
+
+@app.command("ruler")
+@rope_options
+def ruler(
+    model: ModelOpt = "smollm2-135m",
+    adapter: AdapterOpt = None,
+    rope: RopeConfig | None = None,
+    lengths: Annotated[str, typer.Option(help="context lengths in tokens")] = "4096,8192",
+    tasks: Annotated[
+        str, typer.Option(help="all, a family (niah, qa) or comma-separated RULER task names")
+    ] = "all",
+    samples: Annotated[int, typer.Option(help="samples per task and length")] = 5,
+    seed: Annotated[int, typer.Option(help="seed for keys, values and positions")] = 0,
+    haystack: Annotated[
+        Path | None, typer.Option(help="essay haystack folder of .txt/.md (default: shared essays)")
+    ] = None,
+    qa_squad: Annotated[Path | None, typer.Option(help="SQuAD-format JSON for qa_1")] = None,
+    qa_hotpot: Annotated[Path | None, typer.Option(help="HotpotQA-format JSON for qa_2")] = None,
+    threshold: Annotated[
+        float, typer.Option(help="effective-context threshold (average score, 0-100)")
+    ] = 85.6,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="cap on RULER's tokens to generate per task")
+    ] = None,
+    dtype: DtypeOpt = "float32",
+    batch_size: BatchOpt = 1,
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """RULER synthetic tasks (niah ×8, vt, cwe, fwe, qa ×2): task × length table, effective context."""
+    from longqa.core.paths import shared_essays
+    from longqa.eval.ruler import resolve_tasks, run_ruler
+
+    lens, names = _ints(lengths, "--lengths"), resolve_tasks(tasks)
+    if samples < 1:
+        raise LongqaError("--samples must be >= 1")
+    for path in (haystack, qa_squad, qa_hotpot):
+        if path is not None and not path.exists():
+            raise LongqaError(f"not found: {path}")
+    hay = haystack or shared_essays()
+    if haystack is not None:
+        from longqa.eval.ruler.haystack import load_essay_words
+
+        load_essay_words(haystack)  # fail on an empty folder before loading the model
+    mdl, tok, spec = _load(model, adapter, rope, dtype)
+    _warn(mdl, spec, lens)
+    summary = run_ruler(
+        mdl, tok, spec, lengths=lens, tasks=names, samples=samples, seed=seed, haystack=hay,
+        qa_files={"squad": qa_squad, "hotpotqa": qa_hotpot}, threshold=threshold,
+        max_new_tokens=max_new_tokens, out_dir=_out(out, "ruler", model, spec),
+        batch_size=batch_size, model_name=model, overwrite=overwrite,
+        notify=lambda m: typer.echo(f"notice: {m}", err=True),
+    )  # fmt: skip
+    table = {t: dict(v) for t, v in summary["table"].items()}
+    table["average"] = dict(summary["by_length"])
+    _print_grid(table, "task", "length", f"RULER score ×100 [{summary['rope']}]")
+    eff = summary["effective_context"]
+    typer.echo(
+        f"average {summary['score']:.2f}; effective context "
+        f"{eff if eff else 'below the shortest length'} (threshold {summary['threshold']:g})"
+        f" → {summary['out_dir']}"
+    )
 
 
 @app.command("compare")

@@ -175,6 +175,36 @@ class MemoryConfig(_Strict):
     offload_activations: bool = Field(False, description="checkpoint inputs to pinned CPU (GPU)")
 
 
+class EvalConfig(_Strict):
+    """Long-context probes run on the model being trained (``longqa.train.eval_callback``)."""
+
+    enabled: bool = False
+    every_steps: int = Field(0, ge=0, description="every N optimizer steps (0: phase ends only)")
+    at_end: bool = Field(True, description="also at the end of every phase")
+    lengths: list[int] = Field(default_factory=lambda: [4096], description="context lengths")
+    samples: int = Field(2, ge=1, description="passkey trials / needle depths / RULER samples")
+    passkey: bool = True
+    needle: bool = False
+    ruler: list[str] = Field(
+        default_factory=lambda: ["niah_single_1", "vt"], description="RULER task names"
+    )
+    haystack: str | None = Field(None, description="essay folder (default: the shared essays)")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="cap on RULER's tokens to generate (default: RULER's per task)"
+    )
+    threshold: float = Field(85.6, ge=0, le=100, description="effective-context threshold")
+    collapse_ratio: float = Field(
+        0.5, gt=0, le=1, description="warn when the longest length falls below this × its best"
+    )
+
+    @field_validator("lengths")
+    @classmethod
+    def _positive_lengths(cls, v: list[int]) -> list[int]:
+        if not v or any(x < 64 for x in v):
+            raise ValueError(f"lengths must be a non-empty list of lengths >= 64 (got {v})")
+        return sorted(set(v))
+
+
 class OutputConfig(_Strict):
     dir: str = "runs/{name}"
 
@@ -189,6 +219,7 @@ class Recipe(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     kernels: KernelsConfig = Field(default_factory=KernelsConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @property

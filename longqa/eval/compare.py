@@ -5,8 +5,9 @@ Usage::
     from longqa.eval.compare import compare_runs
     rows = compare_runs("runs/pk-none", "runs/pk-yarn")   # [(metric, value1, value2, delta), ...]
 
-The headline metric (the summary's ``"metric"`` key) comes first, then every ``by_length`` and
-``by_depth`` entry either run has; a value missing from one run shows as ``None``.
+The headline metric (the summary's ``"metric"`` key) comes first, then every ``by_length``,
+``by_depth`` and ``by_task`` (RULER) entry either run has; a value missing from one run shows as
+``None``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _flat(summary: dict[str, Any]) -> dict[str, Any]:
     for key in ("accuracy", "score", "perplexity", "n"):
         if key in summary and key not in flat:
             flat[key] = summary[key]
-    for group in ("by_length", "by_depth"):
+    for group in ("by_length", "by_depth", "by_task"):
         for k, v in (summary.get(group) or {}).items():
             flat[f"{group.split('_')[1]} {k}"] = v
     return flat

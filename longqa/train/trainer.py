@@ -148,6 +148,7 @@ def run_training(
     model = None
     prev_adapter: Path | None = None
     skipped_rows: Counter = Counter()
+    probes = _eval_callback(recipe, tokenizer, out_dir, console)
     for phase in recipe.train.phases:
         phase_dir = out_dir / phase.name
         adapter = phase_dir / "adapter"
@@ -192,12 +193,16 @@ def run_training(
         trainer.add_callback(metrics)
         for cb in callbacks:
             trainer.add_callback(cb)
+        if probes is not None:
+            probes.phase = phase.name
+            trainer.add_callback(probes)
         if checkpoint:
             console.print(f"phase {phase.name}: resuming from {checkpoint}", highlight=False)
         trainer.train(resume_from_checkpoint=checkpoint)
         save_adapter_bundle(
             model, tokenizer, recipe, adapter, phase=phase.name,
             steps=trainer.state.global_step, complete=True,
+            **(probes.bundle_info() if probes is not None else {}),
         )  # fmt: skip
         console.print(f"phase {phase.name}: adapter saved to {adapter}", highlight=False)
         prev_adapter = adapter
@@ -214,3 +219,14 @@ def run_training(
         )
     console.print(f"[green]done:[/] adapter in {final}", highlight=False)
     return final
+
+
+def _eval_callback(recipe: Recipe, tokenizer: Any, out_dir: Path, console: Any) -> Any:
+    """The long-context probe callback when the recipe's ``eval.enabled`` is set, else None."""
+    if not recipe.eval.enabled:
+        return None
+    from longqa.train.eval_callback import LongContextEvalCallback
+
+    return LongContextEvalCallback(
+        recipe.eval, tokenizer, recipe.rope, out_dir, console=console, log_file=LOG_FILE
+    )
