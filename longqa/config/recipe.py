@@ -144,6 +144,8 @@ class TrainConfig(_Strict):
 class KernelsConfig(_Strict):
     rope: bool = Field(False, description="fused Triton RoPE (GPU only)")
     fused_ce: bool = Field(True, description="chunked/fused linear cross-entropy")
+    tiled_mlp: bool = Field(False, description="MLP over sequence tiles (ALST): O(tile) memory")
+    tiled_mlp_tile: int = Field(0, ge=0, description="tokens per MLP tile; 0 = the hidden size")
 
 
 class MemoryConfig(_Strict):

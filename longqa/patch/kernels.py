@@ -18,6 +18,8 @@ Usage::
 * ``kernels.fused_ce``: :func:`fused_causal_lm_loss` computes the shifted causal-LM loss from the
   final hidden states with :func:`longqa.ops.fused_ce.chunked_linear_cross_entropy` (Triton on CUDA,
   chunked torch on CPU).
+* ``kernels.tiled_mlp``: :func:`longqa.patch.tiled_mlp.apply_tiled_mlp` runs every gated MLP over
+  sequence tiles of ``kernels.tiled_mlp_tile`` tokens (CPU and GPU).
 * ``memory.offload_activations``: :class:`longqa.ops.offload.ActivationOffloader` on every
   gradient-checkpointed decoder layer (CUDA only).
 """
@@ -34,6 +36,7 @@ from torch import Tensor, nn
 from longqa.config.recipe import KernelsConfig, MemoryConfig
 from longqa.core.errors import LongqaError
 from longqa.ops.offload import ActivationOffloader
+from longqa.patch.tiled_mlp import apply_tiled_mlp, revert_tiled_mlp
 
 ROPE_FAMILIES = ("llama", "qwen2", "mistral", "qwen3")
 _STATE_ATTR = "_longqa_kernels"
@@ -166,6 +169,8 @@ def apply_kernels(
     if kernels.fused_ce:
         path = "Triton" if on_cuda else "chunked torch"
         notes.append(f"fused cross-entropy on ({path} path)")
+    if kernels.tiled_mlp:
+        notes.append(apply_tiled_mlp(model, kernels.tiled_mlp_tile))
     if memory.offload_activations:
         off = offloader or ActivationOffloader()
         if not (on_cuda or off.simulate):
@@ -189,6 +194,7 @@ def revert_kernels(model: nn.Module) -> None:
     if not state:
         return
     _uninstall_rope(state)
+    revert_tiled_mlp(model)
     if state.get("offloader") is not None:
         ActivationOffloader.uninstall(model)
 
