@@ -130,7 +130,9 @@ class TrainConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     optim: str = "paged_adamw_8bit"
     gradient_checkpointing: bool = True
-    loss_chunk_size: int = Field(4096, ge=1, description="tokens per chunk of the LM-head loss")
+    loss_chunk_size: int = Field(
+        4096, ge=0, description="tokens per chunk of the LM-head loss; 0 = chosen from memory"
+    )
     save_steps: int = Field(50, ge=1)
     logging_steps: int = Field(1, ge=1)
     seed: int = 42

@@ -12,7 +12,8 @@ cross-entropy are then applied chunk by chunk through
 (``lm_head`` on every position, then ``F.cross_entropy``), kept for comparison and benchmarks.
 
 The returned value is the *sum* of per-token losses over label tokens and their count, so callers
-can form a token-weighted mean over a whole gradient-accumulation step.
+can form a token-weighted mean over a whole gradient-accumulation step. ``chunk_size=0`` picks the
+chunk from memory (:func:`longqa.train.plan.loss_chunk_from_memory`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ def causal_lm_loss(
         hidden = hidden.to(weight.dtype)
     if n_tokens.item() == 0:
         return hidden.sum() * 0.0, n_tokens
+    if chunk_size <= 0:  # train.loss_chunk_size: 0 -> vocab x chunk sized from memory
+        from longqa.train.plan import loss_chunk_from_memory
+
+        chunk_size = loss_chunk_from_memory(weight.shape[0])
     if chunked:
         from longqa.ops.fused_ce import chunked_linear_cross_entropy
 
