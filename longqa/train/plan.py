@@ -226,11 +226,13 @@ def plan_memory(recipe: Recipe, gpu_mem_gb: float = 80.0, seq_len: int | None = 
     if recipe.kernels.tiled_mlp:
         tile = recipe.kernels.tiled_mlp_tile or shape.hidden
         plan.notes.append(f"tiled MLP: {tile:,}-token tiles")
-    plan.max_fit_len = _max_fit(recipe, shape, gpu_mem_gb)
+    plan.max_fit_len = longest_fitting_length(recipe, shape, gpu_mem_gb)
     return plan
 
 
-def _max_fit(recipe: Recipe, shape: ModelShape, gpu_mem_gb: float) -> int | None:
+def longest_fitting_length(recipe: Recipe, shape: ModelShape, gpu_mem_gb: float) -> int | None:
+    """Longest length (to 256 tokens) whose estimate fits ``gpu_mem_gb``; None below 1024."""
+
     def fits(n: int) -> bool:
         return sum(estimate_bytes(recipe, shape, n).values()) / GB <= gpu_mem_gb
 
