@@ -128,7 +128,7 @@ def apply_variant(env: Env, model: Any, name: str, variant: str) -> list[str]:
         return []
     kernels = KernelsConfig(
         rope=flags.get("rope", False), fused_ce=flags.get("ce", False),
-        tiled_mlp=flags.get("tiled", False),
+        tiled_mlp=flags.get("tiled", False), tiled_mlp_tile=8 if env.dry_run else 0,
     )  # fmt: skip
     offloader = ActivationOffloader(simulate=env.dry_run, min_bytes=0 if env.dry_run else 1 << 20)
     memory = MemoryConfig(offload_activations=flags.get("offload", False))

@@ -85,6 +85,29 @@ def test_only_the_input_is_saved_for_backward():
     assert tiled <= 256 * 64 + sum(p.numel() for p in params)  # x and the LoRA weights only
 
 
+def test_backward_recomputes_under_the_forward_autocast():
+    model = _lora_model(dtype=torch.float32)
+    mlp = mlp_modules(model)[0]
+    params = [p for p in mlp.parameters() if p.requires_grad]
+    x = torch.randn(1, 29, 64, requires_grad=True)
+    g = torch.randn(1, 29, 64)
+    seen: list[bool] = []
+
+    def fn(t):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return mlp(t)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = mlp(x)
+        out = tiled_mlp(fn, x, 8, params)
+    assert out.dtype == ref.dtype == torch.bfloat16 and seen == [True] * 4
+    ref_grads = torch.autograd.grad(ref, [x, *params], g)
+    grads = torch.autograd.grad(out, [x, *params], g)  # backward outside autocast, as in training
+    assert seen == [True] * 8  # the 4 recomputed tiles ran in bf16 too
+    for got, want in zip(grads, ref_grads, strict=True):  # equal up to bf16 rounding
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
+
+
 def test_tiled_without_grad_and_bad_shape():
     model = _lora_model(dtype=torch.float32)
     mlp = mlp_modules(model)[0]

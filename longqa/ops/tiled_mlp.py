@@ -18,9 +18,10 @@ https://arxiv.org/abs/2506.13996, Sec. "TiledMLP"; DeepSpeed's
 
 Unlike DeepSpeed's version, parameter gradients are *returned* from ``backward`` (the parameters
 are inputs of the function), so autograd accumulates them as usual (hooks, gradient checkpointing,
-peft all see ordinary gradients), and the random-number state is saved at forward and restored in
+peft all see ordinary gradients); the random-number state is saved at forward and restored in
 backward, so dropout inside the MLP (peft's ``lora_dropout``) draws the same masks in the
-recomputation as in the forward.
+recomputation as in the forward; and the recomputation runs under the forward's autocast state
+(bf16 mixed precision), as ``torch.utils.checkpoint`` does.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class _TiledMLP(torch.autograd.Function):
     def forward(ctx: Any, fn: Callable[[Tensor], Tensor], tile: int, x: Tensor, *params: Tensor):  # noqa: ANN205
         ctx.fn, ctx.tile = fn, tile
         ctx.rng = _rng_state(x.device)
+        kind = x.device.type  # recompute under the forward's autocast, as checkpointing does
+        ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
         ctx.save_for_backward(x, *params)
         # x: [B, S, H] -> out: [B, S, H_out], one [B, tile, I] intermediate at a time
         parts = [fn(x[:, a:b]) for a, b in tile_bounds(x.shape[1], tile)]
@@ -63,7 +66,12 @@ class _TiledMLP(torch.autograd.Function):
         grad_p: list[Tensor | None] = [None] * len(wanted)
         cpu_state, cuda_state = ctx.rng
         devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+        kind, enabled, dtype = ctx.autocast
+        with (
+            torch.random.fork_rng(devices=devices),
+            torch.enable_grad(),
+            torch.autocast(kind, dtype=dtype, enabled=enabled),
+        ):
             torch.set_rng_state(cpu_state)
             if cuda_state is not None:
                 torch.cuda.set_rng_state(cuda_state, x.device)
