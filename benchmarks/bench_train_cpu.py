@@ -45,7 +45,7 @@ VARIANTS = {  # name -> recipe overrides / runtime switches for the longqa train
     "longqa tiled MLP": ["kernels.tiled_mlp=true"],
     "longqa no norms": ["lora.trainable_norms=false"],
     "longqa full logits": ["kernels.fused_ce=false"],
-    "longqa glibc default": [],  # runtime_for without its fixed mmap threshold
+    "longqa glibc default": ["memory.cpu_return_freed=false"],  # no fixed mmap threshold
 }
 
 
@@ -156,10 +156,6 @@ def worker(variant: str, length: int, quant: str, steps: int, out_dir: str) -> d
         from longqa.train.packing import PaddedCollator
         from longqa.train.trainer import LongqaTrainer
 
-        if variant == "longqa glibc default":
-            import longqa.train.model as train_model
-
-            train_model.release_freed_memory_on_cpu = lambda: False
         model, _ = build_trainable_model(recipe, runtime_for(recipe, "cpu"))
         trainer = LongqaTrainer(
             model=model, args=args, train_dataset=rows, data_collator=PaddedCollator(0),

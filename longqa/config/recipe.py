@@ -152,6 +152,9 @@ class KernelsConfig(_Strict):
 
 class MemoryConfig(_Strict):
     offload_activations: bool = Field(False, description="checkpoint inputs to pinned CPU (GPU)")
+    cpu_return_freed: bool = Field(
+        True, description="CPU: freed blocks go back to the OS (lower RSS, more page faults)"
+    )
 
 
 class OutputConfig(_Strict):
