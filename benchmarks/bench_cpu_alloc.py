@@ -59,11 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             runs[mode].append(json.loads(out.strip().splitlines()[-1]))
     d, f = min(runs["default"]), min(runs["fixed"])
-    args = " ".join(sys.argv[1:] if argv is None else argv)
+    args = "".join(" " + x for x in (sys.argv[1:] if argv is None else argv))
     text = (
         f"## CPU seconds per GB of fresh tensors ({a.mb} MB each, {a.repeat}×, 1 thread)\n\n"
-        f"Command: `python benchmarks/bench_cpu_alloc.py {args}`".rstrip()
-        + "\n\n"
+        f"Command: `python benchmarks/bench_cpu_alloc.py{args}`" + "\n\n"
         "| glibc setting | CPU s / GB (best of 2) | runs |\n|---|---|---|\n"
         f"| default (dynamic mmap threshold: freed blocks reused) | {d:.3f} | "
         f"{', '.join(f'{x:.3f}' for x in runs['default'])} |\n"
