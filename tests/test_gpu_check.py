@@ -105,8 +105,9 @@ def test_shell_script_dry_run(tmp_path):
     out = tmp_path / "sh"
     proc = subprocess.run(
         ["bash", str(BENCH / "gpu_check.sh"), "--dry-run"],
-        capture_output=True, text=True, env={**_env(), "GPU_CHECK_OUT": str(out)}, cwd=ROOT,
-        timeout=900,
+        capture_output=True, text=True, cwd=ROOT,
+        env={**_env(), "GPU_CHECK_OUT": str(out), "PYTHON": sys.executable},
+        timeout=1800,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     stages = [ln.split("\t") for ln in (out / "stages.tsv").read_text().splitlines()]
