@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from longqa.core.errors import LongqaError
 from longqa.eval.ruler import run_ruler, summarize
+from longqa.eval.ruler.generators import generator_for
 from longqa.eval.ruler.prompt import encode_prompt, fit_sample
 from longqa.eval.ruler.qa import read_qa
 from longqa.eval.ruler.runner import gen_context, make_items
@@ -21,7 +22,7 @@ from longqa.eval.ruler.scoring import (
     string_match_all,
     string_match_part,
 )
-from longqa.eval.ruler.tasks import TASKS, GenContext, generator_for
+from longqa.eval.ruler.tasks import TASKS, GenContext
 from longqa.eval.ruler.words import word_pool
 
 

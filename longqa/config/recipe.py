@@ -143,7 +143,9 @@ class TrainConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     optim: str = "paged_adamw_8bit"
     gradient_checkpointing: bool = True
-    loss_chunk_size: int = Field(4096, ge=1, description="tokens per chunk of the LM-head loss")
+    loss_chunk_size: int = Field(
+        4096, ge=0, description="tokens per chunk of the LM-head loss; 0 = chosen from memory"
+    )
     save_steps: int = Field(50, ge=1)
     logging_steps: int = Field(1, ge=1)
     seed: int = 42
@@ -159,6 +161,8 @@ class KernelsConfig(_Strict):
     chunked_ce: bool = Field(
         True, description="training loss through chunked linear cross-entropy (no T x vocab logits)"
     )
+    tiled_mlp: bool = Field(False, description="MLP over sequence tiles (ALST): O(tile) memory")
+    tiled_mlp_tile: int = Field(0, ge=0, description="tokens per MLP tile; 0 = the hidden size")
 
     @model_validator(mode="before")
     @classmethod
@@ -173,6 +177,9 @@ class KernelsConfig(_Strict):
 
 class MemoryConfig(_Strict):
     offload_activations: bool = Field(False, description="checkpoint inputs to pinned CPU (GPU)")
+    cpu_return_freed: bool = Field(
+        True, description="CPU: freed blocks go back to the OS (lower RSS, more page faults)"
+    )
 
 
 class EvalConfig(_Strict):

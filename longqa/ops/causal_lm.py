@@ -6,7 +6,8 @@ Usage::
     loss_sum, n_tokens = causal_lm_loss(peft_model, batch, chunk_size=4096, chunked=True)
     loss = loss_sum / n_tokens                      # token mean, as transformers' own loss
 
-``batch`` holds ``input_ids`` and ``labels`` (``-100`` where a token is not scored), optionally
+``chunk_size=0`` picks the chunk from memory (:func:`loss_chunk_from_memory`). ``batch`` holds
+``input_ids`` and ``labels`` (``-100`` where a token is not scored), optionally
 ``attention_mask`` / ``position_ids``. The decoder runs once and returns the final hidden states
 ``[B, T, H]``; position ``t`` predicts label ``t + 1``. Only positions whose target is scored go on
 to the LM head. With ``chunked=True`` the head and the cross-entropy run block by block through
@@ -30,6 +31,15 @@ from torch import Tensor, nn
 from longqa.core.errors import LongqaError
 
 IGNORE_INDEX = -100  # PyTorch's and transformers' label value for "not scored"
+LOSS_BLOCK_BYTES = 2**30  # logits + their gradient of one loss chunk, fp32, when chosen from memory
+
+
+def loss_chunk_from_memory(vocab: int, budget_bytes: float = LOSS_BLOCK_BYTES) -> int:
+    """Tokens per loss chunk so that two fp32 ``[chunk, vocab]`` blocks fit in ``budget_bytes``.
+
+    A multiple of 256 tokens, at least 256 (e.g. 1024 for Llama-3's 128,256-token vocabulary).
+    """
+    return max(256, int(budget_bytes // (2 * 4 * vocab)) // 256 * 256)
 
 
 def unwrap_causal_lm(model: Any) -> Any:
@@ -51,11 +61,16 @@ def shift_labels(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
 
 
 def final_hidden_states(model: Any, batch: Mapping[str, Any]) -> Tensor:
-    """Run the decoder stack (LoRA layers included) and return its last hidden states ``[B, T, H]``."""
-    lm = unwrap_causal_lm(model)
-    decoder = lm.get_decoder()
+    """Run the model (LoRA layers included) and return the decoder's last hidden states ``[B, T, H]``.
+
+    The call goes through ``model`` itself, wrappers included, so that DDP/FSDP/DeepSpeed see their
+    forward (DDP all-reduces gradients only for a forward it ran). Only the final hidden state is
+    kept (``output_hidden_states=-1``, tied to the normed ``last_hidden_state``) and the LM head runs
+    on one position (``logits_to_keep=1``): the loss applies the head itself, in chunks.
+    """
     kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    return decoder(**kwargs, use_cache=False).last_hidden_state
+    out = model(**kwargs, use_cache=False, output_hidden_states=-1, logits_to_keep=1)
+    return out.hidden_states[-1]
 
 
 def _plain_head(lm: Any) -> nn.Linear:
@@ -83,7 +98,13 @@ def causal_lm_loss(
 
     lm = unwrap_causal_lm(model)
     hidden = final_hidden_states(model, batch)  # [B, T, H]
-    targets = shift_labels(batch["labels"].to(hidden.device), ignore_index).reshape(-1)  # [B*T]
+    # pre-shifted targets come from a sequence-parallel shard (its last token's target is the next
+    # shard's first token); otherwise shift here
+    if "shift_labels" in batch:
+        shifted = batch["shift_labels"].to(hidden.device)
+    else:
+        shifted = shift_labels(batch["labels"].to(hidden.device), ignore_index)
+    targets = shifted.reshape(-1)  # [B*T]
     scored = targets != ignore_index
     n_tokens = scored.sum()
     hidden = hidden.reshape(-1, hidden.shape[-1])[scored]  # [N, H], N scored positions
@@ -95,6 +116,8 @@ def causal_lm_loss(
         return F.cross_entropy(logits, targets, reduction="sum"), n_tokens
     head = _plain_head(lm)
     weight, bias = head.weight, head.bias  # [V, H], [V] | None
+    if chunk_size <= 0:  # train.loss_chunk_size: 0 -> chunk chosen from memory
+        chunk_size = loss_chunk_from_memory(weight.shape[0])
     if hidden.dtype != weight.dtype:
         hidden = hidden.to(weight.dtype)
     total = chunked_linear_cross_entropy(

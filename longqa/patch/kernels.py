@@ -16,6 +16,8 @@ Usage::
   ``TRITON_INTERPRET=1``, used by the tests).
 * ``kernels.chunked_ce`` is not a patch: it selects the chunked path of the training loss,
   :func:`longqa.ops.causal_lm.causal_lm_loss`.
+* ``kernels.tiled_mlp``: :func:`longqa.patch.tiled_mlp.apply_tiled_mlp` runs every gated MLP over
+  sequence tiles of ``kernels.tiled_mlp_tile`` tokens (CPU and GPU).
 * ``memory.offload_activations``: :class:`longqa.ops.offload.ActivationOffloader` on every
   gradient-checkpointed decoder layer (CUDA only).
 """
@@ -33,6 +35,7 @@ from longqa.config.recipe import KernelsConfig, MemoryConfig
 from longqa.core.errors import LongqaError
 from longqa.ops.offload import ActivationOffloader
 from longqa.patch.families import family_class_of, fused_rope_families
+from longqa.patch.tiled_mlp import apply_tiled_mlp, revert_tiled_mlp
 
 _STATE_ATTR = "_longqa_kernels"
 _local = threading.local()
@@ -157,6 +160,8 @@ def apply_kernels(
             notes.append(_install_rope(model, state))
         else:
             notes.append(f"fused RoPE skipped: needs CUDA (model is on {device.type})")
+    if kernels.tiled_mlp:
+        notes.append(apply_tiled_mlp(model, kernels.tiled_mlp_tile))
     if memory.offload_activations:
         off = offloader or ActivationOffloader()
         if not (on_cuda or off.simulate):
@@ -180,6 +185,7 @@ def revert_kernels(model: nn.Module) -> None:
     if not state:
         return
     _uninstall_rope(state)
+    revert_tiled_mlp(model)
     if state.get("offloader") is not None:
         ActivationOffloader.uninstall(model)
 

@@ -50,7 +50,7 @@ def runtime_for(recipe: Recipe, device: str | None = None) -> Runtime:
     if rt.dtype != "float32":
         rt.notices.append(f"CPU: training in float32 instead of {rt.dtype}")
         rt.dtype = "float32"
-    if release_freed_memory_on_cpu():
+    if recipe.memory.cpu_return_freed and release_freed_memory_on_cpu():
         rt.notices.append("CPU: freed activation memory is returned to the OS (mmap threshold)")
     if "8bit" in rt.optim or "paged" in rt.optim:
         rt.notices.append(f"CPU: optimizer {rt.optim} needs CUDA; using adamw_torch")
@@ -62,8 +62,10 @@ def release_freed_memory_on_cpu() -> bool:
     """Make glibc return freed large blocks to the OS (fixed 128 KiB mmap threshold).
 
     glibc raises its mmap threshold after large frees, so activations recomputed and freed layer
-    by layer stay resident: a CPU step's RSS then grows like no checkpointing at all. Linux only;
-    returns whether the setting was applied.
+    by layer stay resident: a CPU step's RSS then grows like no checkpointing at all. The price is
+    a fresh, zeroed mapping for every large tensor (page faults: ~0.35 CPU-s more per GB allocated,
+    ``benchmarks/results/train_cpu.md``); ``memory.cpu_return_freed: false`` keeps glibc's default.
+    Linux only; returns whether the setting was applied.
     """
     import ctypes
     import sys

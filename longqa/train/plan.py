@@ -14,10 +14,15 @@ The estimate (bytes) adds, for one micro-batch of ``B × T`` tokens:
 * LoRA + optimizer: trainable params in fp32, their gradients, and Adam moments (8 B/param, or
   2 B/param for 8-bit optimizers); norms trained alongside.
 * checkpointed activations: each layer's input ``B·T·H`` kept per layer (on CPU when activation
-  offloading is on), plus one layer's recompute working set ≈ ``B·T·(12·H + 5·I)`` values.
+  offloading is on), plus one layer's recompute working set: ≈ ``B·T·12·H`` values around attention
+  and norms, and ≈ ``B·T·5·I`` in the MLP (gate, up, act(gate), their product, the LoRA dropout
+  copy). With ``kernels.tiled_mlp`` the MLP holds ``tile·5·I`` values plus its whole-length input
+  gradient ``B·T·H`` (ALST, https://arxiv.org/abs/2506.13996); the tile defaults to ``H`` tokens.
 * attention: flash/SDPA kernels keep O(T) state; eager attention holds ``B·heads·T²`` scores+probs.
 * loss: chunked cross-entropy holds ``chunk × V`` fp32 logits and their gradient; without it the
-  full ``B·T × V`` logits (+ fp32 copy + gradient) exist at once.
+  full ``B·T × V`` logits (+ fp32 copy + gradient) exist at once. ``train.loss_chunk_size: 0``
+  chooses the chunk from memory: the largest multiple of 256 tokens whose two fp32 ``chunk × V``
+  blocks fit in 1 GiB (:func:`longqa.ops.causal_lm.loss_chunk_from_memory`).
 * CUDA context, workspace and allocator slack: 1 GB + 5 %.
 """
 
@@ -29,6 +34,7 @@ from typing import Any
 
 from longqa.config.recipe import Recipe, recipe_max_length
 from longqa.core.errors import LongqaError
+from longqa.ops.causal_lm import loss_chunk_from_memory
 
 GB = 2**30
 
@@ -136,6 +142,11 @@ def model_shape(recipe: Recipe) -> tuple[ModelShape, str]:
     )
 
 
+def loss_chunk_size(recipe: Recipe, vocab: int) -> int:
+    """The recipe's ``train.loss_chunk_size``, or the one chosen from memory when it is 0."""
+    return recipe.train.loss_chunk_size or loss_chunk_from_memory(vocab)
+
+
 def estimate_bytes(
     recipe: Recipe, shape: ModelShape, seq_len: int, *, on_gpu: bool = True
 ) -> dict[str, float]:
@@ -159,14 +170,18 @@ def estimate_bytes(
     if recipe.memory.offload_activations and on_gpu:
         stored = 2 * tokens * shape.hidden * act  # two layers in flight on the GPU
     if not tc.gradient_checkpointing:
-        stored = shape.layers * tokens * (12 * shape.hidden + 5 * shape.inter) * act
-    working = tokens * (12 * shape.hidden + 5 * shape.inter) * act
+        mlp_kept = shape.hidden if recipe.kernels.tiled_mlp else 5 * shape.inter
+        stored = shape.layers * tokens * (12 * shape.hidden + mlp_kept) * act
+    mlp = tokens * 5 * shape.inter * act
+    if recipe.kernels.tiled_mlp:
+        tile = min(recipe.kernels.tiled_mlp_tile or shape.hidden, tokens)
+        mlp = tile * 5 * shape.inter * act + tokens * shape.hidden * act
     if recipe.model.attn_implementation == "eager":
         attn = 2 * tc.micro_batch_size * shape.heads * seq_len * seq_len * act
     else:
         attn = 4 * tokens * shape.heads * 4  # log-sum-exp and friends, O(T)
     if recipe.kernels.chunked_ce:
-        chunk = min(tc.loss_chunk_size, tokens)
+        chunk = min(loss_chunk_size(recipe, shape.vocab), tokens)
         loss = 2 * chunk * shape.vocab * 4 + tokens * shape.hidden * 4
     else:
         loss = tokens * shape.vocab * (act + 4 + 4)
@@ -175,7 +190,8 @@ def estimate_bytes(
         "embeddings + LM head": emb,
         "LoRA + grads + optimizer": lora * (4 + 4 + opt),
         "checkpointed activations": stored,
-        "layer recompute": working,
+        "layer recompute": tokens * 12 * shape.hidden * act,
+        "MLP recompute (tiled)" if recipe.kernels.tiled_mlp else "MLP recompute": mlp,
         "attention": attn,
         "loss": loss,
     }
@@ -198,11 +214,20 @@ def plan_memory(recipe: Recipe, gpu_mem_gb: float = 80.0, seq_len: int | None = 
         notes=[f"shape from {source}: hidden {shape.hidden}, {shape.layers} layers, "
                f"{shape.heads}/{shape.kv_heads} heads, vocab {shape.vocab}"],
     )  # fmt: skip
-    plan.max_fit_len = _max_fit(recipe, shape, gpu_mem_gb)
+    if recipe.kernels.chunked_ce:
+        chunk = loss_chunk_size(recipe, shape.vocab)
+        how = "chosen from memory" if not recipe.train.loss_chunk_size else "train.loss_chunk_size"
+        plan.notes.append(f"loss chunk: {chunk:,} tokens ({how})")
+    if recipe.kernels.tiled_mlp:
+        tile = recipe.kernels.tiled_mlp_tile or shape.hidden
+        plan.notes.append(f"tiled MLP: {tile:,}-token tiles")
+    plan.max_fit_len = longest_fitting_length(recipe, shape, gpu_mem_gb)
     return plan
 
 
-def _max_fit(recipe: Recipe, shape: ModelShape, gpu_mem_gb: float) -> int | None:
+def longest_fitting_length(recipe: Recipe, shape: ModelShape, gpu_mem_gb: float) -> int | None:
+    """Longest length (to 256 tokens) whose estimate fits ``gpu_mem_gb``; None below 1024."""
+
     def fits(n: int) -> bool:
         return sum(estimate_bytes(recipe, shape, n).values()) / GB <= gpu_mem_gb
 

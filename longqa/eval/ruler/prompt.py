@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from longqa.core.errors import LongqaError
-from longqa.eval.ruler.tasks import GenContext, RulerSample, TaskSpec, generator_for
+from longqa.eval.ruler.generators import generator_for
+from longqa.eval.ruler.tasks import GenContext, RulerSample, TaskSpec
 
 
 def encode_prompt(tokenizer: Any, user: str, answer_prefix: str) -> list[int]:

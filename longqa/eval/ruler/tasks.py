@@ -157,26 +157,6 @@ class GenContext:
 Generator = Callable[[TaskSpec, int, str, GenContext], RulerSample]
 
 
-def _generators() -> dict[str, Generator]:
-    from longqa.eval.ruler import common_words, freq_words, niah, qa, variable_tracking
-
-    return {
-        "niah": niah.generate,
-        "variable_tracking": variable_tracking.generate,
-        "common_words": common_words.generate,
-        "freq_words": freq_words.generate,
-        "qa": qa.generate,
-    }
-
-
-def generator_for(family: str) -> Generator:
-    """The generator function of a task family (registry lookup)."""
-    gens = _generators()
-    if family not in gens:
-        raise LongqaError(f"unknown RULER family '{family}'; known: {', '.join(gens)}")
-    return gens[family]
-
-
 def resolve_tasks(text: str | list[str]) -> list[str]:
     """``all``, ``niah`` (every niah task), or comma-separated names → task names in table order."""
     parts = text.split(",") if isinstance(text, str) else list(text)

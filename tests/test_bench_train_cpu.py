@@ -1,0 +1,69 @@
+"""CPU training benchmark: ratios table, variant check; the CPU allocator switch of the runtime."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_cpu.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_train_cpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def _rec(variant, s, cpu, rss, length=2048, quant="none"):
+    return {"variant": variant, "length": length, "quant": quant, "steps": 3, "s_per_step": s,
+            "cpu_s_per_step": cpu, "peak_rss_gb": rss}  # fmt: skip
+
+
+def test_markdown_reports_ratios_to_plain(bench):
+    results = [
+        _rec("plain", 10.0, 20.0, 4.0),
+        _rec("longqa", 12.0, 15.0, 1.0),
+        {"variant": "longqa tiled MLP", "length": 2048, "quant": "none", "error": "boom"},
+        _rec("longqa", 1.0, 1.0, 1.0, quant="nf4"),  # no plain run for nf4
+    ]
+    text = bench.markdown(results, "python benchmarks/bench_train_cpu.py")
+    assert "| 2048 | none | longqa | 1.20× | 0.75× | 0.25× | 2 |" in text
+    assert "| 2048 | none | longqa tiled MLP | failed: boom |" in text
+    assert "| 2048 | nf4 | longqa | failed: no plain run |" in text
+    assert "Command: `python benchmarks/bench_train_cpu.py`" in text
+
+
+def test_unknown_variant_is_rejected(bench, capsys):
+    assert bench.main(["--variants", "turbo"]) == 2
+    assert "unknown variant(s) ['turbo']" in capsys.readouterr().err
+
+
+def test_every_variant_is_a_valid_recipe_override(bench):
+    from longqa.config.recipe import load_recipe
+
+    for overrides in bench.VARIANTS.values():
+        if overrides is not None:
+            load_recipe(bench.RECIPE, overrides)  # raises on a bad key
+    assert load_recipe(bench.RECIPE, bench.VARIANTS["longqa glibc default"]).memory == (
+        load_recipe(bench.RECIPE, ["memory.cpu_return_freed=false"]).memory
+    )
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_cpu_return_freed_switch(monkeypatch, on):
+    import longqa.train.model as train_model
+    from longqa.config.recipe import load_recipe
+
+    calls: list[int] = []
+    monkeypatch.setattr(train_model, "release_freed_memory_on_cpu", lambda: calls.append(1) or True)
+    recipe = load_recipe("smollm2-135m-yarn16k", [f"memory.cpu_return_freed={str(on).lower()}"])
+    rt = train_model.runtime_for(recipe, "cpu")
+    assert calls == ([1] if on else [])
+    assert any("returned to the OS" in n for n in rt.notices) == on

@@ -1,0 +1,117 @@
+"""The GPU check (benchmarks/gpu_check.sh and its Python stages) runs end to end on CPU (dry run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def gpu_train():
+    yield _load("gpu_train")
+    sys.modules.pop("gpu_train", None)
+
+
+def _env():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("OUT", None)
+    return env
+
+
+def test_dry_run_writes_every_stage(tmp_path, gpu_train):
+    out = tmp_path / "gc"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_check.py"), "all", "--dry-run", "--out", str(out)],
+        capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    env_md = (out / "env.md").read_text()
+    assert f"| torch | {torch.__version__} |" in env_md and "dry run" in env_md
+    kernels = (out / "kernels.md").read_text()
+    assert "| transformers eager |" in kernels and "| longqa fused (Triton) |" in kernels
+    assert "| longqa chunked (" in kernels and "| plain logits + F.cross_entropy |" in kernels
+    liger = gpu_train.liger_available()
+    assert ("| Liger-Kernel |" in kernels) == bool(liger)
+    assert ("| Liger fused linear CE |" in kernels) == bool(liger)
+    train = (out / "train.md").read_text()
+    for variant in gpu_train.VARIANTS:
+        if variant != "transformers+Liger" or liger:
+            assert f"| {variant} | " in train, variant
+    assert "failed" not in train and "OOM" not in train and "skipped" not in train
+    assert len((out / "train.jsonl").read_text().splitlines()) == 2 * (6 + bool(liger))
+    longest = (out / "longest.md").read_text()
+    assert "| tiny | longqa all | 64 | cap |" in longest  # cap 64 in the dry run
+    report = (out / "gpu_check.md").read_text()
+    assert all(s in report for s in ("### Environment", "### RoPE", "### Training step"))
+
+
+def test_find_longest_stops_on_time_box(gpu_train):
+    seen: list[int] = []
+
+    def fits(n: int):
+        seen.append(n)
+        return None if n > 40000 else True
+
+    assert gpu_train.find_longest(fits, 16384, 4096, 1 << 20) == (32768, "time box")
+    assert gpu_train.find_longest(lambda n: n <= 100_000, 16384, 4096, 1 << 20) == (
+        98304,
+        "OOM bracket",
+    )
+    assert gpu_train.find_longest(lambda n: True, 16, 16, 64) == (64, "cap")
+    assert gpu_train.find_longest(lambda n: False, 16, 16, 64) == (0, "OOM at start")
+
+
+def test_planned_peak_is_the_planner_without_context(gpu_train):
+    from longqa.config.recipe import load_recipe
+    from longqa.train.plan import GB, estimate_bytes
+
+    env = gpu_train.Env("cuda", dry_run=False)
+    got = gpu_train.planned_gib("llama3-8b", "longqa all", 65536, env)
+    recipe = load_recipe(
+        "llama3-8b-abf128k",
+        ["lora.trainable_norms=false", "kernels.tiled_mlp=true", "train.loss_chunk_size=0",
+         "model.attn_implementation=sdpa"],
+    )  # fmt: skip
+    items = estimate_bytes(recipe, gpu_train.model_shape("llama3-8b"), 65536)
+    assert got == pytest.approx((sum(items.values()) - items["CUDA context + slack"]) / GB)
+    assert gpu_train.planned_gib("llama3-8b", "transformers+Liger", 65536, env) is None
+    plain = gpu_train.planned_gib("llama3-8b", "transformers+peft", 65536, env)
+    assert plain > got
+
+
+@pytest.mark.slow
+def test_shell_script_dry_run(tmp_path):
+    out = tmp_path / "sh"
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), "--dry-run"],
+        capture_output=True, text=True, cwd=ROOT,
+        env={**_env(), "GPU_CHECK_OUT": str(out), "PYTHON": sys.executable},
+        timeout=1800,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stages = [ln.split("\t") for ln in (out / "stages.tsv").read_text().splitlines()]
+    assert [s[0] for s in stages] == ["doctor", "cuda-tests", "env", "kernels", "train", "longest"]
+    assert all(s[1] == "0" for s in stages), stages
+    report = (out / "gpu_check.md").read_text()
+    assert "### Stages" in report and "### Longest trainable length" in report
