@@ -20,6 +20,7 @@ ROPE_COMMANDS = [
     ("eval", "needle"),
     ("eval", "passage-retrieval"),
     ("eval", "perplexity"),
+    ("eval", "ruler"),
     ("analyze", "effective-tokens"),
     ("analyze", "attention"),
     ("rope", "show"),

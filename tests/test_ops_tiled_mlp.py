@@ -8,6 +8,7 @@ from peft import LoraConfig, get_peft_model
 
 from longqa.config.recipe import KernelsConfig, MemoryConfig, load_recipe
 from longqa.core.errors import LongqaError
+from longqa.models.load import peft_wrapping
 from longqa.ops.tiled_mlp import tile_bounds, tiled_mlp
 from longqa.patch.kernels import applied_kernels, apply_kernels, revert_kernels
 from longqa.patch.tiled_mlp import apply_tiled_mlp, mlp_modules, revert_tiled_mlp, tiled_mlp_tile
@@ -22,7 +23,8 @@ def _lora_model(dtype=torch.float64, dropout=0.0, targets=LORA_MLP, seed=0):
     torch.manual_seed(seed)
     model = LlamaForCausalLM(tiny_llama_config(attn_implementation="eager")).to(dtype)
     cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=targets)
-    model = get_peft_model(model, cfg)
+    with peft_wrapping():
+        model = get_peft_model(model, cfg)
     for name, p in model.named_parameters():  # non-zero B so every LoRA path carries gradient
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
