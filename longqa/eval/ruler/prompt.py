@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from longqa.core.errors import LongqaError
+from longqa.data.prompting import chat_text, encode_for_generation
 from longqa.eval.ruler.generators import generator_for
 from longqa.eval.ruler.tasks import GenContext, RulerSample, TaskSpec
 
@@ -23,24 +24,13 @@ from longqa.eval.ruler.tasks import GenContext, RulerSample, TaskSpec
 def encode_prompt(tokenizer: Any, user: str, answer_prefix: str) -> list[int]:
     """Token ids of ``user`` in the chat template, then the answer prefix; exactly one BOS.
 
-    The one place that turns a RULER sample into model input (kept self-contained so it can be
-    replaced by a shared prompt encoder). The answer prefix follows the assistant header as the
-    start of the reply (its leading space dropped after a header that ends in white space). The
-    tokenizer's BOS is present once when the tokenizer adds one by default, never twice.
+    The answer prefix follows the assistant header as the start of the reply (its leading space
+    dropped after a header that ends in white space); the ids come from the project's one prompt
+    encoder (:func:`longqa.data.prompting.encode_for_generation`).
     """
-    from longqa.eval.runner import chat_prompt
-
-    text = chat_prompt(tokenizer, user)
+    text = chat_text(tokenizer, user)
     prefix = answer_prefix.lstrip(" ") if text[-1:].isspace() else answer_prefix
-    ids = list(tokenizer(text + prefix, add_special_tokens=False)["input_ids"])
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is not None:
-        adds_bos = list(tokenizer("a")["input_ids"][:1]) == [bos]
-        while len(ids) > 1 and ids[0] == bos and ids[1] == bos:
-            ids = ids[1:]
-        if adds_bos and ids[:1] != [bos]:
-            ids = [bos, *ids]
-    return ids
+    return encode_for_generation(tokenizer, text + prefix)
 
 
 def _min_units(spec: TaskSpec) -> int:
