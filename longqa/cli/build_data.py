@@ -82,6 +82,9 @@ def build_data(
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint"),
     model: str = typer.Option(None, "--model", help="served model name (key: $OPENAI_API_KEY)"),
     concurrency: int = typer.Option(None, "--concurrency", help="parallel LLM requests"),
+    response_format: str = typer.Option(
+        None, "--response-format", help="auto | json_schema | json_object | none"
+    ),
     cache: Path = typer.Option(None, "--cache", help="SQLite LLM response cache"),
     num_samples: int = typer.Option(None, "--num-samples", help="samples to build"),
     max_samples: int = typer.Option(None, "--max-samples", help="cap on samples"),
@@ -137,6 +140,13 @@ def build_data(
 def _report(task: str, stats: dict[str, Any], out: Any) -> None:
     from rich.console import Console
 
-    keys = ("samples", "dropped_samples", "requested", "turns", "effective_token_share")
+    keys = (
+        "samples",
+        "requested",
+        "shortfall",
+        "dropped_samples",
+        "turns",
+        "effective_token_share",
+    )
     shown = ", ".join(f"{k}={stats[k]}" for k in keys if k in stats)
     Console(stderr=True).print(f"[bold green]{task}[/] done → {out}: {shown}")
