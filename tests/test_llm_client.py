@@ -248,3 +248,16 @@ def test_run_sync_works_inside_a_running_event_loop():
         return run_sync(double(5))
 
     assert asyncio.run(outer()) == 10
+
+
+def test_unreachable_endpoint_stops_the_run_instead_of_dropping_data():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = LLMClient(
+        base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=1, backoff=0.01
+    )
+    with pytest.raises(LongqaError, match=f"127.0.0.1:{port}/v1 unreachable after 2 tries"):
+        run(_complete(client, MSG))

@@ -15,7 +15,10 @@ Any endpoint speaking the OpenAI chat-completions API works (vLLM, llama.cpp ser
 OpenAI itself) through the ``openai`` package. The API key comes from ``api_key`` or
 ``$OPENAI_API_KEY``; local servers get a dummy key. Requests run at most ``concurrency`` at a time;
 rate limits (429), server errors (5xx), timeouts and dropped connections are retried with
-exponential backoff and jitter (``Retry-After`` honoured).
+exponential backoff and jitter (``Retry-After`` honoured). A request that still fails is an
+:class:`LLMError` (the builders count it and move on), except an endpoint nobody answers at all:
+that stops the run with a :class:`LongqaError`, so a server outage never turns into dropped data
+(the rerun resumes, answers already paid for come from the cache).
 
 Structured output: a ``json_mode`` request carries ``response_format`` in the dialect the server
 speaks (``response_format`` argument; :data:`RESPONSE_FORMATS`), with the JSON schema when one is
@@ -270,6 +273,11 @@ class LLMClient:
                 retryable = status is None or status == 429 or status >= 500 or status == 408
                 if not retryable or attempt >= self.max_retries:
                     self.usage.failures += 1
+                    if type(exc) is openai.APIConnectionError:  # not a timeout: nobody listens
+                        raise LongqaError(
+                            f"LLM endpoint {self.base_url} unreachable after {attempt + 1} tries "
+                            f"({_short(exc)}); rerun the same command to resume once it is up"
+                        ) from None
                     raise LLMError(f"{type(exc).__name__} after {attempt + 1} tries") from None
                 attempt += 1
                 self.usage.retries += 1
