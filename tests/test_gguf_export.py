@@ -47,25 +47,28 @@ def test_rope_fields_for_each_rope_type():
     assert "rope.scaling.attn_factor" not in lin
     plain = gguf_rope_fields({"rope_type": "default", "rope_theta": 5e5}, 4096)
     assert plain == {"context_length": 4096, "rope.freq_base": 5e5, "rope.scaling.type": "none"}
-    with pytest.raises(LongqaError, match="rope_type 'llama3' cannot be written to GGUF"):
-        gguf_rope_fields({"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}, 4096)
+    l3 = gguf_rope_fields({"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}, 4096)
+    assert l3["rope.scaling.type"] == "none"  # its scaling lives in the rope_freqs tensor
+    with pytest.raises(LongqaError, match="rope_type 'longrope' cannot be written to GGUF"):
+        gguf_rope_fields({"rope_type": "longrope", "rope_theta": 5e5, "factor": 8.0}, 4096)
     with pytest.raises(LongqaError, match="beta_fast=16.0.*always use 32 and 1"):
         gguf_rope_fields({**yarn, "beta_fast": 16.0}, 16384)
 
 
 def test_specs_llama_cpp_cannot_express_fail_before_merging():
     check_gguf_rope_spec(None)
-    for ok in ("yarn", "dynamic-yarn", "linear", "ntk", "dynamic-ntk", "abf", "none"):
+    for ok in ("yarn", "dynamic-yarn", "linear", "ntk", "dynamic-ntk", "abf", "none", "llama3"):
         check_gguf_rope_spec(RopeConfig(method=ok, factor=2.0, base=5e5))
-    with pytest.raises(LongqaError, match="rope method 'llama3' cannot be written to GGUF"):
-        check_gguf_rope_spec(RopeConfig(method="llama3", factor=8.0))
     with pytest.raises(LongqaError, match="'dynamic-yarn' with beta_fast=8.0"):
         check_gguf_rope_spec(RopeConfig(method="dynamic-yarn", beta_fast=8.0))
 
 
-def _llama_cpp_rope_norm(x: np.ndarray, pos: int, meta: dict, n_dims: int) -> np.ndarray:
+def _llama_cpp_rope_norm(
+    x: np.ndarray, pos: int, meta: dict, n_dims: int, freq_factors: np.ndarray | None = None
+) -> np.ndarray:
     """llama.cpp's CPU rope, NORM mode (adjacent pairs), with YaRN (ggml-cpu ``rope_yarn`` and
-    ``ggml_rope_yarn_corr_dims``; attn factor as ``llama-context.cpp`` derives it). x: [heads, d]."""
+    ``ggml_rope_yarn_corr_dims``; attn factor as ``llama-context.cpp`` derives it) and the optional
+    ``rope_freqs`` divisors. x: [heads, d]."""
     base = meta["llama.rope.freq_base"]
     kind = meta.get("llama.rope.scaling.type", "none")
     factor = meta.get("llama.rope.scaling.factor", 1.0) if kind != "none" else 1.0
@@ -82,6 +85,8 @@ def _llama_cpp_rope_norm(x: np.ndarray, pos: int, meta: dict, n_dims: int) -> np
     out = x.copy()
     for i0 in range(0, n_dims, 2):
         extrap = pos * base ** (-i0 / n_dims)
+        if freq_factors is not None:
+            extrap /= freq_factors[i0 // 2]
         theta, mscale = freq_scale * extrap, attn
         if ext:
             y = (i0 / 2 - low) / max(0.001, high - low)
@@ -95,7 +100,13 @@ def _llama_cpp_rope_norm(x: np.ndarray, pos: int, meta: dict, n_dims: int) -> np
 
 
 @pytest.mark.parametrize(
-    "rope", [{"method": "yarn", "factor": 4.0}, {"method": "linear", "factor": 2.0}]
+    "rope",
+    [
+        {"method": "yarn", "factor": 4.0},
+        {"method": "linear", "factor": 2.0},
+        {"method": "llama3", "factor": 4.0},
+    ],
+    ids=["yarn", "linear", "llama3"],
 )
 def test_cli_gguf_attention_scores_match_transformers(tmp_path, rope):
     """`longqa export --gguf`: q·k scores at far-apart positions computed the llama.cpp way from the
@@ -119,12 +130,19 @@ def test_cli_gguf_attention_scores_match_transformers(tmp_path, rope):
     factor = rope["factor"]
     assert meta["general.architecture"] == "llama" and meta["llama.block_count"] == 2
     assert meta["llama.context_length"] == int(factor * L0)
-    assert meta["llama.rope.scaling.type"] == rope["method"]
-    assert meta["llama.rope.scaling.factor"] == factor
-    assert meta["llama.rope.scaling.original_context_length"] == L0
+    tensors = {t.name: np.array(t.data).reshape(list(reversed(t.shape))) for t in reader.tensors}
+    ff = tensors.pop("rope_freqs.weight", None)
+    if rope["method"] == "llama3":  # per-frequency divisors: 1 (kept) up to the factor (scaled)
+        assert meta["llama.rope.scaling.type"] == "none" and ff.shape == (8,)
+        assert ff.min() == pytest.approx(1.0) and ff.max() == pytest.approx(factor)
+        assert ((ff > 1.01) & (ff < factor - 0.01)).any()  # and smoothed ones between
+    else:
+        assert ff is None
+        assert meta["llama.rope.scaling.type"] == rope["method"]
+        assert meta["llama.rope.scaling.factor"] == factor
+        assert meta["llama.rope.scaling.original_context_length"] == L0
     assert meta["tokenizer.ggml.model"] == "gpt2" and len(meta["tokenizer.ggml.tokens"]) == 264
     assert "{% for m in messages %}" in meta["tokenizer.chat_template"]
-    tensors = {t.name: np.array(t.data).reshape(list(reversed(t.shape))) for t in reader.tensors}
     assert {"token_embd.weight", "output.weight", "output_norm.weight"} <= set(tensors)
     assert len(tensors) == 3 + 2 * 9
 
@@ -151,8 +169,8 @@ def test_cli_gguf_attention_scores_match_transformers(tmp_path, rope):
         wk = merged[f"model.layers.{layer}.self_attn.k_proj.weight"]
         gq, gk = tensors[f"blk.{layer}.attn_q.weight"], tensors[f"blk.{layer}.attn_k.weight"]
         q_hf, k_hf = hf_rot(wq, n_head, positions[1]), hf_rot(wk, n_kv, positions[0])
-        q_cpp = _llama_cpp_rope_norm((gq @ h).reshape(n_head, d), positions[1], meta, d)
-        k_cpp = _llama_cpp_rope_norm((gk @ h).reshape(n_kv, d), positions[0], meta, d)
+        q_cpp = _llama_cpp_rope_norm((gq @ h).reshape(n_head, d), positions[1], meta, d, ff)
+        k_cpp = _llama_cpp_rope_norm((gk @ h).reshape(n_kv, d), positions[0], meta, d, ff)
         scores_hf = np.einsum("hd,hd->h", q_hf, np.repeat(k_hf, 2, axis=0))
         scores_cpp = np.einsum("hd,hd->h", q_cpp, np.repeat(k_cpp, 2, axis=0))
         np.testing.assert_allclose(scores_cpp, scores_hf, rtol=1e-4, atol=1e-5)
@@ -182,6 +200,6 @@ def test_cli_gguf_q8_0_without_out_and_bad_input(tmp_path):
     assert not list(tmp_path.glob(".longqa-gguf-*")) and not list(tmp_path.glob(".*.partial"))
     res = run("--gguf", str(tmp_path / "x.gguf"), "--type", "q4_k")
     assert "--type q4_k: expected one of f32, f16, q8_0" in str(res.exception)
-    llama3 = make_bundle(tmp_path / "l3", {"method": "llama3", "factor": 2.0}, 128)
-    res = CliRunner().invoke(app, ["export", "--adapter", str(llama3), "--gguf", str(path)])
-    assert "rope method 'llama3' cannot be written to GGUF" in str(res.exception)
+    betas = make_bundle(tmp_path / "b", {"method": "yarn", "factor": 2.0, "beta_fast": 8.0}, 128)
+    res = CliRunner().invoke(app, ["export", "--adapter", str(betas), "--gguf", str(path)])
+    assert "rope method 'yarn' with beta_fast=8.0" in str(res.exception)

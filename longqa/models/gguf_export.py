@@ -17,9 +17,10 @@ writes them): ``rope.freq_base``; ``rope.scaling.type`` none/linear/yarn; ``rope
 ``rope.scaling.original_context_length``; ``context_length`` = the scaled window. YaRN's attention
 factor: transformers multiplies cos/sin by ``attention_factor`` (default 0.1·ln s + 1), llama.cpp by
 ``(0.1·ln s + 1) · rope.scaling.attn_factor`` (``llama-context.cpp`` cancels and re-applies its own
-mscale), so the file stores ``attention_factor / (0.1·ln s + 1)`` — 1.0 for the default. llama.cpp's
-llama/qwen2 loaders read no YaRN beta keys (always 32/1), and express no Llama 3.1 scaling through
-metadata: such specs are errors naming the method.
+mscale), so the file stores ``attention_factor / (0.1·ln s + 1)`` — 1.0 for the default. Llama 3.1
+scaling has no metadata form: it goes into the ``rope_freqs`` tensor (per-frequency divisors, as
+llama.cpp's converter writes it; llama architecture only). llama.cpp's llama/qwen2 loaders read no
+YaRN beta keys (always 32/1): other betas are an error naming the method.
 
 The tokenizer comes from a GGUF file (its ``tokenizer.*`` fields copied as they are: exact for models
 that came from GGUF, like the ``smollm2-135m`` alias) or from an HF folder with a BPE
@@ -58,12 +59,6 @@ def check_gguf_rope_spec(spec: Any) -> None:
     if spec is None:
         return
     method = spec.method
-    if method in ("llama3",):
-        raise LongqaError(
-            f"rope method '{method}' cannot be written to GGUF: llama.cpp reads no "
-            "low/high-frequency factors from the metadata; export it with --merge for "
-            "transformers/vLLM instead"
-        )
     if method in ("yarn", "dynamic-yarn") and (spec.beta_fast, spec.beta_slow) != YARN_BETAS:
         raise LongqaError(
             f"rope method '{method}' with beta_fast={spec.beta_fast}, beta_slow={spec.beta_slow} "
@@ -79,12 +74,13 @@ def gguf_rope_fields(rope_parameters: Mapping[str, Any], window: int) -> dict[st
         "context_length": int(window),
         "rope.freq_base": float(params["rope_theta"]),
     }
-    if rope_type == "default":
+    if rope_type in ("default", "llama3"):  # llama3: per-frequency factors, rope_freqs tensor
         fields["rope.scaling.type"] = "none"
         return fields
     if rope_type not in ("linear", "yarn"):
         raise LongqaError(
-            f"rope_type '{rope_type}' cannot be written to GGUF (llama.cpp takes none, linear, yarn)"
+            f"rope_type '{rope_type}' cannot be written to GGUF (llama.cpp takes none, linear, "
+            "yarn, and llama3 as frequency factors)"
         )
     factor = float(params["factor"])
     fields["rope.scaling.type"] = rope_type
@@ -103,6 +99,27 @@ def gguf_rope_fields(rope_parameters: Mapping[str, Any], window: int) -> dict[st
         own = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
         fields["rope.scaling.attn_factor"] = float(params.get("attention_factor") or own) / own
     return fields
+
+
+def rope_freq_factors(rope_parameters: Mapping[str, Any], head_dim: int) -> Any:
+    """Llama 3.1 scaling as llama.cpp's ``rope_freqs`` tensor: float32 ``[head_dim/2]`` divisors of
+    each base frequency (theta_i / f_i = the scaled theta_i), or None for other rope types."""
+    params = dict(rope_parameters)
+    if (params.get("rope_type") or params.get("type")) != "llama3":
+        return None
+    from longqa.ops.rope_scaling import compute_rope, default_inv_freq
+
+    spec = {
+        "method": "llama3",
+        "factor": float(params["factor"]),
+        "low_freq_factor": float(params.get("low_freq_factor", 1.0)),
+        "high_freq_factor": float(params.get("high_freq_factor", 4.0)),
+    }
+    base, l0 = float(params["rope_theta"]), int(params["original_max_position_embeddings"])
+    scaled, _ = compute_rope(
+        spec, head_dim=head_dim, base=base, original_max_position_embeddings=l0
+    )
+    return (default_inv_freq(head_dim, base) / scaled).numpy().astype("float32")
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
@@ -187,6 +204,11 @@ def write_gguf(
             else:
                 writer.add_float32(full, value)
         _add_tokenizer(writer, Path(tokenizer), model_type, int(cfg["vocab_size"]))
+        factors = rope_freq_factors(rope, head_dim)
+        if factors is not None:
+            if arch != "llama":
+                raise LongqaError(f"rope_type 'llama3' cannot be written to GGUF for {arch} models")
+            writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors)
         names = gguf.get_tensor_name_map(
             getattr(gguf.MODEL_ARCH, arch.upper()), int(cfg["num_hidden_layers"])
         )
