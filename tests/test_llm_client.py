@@ -92,7 +92,8 @@ def test_gives_up_after_max_retries():
 
 QA = object_schema(("question", "original_text", "answer"), name="qa")
 OPENAI_LIKE = ("json_schema", "json_object")  # OpenAI, vLLM, llama-server
-LLAMA_CPP_PYTHON = ("json_object",)  # json_object + schema; json_schema fails validation (422)
+# json_object + schema; json_schema fails request validation, answered with HTTP 500 naming it
+LLAMA_CPP_PYTHON = ("json_object",)
 
 
 async def _twice(client: LLMClient, **kw):
@@ -108,10 +109,11 @@ async def _twice(client: LLMClient, **kw):
     "formats, status, tried, used",
     [
         (OPENAI_LIKE, 400, ["json_schema"], "json_schema"),
+        (LLAMA_CPP_PYTHON, 500, ["json_schema", "json_object"], "json_object"),
         (LLAMA_CPP_PYTHON, 422, ["json_schema", "json_object"], "json_object"),
         ((), 400, ["json_schema", "json_object", None], "none"),
     ],
-    ids=["openai-vllm", "llama-cpp-python", "no-structured-output"],
+    ids=["openai-vllm", "llama-cpp-python", "fastapi-422", "no-structured-output"],
 )
 def test_auto_response_format_falls_back_and_remembers(formats, status, tried, used):
     with StubOpenAIServer(formats=formats, refusal_status=status) as server:
@@ -130,7 +132,7 @@ def test_auto_response_format_falls_back_and_remembers(formats, status, tried, u
         assert last["schema"] == QA  # llama-cpp-python's dialect carries the schema itself
     else:
         assert last is None
-    assert client.usage.calls == 2 and client.usage.failures == 0
+    assert client.usage.calls == 2 and client.usage.failures == 0 and client.usage.retries == 0
 
 
 @pytest.mark.parametrize("forced", ["json_schema", "json_object", "none"])

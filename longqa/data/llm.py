@@ -29,8 +29,9 @@ given, so that small models produce parseable JSON:
 - ``json_object`` — llama-cpp-python's server (and OpenAI's schema-less JSON mode):
   ``{"type": "json_object", "schema": {...}}``;
 - ``none`` — no ``response_format``: the plain prompt, the answer parsed leniently;
-- ``auto`` (default) — try the dialects in that order; a refusal (HTTP 400/422 whose error names
-  ``response_format``) moves to the next one, which is then remembered for the rest of the run.
+- ``auto`` (default) — try the dialects in that order; a refusal (HTTP 400/422, or the 500 that
+  llama-cpp-python's server sends, whose error names ``response_format``) moves to the next one,
+  which is then remembered for the rest of the run.
 
 A forced dialect the server refuses is a :class:`LongqaError` naming the other choices.
 Successful answers are stored in a SQLite cache keyed by (model, messages, parameters), so a killed
@@ -270,6 +271,9 @@ class LLMClient:
                 openai.APIStatusError,
             ) as exc:
                 status = getattr(exc, "status_code", None)
+                if fmt is not None and status == 500 and _names_response_format(exc):
+                    self._refuse(dialect, exc)  # llama-cpp-python answers a bad format with 500
+                    continue
                 retryable = status is None or status == 429 or status >= 500 or status == 408
                 if not retryable or attempt >= self.max_retries:
                     self.usage.failures += 1
