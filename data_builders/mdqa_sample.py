@@ -21,7 +21,8 @@ from typing import Any
 from data_builders.corpus import Document
 from data_builders.extractive import keywords, pick_salient_span, unique_prefix
 from data_builders.verify import verify_quote
-from longqa.data.llm import LLMClient, LLMError, object_schema, parse_json_object
+from longqa.data.llm import LLMClient, LLMError, parse_json_object
+from longqa.data.response_format import object_schema
 
 PROMPTS = Path(__file__).parent / "prompts"
 QA_KEYS = ("question", "original_text", "answer")

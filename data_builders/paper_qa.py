@@ -209,7 +209,8 @@ async def _llm_qa(
     """Ask up to ``max_attempts`` times; a quote must verify against the passage (a near-verbatim
     one is replaced by the passage's own words, so every kept quote is a true copy)."""
     from data_builders.verify import verify_quote
-    from longqa.data.llm import LLMError, object_schema, parse_json_object
+    from longqa.data.llm import LLMError, parse_json_object
+    from longqa.data.response_format import object_schema
 
     quoting = opts.answer_style == "quote-first"
     required = ("question", "original_text", "answer") if quoting else ("question", "answer")

@@ -12,7 +12,8 @@ import pytest
 
 from data_builders.verify import verify_quote
 from longqa.core.errors import LongqaError
-from longqa.data.llm import LLMClient, LLMError, object_schema, parse_json_object
+from longqa.data.llm import LLMClient, LLMError, parse_json_object
+from longqa.data.response_format import object_schema
 
 sys.path.insert(0, str(Path(__file__).parent))
 from stub_openai_server import QAResponder, StubOpenAIServer, StubReply  # noqa: E402

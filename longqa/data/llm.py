@@ -4,7 +4,7 @@ Usage (async; the builders run many requests at once)::
 
     client = LLMClient(base_url="http://localhost:8000/v1", model="qwen2.5-7b-instruct",
                        concurrency=32, cache_path="out/llm_cache.sqlite")
-    schema = object_schema(("question", "answer"))
+    schema = object_schema(("question", "answer"))   # longqa.data.response_format
     reply = await client.acomplete(messages, temperature=0.7, max_tokens=512, json_mode=True,
                                    schema=schema)
     obj, reason = parse_json_object(reply.text, required=("question", "answer"))
@@ -21,8 +21,8 @@ that stops the run with a :class:`LongqaError`, so a server outage never turns i
 (the rerun resumes, answers already paid for come from the cache).
 
 Structured output: a ``json_mode`` request carries ``response_format`` in the dialect the server
-speaks (``response_format`` argument; :data:`RESPONSE_FORMATS`), with the JSON schema when one is
-given, so that small models produce parseable JSON:
+speaks (``response_format`` argument; :mod:`longqa.data.response_format`), with the JSON schema when
+one is given, so that small models produce parseable JSON:
 
 - ``json_schema`` — OpenAI, vLLM, llama.cpp's own ``llama-server``:
   ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}, "strict": true}}``;
@@ -52,39 +52,14 @@ from typing import Any
 
 from longqa.core.errors import LongqaError
 from longqa.data.llm_cache import ResponseCache, cache_key
+from longqa.data.response_format import (
+    AUTO_ORDER,
+    RESPONSE_FORMATS,
+    names_response_format,
+    response_format_payload,
+)
 
 DUMMY_KEY = "sk-local-no-key"
-RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "none")
-_AUTO_ORDER = ("json_schema", "json_object", "none")
-
-
-def object_schema(keys: Sequence[str], name: str = "answer") -> dict[str, Any]:
-    """JSON schema of an object with the non-empty string fields ``keys`` (all required, no others);
-    ``title`` names it in the ``json_schema`` dialect."""
-    return {
-        "title": name,
-        "type": "object",
-        "properties": {k: {"type": "string", "minLength": 1} for k in keys},
-        "required": list(keys),
-        "additionalProperties": False,
-    }
-
-
-def response_format_payload(dialect: str, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The ``response_format`` request field of ``dialect`` (None for ``none``)."""
-    if dialect == "none":
-        return None
-    if dialect == "json_object":
-        return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
-    if dialect == "json_schema":
-        if not schema:  # no schema to send: OpenAI's schema-less JSON mode
-            return {"type": "json_object"}
-        name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "answer"))[:64]
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": name, "schema": schema, "strict": True},
-        }
-    raise LongqaError(f"--response-format {dialect}: expected one of {', '.join(RESPONSE_FORMATS)}")
 
 
 class LLMError(Exception):
@@ -172,7 +147,7 @@ class LLMClient:
             )
         self.response_format = response_format
         # the dialect in use: fixed, or (auto) the first one the server has not refused yet
-        self.dialect = _AUTO_ORDER[0] if response_format == "auto" else response_format
+        self.dialect = AUTO_ORDER[0] if response_format == "auto" else response_format
         self.refused: list[str] = []
         self.usage = Usage()
         self._client: Any = None
@@ -251,7 +226,7 @@ class LLMClient:
             try:
                 resp = await self._client.chat.completions.create(**kwargs)
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-                if fmt is not None and _names_response_format(exc):
+                if fmt is not None and names_response_format(exc):
                     self._refuse(dialect, exc)
                     continue
                 self.usage.failures += 1
@@ -271,7 +246,7 @@ class LLMClient:
                 openai.APIStatusError,
             ) as exc:
                 status = getattr(exc, "status_code", None)
-                if fmt is not None and status == 500 and _names_response_format(exc):
+                if fmt is not None and status == 500 and names_response_format(exc):
                     self._refuse(dialect, exc)  # llama-cpp-python answers a bad format with 500
                     continue
                 retryable = status is None or status == 429 or status >= 500 or status == 408
@@ -311,7 +286,7 @@ class LLMClient:
             )
         if self.dialect == dialect:  # concurrent refusals of the same dialect advance only once
             self.refused.append(dialect)
-            self.dialect = _AUTO_ORDER[_AUTO_ORDER.index(dialect) + 1]
+            self.dialect = AUTO_ORDER[AUTO_ORDER.index(dialect) + 1]
 
     def _delay(self, attempt: int, exc: Exception) -> float:
         response = getattr(exc, "response", None)
@@ -339,13 +314,6 @@ class LLMClient:
         if self._client is not None:
             await self._client.close()
             self._client = None
-
-
-def _names_response_format(exc: Exception) -> bool:
-    """Whether a 400/422 is about ``response_format`` (not, say, a prompt that is too long)."""
-    body = getattr(exc, "body", None)
-    text = json.dumps(body) if body is not None else ""
-    return "response_format" in f"{exc} {text}"
 
 
 def _short(exc: Exception, limit: int = 160) -> str:
