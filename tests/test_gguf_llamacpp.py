@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -109,24 +110,28 @@ def test_passkey_prompt_at_12k_agrees_with_patched_transformers(engines, key, de
 
     tok = engines["tok"]
     ids = passkey_ids(tok, key, PASSKEY_LEN, depth)
-    t0 = time.time()
-    ref, ref_answer = _hf(engines["model"], ids)
-    t_hf = time.time() - t0
     llm = Llama(
         model_path=str(engines["gguf"]), n_ctx=PASSKEY_LEN + 16, n_batch=512, n_threads=1,
         verbose=False,
     )  # fmt: skip
-    assert llm.n_ctx() == PASSKEY_LEN + 16
-    t0 = time.time()
-    got, got_answer = _llama_cpp(llm, ids)
-    t_cpp = time.time() - t0
+    assert llm.n_ctx() >= PASSKEY_LEN + 16  # llama.cpp rounds the context up to a multiple of 256
+
+    def timed(fn, *args):  # noqa: ANN001, ANN202
+        t0 = time.time()
+        return fn(*args), round(time.time() - t0, 1)
+
+    # the two engines run side by side (both release the GIL in their kernels)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        cpp_job = pool.submit(timed, _llama_cpp, llm, ids)
+        (ref, ref_answer), t_hf = timed(_hf, engines["model"], ids)
+        (got, got_answer), t_cpp = cpp_job.result()
     kl = _kl(ref, got)
     report = {
         "key": key, "depth": depth, "prompt_tokens": len(ids), "positions": N_PROBE,
         "top1_agreement": float((ref.argmax(-1) == got.argmax(-1)).mean()),
         "kl_mean": float(kl.mean()), "kl_max": float(kl.max()),
         "answer_hf": tok.decode(ref_answer), "answer_llama_cpp": tok.decode(got_answer),
-        "seconds_hf": round(t_hf, 1), "seconds_llama_cpp": round(t_cpp, 1),
+        "seconds_hf": t_hf, "seconds_llama_cpp": t_cpp,
     }  # fmt: skip
     print(json.dumps(report))
     assert len(ids) == PASSKEY_LEN
