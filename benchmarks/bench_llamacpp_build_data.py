@@ -11,6 +11,7 @@ as float16 GGUF (see tests/llama_server.py for why not the shipped Q4_1) to both
 
 Per arm: samples/s (wall time of the whole build, server warm), turn acceptance rate (accepted
 turns / LLM answers), samples delivered of those requested, draws spent, rejections by reason; and
+the share of answers that were a JSON object with the three string fields (``valid_json_rate``); and
 the ratio auto/none. Each arm builds into a fresh folder with its own cache (no free answers).
 """
 
@@ -49,6 +50,7 @@ def _build(corpus: Path, out: Path, url: str, n: int, fmt: str, args) -> dict:  
         raise SystemExit(done.stderr.decode()[-3000:])
     stats = json.loads((out / "stats.json").read_text())
     answers = stats["llm"]["calls"]
+    unparsed = sum(v for k, v in stats["rejections"].items() if k.startswith("bad answer:"))
     return {
         "response_format": fmt,
         "dialect_used": stats["llm"]["response_format"] or "none",
@@ -60,6 +62,7 @@ def _build(corpus: Path, out: Path, url: str, n: int, fmt: str, args) -> dict:  
         "llm_answers": answers,
         "accepted_turns": stats["turns"],
         "turn_acceptance": round(stats["turns"] / answers, 3) if answers else 0.0,
+        "valid_json_rate": round((answers - unparsed) / answers, 3) if answers else 0.0,
         "rejections": stats["rejections"],
         "command": " ".join(cmd[1:]),
     }
@@ -97,6 +100,9 @@ def main() -> None:
         else None,
         "turn_acceptance": round(new["turn_acceptance"] / base["turn_acceptance"], 2)
         if base["turn_acceptance"]
+        else None,
+        "valid_json_rate": round(new["valid_json_rate"] / base["valid_json_rate"], 2)
+        if base["valid_json_rate"]
         else None,
     }
     print(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "arms": rows,

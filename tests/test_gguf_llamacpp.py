@@ -69,12 +69,12 @@ def _hf(model, ids: list[int]) -> tuple[np.ndarray, list[int]]:
     import torch
 
     with torch.no_grad():
-        out = model.model(torch.tensor([ids]), use_cache=True)
-        probe = model.lm_head(out.last_hidden_state[0, -N_PROBE:]).double().numpy()
-        past, answer = out.past_key_values, [int(probe[-1].argmax())]
+        out = model(torch.tensor([ids]), use_cache=True, logits_to_keep=N_PROBE)
+        probe = out.logits[0].double().numpy()
+        cache, answer = out.cache, [int(probe[-1].argmax())]
         for _ in range(N_ANSWER - 1):
-            step = model(torch.tensor([answer[-1:]]), past_key_values=past, use_cache=True)
-            past = step.past_key_values
+            step = model(torch.tensor([answer[-1:]]), cache=cache, use_cache=True)
+            cache = step.cache
             answer.append(int(step.logits[0, -1].argmax()))
     return probe, answer
 
