@@ -86,7 +86,7 @@ def build_data(
         None, "--response-format", help="auto | json_schema | json_object | none"
     ),
     cache: Path = typer.Option(None, "--cache", help="SQLite LLM response cache"),
-    num_samples: int = typer.Option(None, "--num-samples", help="samples to build"),
+    num_samples: int = typer.Option(None, "--num-samples", help="samples to deliver (a target)"),
     max_samples: int = typer.Option(None, "--max-samples", help="cap on samples"),
     target_tokens: int = typer.Option(None, "--target-tokens", help="sample length in tokens"),
     tokenizer: str = typer.Option(None, "--tokenizer", help="alias/path/hub id, or 'approx'"),
