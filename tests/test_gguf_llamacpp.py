@@ -79,17 +79,25 @@ def _hf(model, ids: list[int]) -> tuple[np.ndarray, list[int]]:
     return probe, answer
 
 
+def _last_logits(llm) -> np.ndarray:
+    """Logits of the last evaluated token (without logits_all, ``Llama.scores`` keeps none)."""
+    import llama_cpp
+
+    row = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(llm.n_vocab(),))
+    return row.astype(np.float64)
+
+
 def _llama_cpp(llm, ids: list[int]) -> tuple[np.ndarray, list[int]]:
     llm.reset()
     llm.eval(ids[:-N_PROBE])
     rows = []
     for t in ids[-N_PROBE:]:  # one at a time: the context keeps only the last row of logits
         llm.eval([t])
-        rows.append(np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64))
+        rows.append(_last_logits(llm))
     answer = [int(rows[-1].argmax())]
     for _ in range(N_ANSWER - 1):
         llm.eval([answer[-1]])
-        answer.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        answer.append(int(_last_logits(llm).argmax()))
     return np.stack(rows), answer
 
 
