@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.longqa-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test test-all lint format install clean
+.PHONY: demo test test-all test-integration lint format install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q -m "not slow and not cuda"
+	$(BIN)/python -m pytest -q -m "not slow and not cuda and not integration"
+
+# real llama.cpp at both ends (build-data against llama_cpp.server, GGUF export read by llama.cpp);
+# needs the `serve` extra: pip install -e ".[serve]"
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -q -m integration
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,9 +1,13 @@
 """Driver of the paraphrase-mdqa build: resume, concurrent sample workers, progress, stats.json.
 
 Called by :func:`data_builders.paraphrase_mdqa.build`, which hands in its sample maker, so imports
-go one way (``paraphrase_mdqa`` → ``mdqa_run``). Samples are numbered 0..num_samples-1 and
-built deterministically from (seed, number), so a rerun skips the ids already in the output or
-recorded as dropped in ``.build_state.json`` and rebuilds only the rest (LLM answers from the cache).
+go one way (``paraphrase_mdqa`` → ``mdqa_run``). Samples are numbered 0, 1, 2, ... and built
+deterministically from (seed, number). ``num_samples`` is a target: ids are drawn in order until that
+many samples are written, at most ``max_draws`` ids (default 2·N + 8), and a shortfall is reported
+(``stats["shortfall"]``, with the draws spent). A new id starts only while the written samples plus
+those in flight are below the target, so the output holds exactly the first N accepted ids whatever
+the concurrency. A rerun skips the ids already in the output or recorded as dropped in
+``.build_state.json`` and rebuilds only the rest (LLM answers from the cache).
 Statistics are recomputed from the output files and the dropped records at the end of every run,
 so they are exact after any number of interrupted runs.
 """
@@ -27,7 +31,7 @@ from longqa.data.tokens import get_token_counter
 # options that do not change what a sample contains (may differ between a run and its resume)
 _RUNTIME = {
     "out", "num_samples", "base_url", "concurrency", "timeout", "max_retries", "cache",
-    "price_input", "price_output", "shard_size", "progress",
+    "price_input", "price_output", "shard_size", "progress", "max_draws", "response_format",
 }  # fmt: skip
 
 
@@ -55,6 +59,7 @@ def make_client(opts: Any, out: Path) -> Any:
         cache_path=opts.cache or out / "llm_cache.sqlite",
         price_input_per_1m=opts.price_input,
         price_output_per_1m=opts.price_output,
+        response_format=opts.response_format,
     )
 
 
@@ -98,13 +103,31 @@ def run_build(
         dropped = writer.state.setdefault("dropped", {})
         writer.save_state()
         done = writer.done_ids()
-        todo = [i for i in range(opts.num_samples) if sample_id(i) not in done | dropped.keys()]
-        run_sync(_drive(ctx, writer, todo, sample_id, make_sample))
+        limit = max_draws(opts)
+        todo = [i for i in range(limit) if sample_id(i) not in done | dropped.keys()]
+        run_sync(
+            _drive(ctx, writer, todo, sample_id, make_sample, target=opts.num_samples - len(done))
+        )
     stats = collect_stats(out, opts, writer.state.get("dropped", {}), opts.num_samples, task)
+    drawn = len(writer.done_ids() | writer.state.get("dropped", {}).keys())
+    stats["draws"] = {"used": drawn, "limit": limit}
+    if stats["shortfall"]:
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            f"[yellow]warning:[/yellow] {stats['samples']} of {opts.num_samples} samples after "
+            f"{drawn} draws (limit {limit}; raise --opt max_draws=N or see drop_reasons in "
+            f"{out / 'stats.json'})"
+        )
     stats["corpus"] = {**corpus.stats, "problems": corpus.problems[:10]}
     stats["llm"] = client.usage.as_dict() if client is not None else None
     write_stats(out, stats)
     return stats
+
+
+def max_draws(opts: Any) -> int:
+    """How many sample ids a build may try to reach ``num_samples``."""
+    return max(opts.max_draws or 2 * opts.num_samples + 8, opts.num_samples)
 
 
 async def _drive(
@@ -113,7 +136,9 @@ async def _drive(
     todo: list[int],
     sample_id: Callable[[int], str],
     make_sample: MakeSample,
+    target: int,
 ) -> None:
+    """Build ids of ``todo`` in order until ``target`` more samples are written or ``todo`` ends."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -124,9 +149,7 @@ async def _drive(
     )
 
     opts = ctx.opts
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in todo:
-        queue.put_nowait(i)
+    pending = iter(todo)
     n_workers = 1 if opts.generator == "extractive" else max(2, 2 * opts.concurrency // opts.turns)
     counts = Counter()
     progress = Progress(
@@ -139,25 +162,42 @@ async def _drive(
         TextColumn("accepted {task.fields[ok]} · dropped {task.fields[bad]}"),
         disable=not opts.progress,
     )
-    task = progress.add_task("build", total=len(todo), ok=0, bad=0, rate="")
+    task = progress.add_task("build", total=max(target, 0), ok=0, bad=0, rate="")
+
+    slot_freed = asyncio.Condition()
 
     async def worker() -> None:
         while True:
+            async with slot_freed:  # start an id only while every one in flight may be accepted
+                await slot_freed.wait_for(
+                    lambda: counts["ok"] + counts["in_flight"] < target or not counts["in_flight"]
+                )
+                if counts["ok"] >= target:
+                    return
+                i = next(pending, None)
+                if i is None:
+                    return
+                counts["in_flight"] += 1
             try:
-                i = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            sample, info = await make_sample(ctx, i)
-            if sample is not None:
-                writer.write(sample)
-                counts["ok"] += 1
-            else:
-                writer.state["dropped"][sample_id(i)] = info
-                writer.save_state()
-                counts["bad"] += 1
+                sample, info = await make_sample(ctx, i)
+            except BaseException:
+                counts["in_flight"] -= 1
+                raise
+            async with slot_freed:  # record before waking the others: no overshoot
+                counts["in_flight"] -= 1
+                if sample is not None:
+                    writer.write(sample)
+                    counts["ok"] += 1
+                else:
+                    writer.state["dropped"][sample_id(i)] = info
+                    writer.save_state()
+                    counts["bad"] += 1
+                slot_freed.notify_all()
             elapsed = progress.tasks[0].elapsed or 1e-9
-            rate = f"{(counts['ok'] + counts['bad']) / elapsed:.2f} samples/s"
-            progress.update(task, advance=1, ok=counts["ok"], bad=counts["bad"], rate=rate)
+            rate = f"{counts['ok'] / elapsed:.2f} samples/s"
+            progress.update(
+                task, completed=counts["ok"], ok=counts["ok"], bad=counts["bad"], rate=rate
+            )
 
     with progress:
         try:
@@ -201,6 +241,7 @@ def collect_stats(
         "generator": opts.generator,
         "requested": requested,
         "samples": n,
+        "shortfall": max(0, requested - n),
         "dropped_samples": sum(drop_reasons.values()),
         "drop_reasons": dict(drop_reasons),
         "turns": turns,

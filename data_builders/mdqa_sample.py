@@ -22,9 +22,11 @@ from data_builders.corpus import Document
 from data_builders.extractive import keywords, pick_salient_span, unique_prefix
 from data_builders.verify import verify_quote
 from longqa.data.llm import LLMClient, LLMError, parse_json_object
+from longqa.data.response_format import object_schema
 
 PROMPTS = Path(__file__).parent / "prompts"
 QA_KEYS = ("question", "original_text", "answer")
+QA_SCHEMA = object_schema(QA_KEYS, name="qa")  # sent as response_format where the server takes it
 
 
 @cache
@@ -62,6 +64,7 @@ async def llm_turn(client: LLMClient, doc: Document, negative: bool, lang: str, 
                 temperature=opts.temperature,
                 max_tokens=opts.max_new_tokens,
                 json_mode=True,
+                schema=QA_SCHEMA,
                 seed=opts.seed + attempt,
             )
         except LLMError:

@@ -89,6 +89,9 @@ class Options(BaseModel):
     base_url: str | None = None
     model: str | None = None
     concurrency: int = Field(16, ge=1)
+    response_format: Literal["auto", "json_schema", "json_object", "none"] = Field(
+        "auto", description="structured-output dialect of the server (auto: detect)"
+    )
     timeout: float = Field(120.0, gt=0)
     max_retries: int = Field(6, ge=0)
     cache: Path | None = Field(None, description="SQLite response cache (default <out>/llm_cache)")
@@ -207,6 +210,7 @@ async def _llm_qa(
     one is replaced by the passage's own words, so every kept quote is a true copy)."""
     from data_builders.verify import verify_quote
     from longqa.data.llm import LLMError, parse_json_object
+    from longqa.data.response_format import object_schema
 
     quoting = opts.answer_style == "quote-first"
     required = ("question", "original_text", "answer") if quoting else ("question", "answer")
@@ -217,6 +221,7 @@ async def _llm_qa(
                 temperature=opts.temperature,
                 max_tokens=opts.max_new_tokens,
                 json_mode=True,
+                schema=object_schema(required, name="qa"),
                 seed=salt * 100 + attempt,
             )
         except LLMError as exc:
@@ -296,6 +301,7 @@ def build(options: Options) -> dict:
             base_url=options.base_url,
             model=options.model,
             concurrency=options.concurrency,
+            response_format=options.response_format,
             timeout=options.timeout,
             max_retries=options.max_retries,
             cache_path=options.cache or options.out / "llm_cache.sqlite",

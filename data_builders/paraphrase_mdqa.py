@@ -69,6 +69,12 @@ class Options(BaseModel):
     max_attempts: int = Field(3, ge=1, description="LLM tries per turn before dropping it")
     temperature: float = Field(0.7, ge=0)
     max_new_tokens: int = Field(768, ge=16)
+    response_format: Literal["auto", "json_schema", "json_object", "none"] = Field(
+        "auto", description="structured-output dialect of the server (auto: detect)"
+    )
+    max_draws: int | None = Field(
+        None, ge=1, description="sample ids tried to reach --num-samples (default 2·N + 8)"
+    )
     concurrency: int = Field(16, ge=1)
     timeout: float = Field(120.0, gt=0)
     max_retries: int = Field(6, ge=0)

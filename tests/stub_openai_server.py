@@ -19,6 +19,12 @@ misbehaves on purpose when the document contains a marker word:
 
 The server answers at most ``max_requests`` requests (later ones get HTTP 400), so a test can never
 loop forever against it.
+
+``formats`` plays a server's structured-output dialect: the ``response_format`` types it accepts
+(None: any). A request with another type is refused with ``refusal_status`` and an error naming
+``response_format``, as real servers do: llama-cpp-python takes ``json_object`` (+ ``schema``) and
+answers ``json_schema`` with a validation error; a server without structured output refuses all.
+Every request's ``response_format`` (or None) is recorded in ``server.formats_seen``.
 """
 
 from __future__ import annotations
@@ -52,12 +58,17 @@ class StubOpenAIServer:
         *,
         latency: float = 0.0,
         max_requests: int = 100_000,
+        formats: tuple[str, ...] | None = None,
+        refusal_status: int = 400,
     ) -> None:
         self.responder = responder or (lambda body, n: StubReply(content="ok"))
         self.latency = latency
         self.max_requests = max_requests
         self.request_count = 0
         self.statuses: Counter[int] = Counter()
+        self.formats = formats
+        self.refusal_status = refusal_status
+        self.formats_seen: list[dict[str, Any] | None] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -79,13 +90,24 @@ class StubOpenAIServer:
             def do_POST(self) -> None:  # noqa: N802 (http.server naming)
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
+                fmt = body.get("response_format")
                 with server._lock:
                     server.request_count += 1
                     n = server.request_count
+                    server.formats_seen.append(fmt)
                 if n > server.max_requests:
                     reply = StubReply(400, json.dumps({"error": {"message": "budget exhausted"}}))
                 elif not self.path.endswith("/chat/completions"):
                     reply = StubReply(404, json.dumps({"error": {"message": "no route"}}))
+                elif (
+                    fmt is not None
+                    and server.formats is not None
+                    and (fmt.get("type") not in server.formats)
+                ):
+                    msg = f"response_format type '{fmt.get('type')}' is not supported"
+                    reply = StubReply(
+                        server.refusal_status, json.dumps({"error": {"message": msg}})
+                    )
                 else:
                     reply = server.responder(body, n)
                 with server._lock:

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from data_builders.verify import verify_quote
+from longqa.core.errors import LongqaError
 from longqa.data.llm import LLMClient, LLMError, parse_json_object
+from longqa.data.response_format import object_schema
 
 sys.path.insert(0, str(Path(__file__).parent))
 from stub_openai_server import QAResponder, StubOpenAIServer, StubReply  # noqa: E402
@@ -89,17 +91,89 @@ def test_gives_up_after_max_retries():
     assert client.usage.failures == 1
 
 
-def test_json_mode_rejected_falls_back_to_plain():
-    def responder(body, n):
-        if "response_format" in body:
-            return StubReply(400, json.dumps({"error": {"message": "response_format unsupported"}}))
-        return StubReply(content='{"a": 1}')
+QA = object_schema(("question", "original_text", "answer"), name="qa")
+OPENAI_LIKE = ("json_schema", "json_object")  # OpenAI, vLLM, llama-server
+# json_object + schema; json_schema fails request validation, answered with HTTP 500 naming it
+LLAMA_CPP_PYTHON = ("json_object",)
 
+
+async def _twice(client: LLMClient, **kw):
+    try:
+        a = await client.acomplete(MSG, seed=1, **kw)
+        b = await client.acomplete(MSG, seed=2, **kw)
+        return a, b
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "formats, status, tried, used",
+    [
+        (OPENAI_LIKE, 400, ["json_schema"], "json_schema"),
+        (LLAMA_CPP_PYTHON, 500, ["json_schema", "json_object"], "json_object"),
+        (LLAMA_CPP_PYTHON, 422, ["json_schema", "json_object"], "json_object"),
+        ((), 400, ["json_schema", "json_object", None], "none"),
+    ],
+    ids=["openai-vllm", "llama-cpp-python", "fastapi-422", "no-structured-output"],
+)
+def test_auto_response_format_falls_back_and_remembers(formats, status, tried, used):
+    with StubOpenAIServer(formats=formats, refusal_status=status) as server:
+        client = LLMClient(base_url=server.url, model="stub")
+        a, b = run(_twice(client, json_mode=True, schema=QA))
+        seen = server.formats_seen
+    assert a.text == b.text == "ok"
+    # first call walks the dialects up to the accepted one; the second goes straight there
+    assert [f and f["type"] for f in seen] == tried + tried[-1:]
+    assert client.dialect == used and client.usage.response_format == used
+    assert client.refused == [t for t in ("json_schema", "json_object")[: len(tried) - 1]]
+    last = seen[-1]
+    if used == "json_schema":
+        assert last["json_schema"]["schema"] == QA and last["json_schema"]["name"] == "qa"
+    elif used == "json_object":
+        assert last["schema"] == QA  # llama-cpp-python's dialect carries the schema itself
+    else:
+        assert last is None
+    assert client.usage.calls == 2 and client.usage.failures == 0 and client.usage.retries == 0
+
+
+@pytest.mark.parametrize("forced", ["json_schema", "json_object", "none"])
+def test_forced_response_format_is_sent_as_is(forced):
+    with StubOpenAIServer(formats=OPENAI_LIKE) as server:
+        client = LLMClient(base_url=server.url, model="stub", response_format=forced)
+        run(_twice(client, json_mode=True, schema=QA))
+        seen = server.formats_seen
+    assert len(seen) == 2 and seen[0] == seen[1]
+    assert (seen[0] and seen[0]["type"]) == (None if forced == "none" else forced)
+
+
+def test_forced_response_format_refused_names_the_alternatives():
+    with StubOpenAIServer(formats=LLAMA_CPP_PYTHON, refusal_status=422) as server:
+        client = LLMClient(base_url=server.url, model="stub", response_format="json_schema")
+        with pytest.raises(LongqaError, match="refused response_format 'json_schema'.*json_object"):
+            run(_complete(client, MSG, json_mode=True, schema=QA))
+
+
+def test_plain_requests_carry_no_response_format():
+    with StubOpenAIServer(formats=()) as server:
+        client = LLMClient(base_url=server.url, model="stub")
+        run(_complete(client, MSG))
+        assert server.formats_seen == [None] and client.dialect == "json_schema"
+
+
+def test_other_400_is_not_taken_for_a_refused_format():
+    responder = lambda body, n: StubReply(
+        400, json.dumps({"error": {"message": "prompt too long"}})
+    )
     with StubOpenAIServer(responder) as server:
         client = LLMClient(base_url=server.url, model="stub")
-        reply = run(_complete(client, MSG, json_mode=True))
-        assert reply.text == '{"a": 1}' and server.request_count == 2
-    assert client.json_mode_supported is False
+        with pytest.raises(LLMError, match="rejected \\(400\\).*prompt too long"):
+            run(_complete(client, MSG, json_mode=True, schema=QA))
+        assert server.request_count == 1 and client.refused == []
+
+
+def test_unknown_response_format_is_a_one_line_error():
+    with pytest.raises(LongqaError, match="--response-format json: expected one of auto"):
+        LLMClient(base_url="http://127.0.0.1:9/v1", model="m", response_format="json")
 
 
 def test_cache_makes_second_run_free(tmp_path: Path):
@@ -177,3 +251,16 @@ def test_run_sync_works_inside_a_running_event_loop():
         return run_sync(double(5))
 
     assert asyncio.run(outer()) == 10
+
+
+def test_unreachable_endpoint_stops_the_run_instead_of_dropping_data():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = LLMClient(
+        base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=1, backoff=0.01
+    )
+    with pytest.raises(LongqaError, match=f"127.0.0.1:{port}/v1 unreachable after 2 tries"):
+        run(_complete(client, MSG))

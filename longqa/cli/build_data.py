@@ -226,6 +226,13 @@ build_data.__doc__ = f"{build_data.__doc__}\n\nTasks:\n\n{_task_list()}"
 def _report(task: str, stats: dict[str, Any], out: Any) -> None:
     from rich.console import Console
 
-    keys = ("samples", "dropped_samples", "requested", "turns", "effective_token_share")
+    keys = (
+        "samples",
+        "requested",
+        "shortfall",
+        "dropped_samples",
+        "turns",
+        "effective_token_share",
+    )
     shown = ", ".join(f"{k}={stats[k]}" for k in keys if k in stats)
     Console(stderr=True).print(f"[bold green]{task}[/] done → {out}: {shown}")

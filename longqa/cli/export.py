@@ -1,6 +1,7 @@
 """`longqa export`: a trained adapter → a folder standard inference engines load with the right RoPE.
 
-Thin wrapper over :func:`longqa.models.export.export_adapter`.
+Thin wrapper over :func:`longqa.models.export.export_adapter`; ``--gguf out.gguf [--type f16|q8_0]``
+merges and then writes one GGUF file for llama.cpp/Ollama (:mod:`longqa.models.gguf_export`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import typer
 
 def export(
     adapter: Path = typer.Option(..., "--adapter", help="adapter folder written by `longqa train`"),
-    out: Path = typer.Option(..., "--out", help="output folder (replaced atomically)"),
+    out: Path = typer.Option(
+        None, "--out", help="output folder (replaced atomically); optional with --gguf"
+    ),
     merge: bool = typer.Option(
         False, "--merge/--keep-adapter", help="fold LoRA into the base weights (default: keep it)"
     ),
@@ -25,6 +28,10 @@ def export(
     from_nf4: bool = typer.Option(
         False, "--from-nf4", help="merge into the de-quantised NF4 weights QLoRA trained against"
     ),
+    gguf: Path = typer.Option(
+        None, "--gguf", help="also write the merged model as one GGUF file (llama.cpp, Ollama)"
+    ),
+    gguf_type: str = typer.Option("f16", "--type", help="GGUF tensor type: f16 | q8_0 | f32"),
 ) -> None:
     """Merge (or keep) a LoRA adapter and write a config.json whose RoPE settings reproduce
     training in transformers, vLLM and other engines."""
@@ -37,6 +44,11 @@ def export(
 
     if dtype not in ("bfloat16", "float16", "float32"):
         raise LongqaError(f"--dtype {dtype}: expected bfloat16, float16 or float32")
+    if out is None and gguf is None:
+        raise LongqaError("--out is required (or --gguf FILE for a GGUF file only)")
+    if gguf is not None:
+        _export_gguf(adapter, out, gguf, gguf_type, base=model, dtype=dtype, from_nf4=from_nf4)
+        return
     logging.getLogger("longqa.models.export").setLevel(logging.ERROR)  # warnings are printed below
     err = Console(stderr=True)
     with err.status(f"exporting {adapter} → {out}"):
@@ -52,4 +64,47 @@ def export(
     typer.echo(
         f"rope: {params['rope_type']} ({details}); "
         f"max_position_embeddings={summary['max_position_embeddings']}"
+    )
+
+
+def _export_gguf(
+    adapter: Path, out: Path | None, gguf: Path, gguf_type: str, **merge_kw: object
+) -> None:
+    """Merge (into ``out`` or a temp folder), then write ``gguf``; RoPE checked before merging."""
+    import logging
+    import tempfile
+
+    from rich.console import Console
+
+    from longqa.core.errors import LongqaError
+    from longqa.models.adapters import read_adapter_info, read_rope_spec
+    from longqa.models.export import export_adapter
+    from longqa.models.gguf_export import (
+        OUT_TYPES,
+        check_gguf_rope_spec,
+        tokenizer_source,
+        write_gguf_from_folder,
+    )
+
+    if gguf_type not in OUT_TYPES:
+        raise LongqaError(f"--type {gguf_type}: expected one of {', '.join(OUT_TYPES)}")
+    check_gguf_rope_spec(read_rope_spec(adapter))
+    base = str(merge_kw.get("base") or read_adapter_info(adapter)["base_model"])
+    logging.getLogger("longqa.models.export").setLevel(logging.ERROR)
+    err = Console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix=".longqa-gguf-", dir=gguf.parent) as tmp:
+        folder = out or Path(tmp) / "merged"
+        with err.status(f"merging {adapter}"):
+            summary = export_adapter(adapter, folder, merge=True, **merge_kw)
+        for warning in summary["warnings"]:
+            err.print(f"[yellow]warning:[/yellow] {warning}")
+        with err.status(f"writing {gguf} ({gguf_type})"):
+            write_gguf_from_folder(
+                folder, gguf, out_type=gguf_type, tokenizer=tokenizer_source(base)
+            )
+    params = summary["rope_parameters"]
+    details = ", ".join(f"{k}={v}" for k, v in params.items() if k != "rope_type")
+    typer.echo(f"wrote {gguf} ({gguf_type})" + (f" and merged model to {out}" if out else ""))
+    typer.echo(
+        f"rope: {params['rope_type']} ({details}); context_length={summary['max_position_embeddings']}"
     )

@@ -4,7 +4,9 @@ Usage (async; the builders run many requests at once)::
 
     client = LLMClient(base_url="http://localhost:8000/v1", model="qwen2.5-7b-instruct",
                        concurrency=32, cache_path="out/llm_cache.sqlite")
-    reply = await client.acomplete(messages, temperature=0.7, max_tokens=512, json_mode=True)
+    schema = object_schema(("question", "answer"))   # longqa.data.response_format
+    reply = await client.acomplete(messages, temperature=0.7, max_tokens=512, json_mode=True,
+                                   schema=schema)
     obj, reason = parse_json_object(reply.text, required=("question", "answer"))
     client.usage.as_dict()   # calls, cache hits, retries, prompt/completion tokens, cost
     await client.aclose()
@@ -13,8 +15,25 @@ Any endpoint speaking the OpenAI chat-completions API works (vLLM, llama.cpp ser
 OpenAI itself) through the ``openai`` package. The API key comes from ``api_key`` or
 ``$OPENAI_API_KEY``; local servers get a dummy key. Requests run at most ``concurrency`` at a time;
 rate limits (429), server errors (5xx), timeouts and dropped connections are retried with
-exponential backoff and jitter (``Retry-After`` honoured). A JSON-mode request the server rejects
-(400) is retried once without JSON mode and JSON mode is then off for the rest of the run.
+exponential backoff and jitter (``Retry-After`` honoured). A request that still fails is an
+:class:`LLMError` (the builders count it and move on), except an endpoint nobody answers at all:
+that stops the run with a :class:`LongqaError`, so a server outage never turns into dropped data
+(the rerun resumes, answers already paid for come from the cache).
+
+Structured output: a ``json_mode`` request carries ``response_format`` in the dialect the server
+speaks (``response_format`` argument; :mod:`longqa.data.response_format`), with the JSON schema when
+one is given, so that small models produce parseable JSON:
+
+- ``json_schema`` — OpenAI, vLLM, llama.cpp's own ``llama-server``:
+  ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}, "strict": true}}``;
+- ``json_object`` — llama-cpp-python's server (and OpenAI's schema-less JSON mode):
+  ``{"type": "json_object", "schema": {...}}``;
+- ``none`` — no ``response_format``: the plain prompt, the answer parsed leniently;
+- ``auto`` (default) — try the dialects in that order; a refusal (HTTP 400/422, or the 500 that
+  llama-cpp-python's server sends, whose error names ``response_format``) moves to the next one,
+  which is then remembered for the rest of the run.
+
+A forced dialect the server refuses is a :class:`LongqaError` naming the other choices.
 Successful answers are stored in a SQLite cache keyed by (model, messages, parameters), so a killed
 build resumes without paying twice; pass a different ``seed`` to ask for a fresh answer.
 """
@@ -33,6 +52,12 @@ from typing import Any
 
 from longqa.core.errors import LongqaError
 from longqa.data.llm_cache import ResponseCache, cache_key
+from longqa.data.response_format import (
+    AUTO_ORDER,
+    RESPONSE_FORMATS,
+    names_response_format,
+    response_format_payload,
+)
 
 DUMMY_KEY = "sk-local-no-key"
 
@@ -65,6 +90,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    response_format: str = ""  # the dialect the last JSON request went through
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -98,7 +124,7 @@ class LLMClient:
         cache_path: str | Path | None = None,
         price_input_per_1m: float = 0.0,
         price_output_per_1m: float = 0.0,
-        json_mode: bool = True,
+        response_format: str = "auto",
     ) -> None:
         if not model:
             raise LongqaError("--model is required for the LLM generator (the served model name)")
@@ -115,7 +141,14 @@ class LLMClient:
         self.cache = ResponseCache(cache_path) if cache_path else None
         self.price_in = price_input_per_1m
         self.price_out = price_output_per_1m
-        self.json_mode_supported = json_mode
+        if response_format not in RESPONSE_FORMATS:
+            raise LongqaError(
+                f"--response-format {response_format}: expected one of {', '.join(RESPONSE_FORMATS)}"
+            )
+        self.response_format = response_format
+        # the dialect in use: fixed, or (auto) the first one the server has not refused yet
+        self.dialect = AUTO_ORDER[0] if response_format == "auto" else response_format
+        self.refused: list[str] = []
         self.usage = Usage()
         self._client: Any = None
         self._sem: asyncio.Semaphore | None = None
@@ -136,9 +169,13 @@ class LLMClient:
         temperature: float = 0.7,
         max_tokens: int = 1024,
         json_mode: bool = False,
+        schema: dict[str, Any] | None = None,
         seed: int | None = None,
     ) -> Reply:
-        """One chat completion (cached). Raises :class:`LLMError` when it fails for good."""
+        """One chat completion (cached). Raises :class:`LLMError` when it fails for good.
+
+        ``json_mode`` asks for a JSON answer through ``response_format`` (with ``schema`` when
+        given) in the client's dialect; see the module docstring."""
         self._ensure()
         msgs = [dict(m) for m in messages]
         params: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
@@ -146,6 +183,10 @@ class LLMClient:
             params["seed"] = seed
         if json_mode:
             params["json"] = True
+            if schema:
+                params["schema"] = schema
+            if self.response_format != "auto":
+                params["response_format"] = self.response_format
         key = cache_key(self.model, msgs, params)
         if self.cache is not None:
             hit = self.cache.get(key)
@@ -172,18 +213,24 @@ class LLMClient:
             kwargs["seed"] = params["seed"]
         attempt = 0
         while True:
-            if params.get("json") and self.json_mode_supported:
-                kwargs["response_format"] = {"type": "json_object"}
-            else:
+            dialect = self.dialect
+            fmt = (
+                response_format_payload(dialect, params.get("schema"))
+                if params.get("json")
+                else None
+            )
+            if fmt is None:
                 kwargs.pop("response_format", None)
+            else:
+                kwargs["response_format"] = fmt
             try:
                 resp = await self._client.chat.completions.create(**kwargs)
-            except openai.BadRequestError as exc:
-                if "response_format" in kwargs:
-                    self.json_mode_supported = False  # server without JSON mode: parse leniently
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                if fmt is not None and names_response_format(exc):
+                    self._refuse(dialect, exc)
                     continue
                 self.usage.failures += 1
-                raise LLMError(f"request rejected (400): {_short(exc)}") from None
+                raise LLMError(f"request rejected ({exc.status_code}): {_short(exc)}") from None
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 raise LongqaError(f"LLM endpoint refused the API key: {_short(exc)}") from None
             except openai.NotFoundError as exc:
@@ -199,9 +246,17 @@ class LLMClient:
                 openai.APIStatusError,
             ) as exc:
                 status = getattr(exc, "status_code", None)
+                if fmt is not None and status == 500 and names_response_format(exc):
+                    self._refuse(dialect, exc)  # llama-cpp-python answers a bad format with 500
+                    continue
                 retryable = status is None or status == 429 or status >= 500 or status == 408
                 if not retryable or attempt >= self.max_retries:
                     self.usage.failures += 1
+                    if type(exc) is openai.APIConnectionError:  # not a timeout: nobody listens
+                        raise LongqaError(
+                            f"LLM endpoint {self.base_url} unreachable after {attempt + 1} tries "
+                            f"({_short(exc)}); rerun the same command to resume once it is up"
+                        ) from None
                     raise LLMError(f"{type(exc).__name__} after {attempt + 1} tries") from None
                 attempt += 1
                 self.usage.retries += 1
@@ -209,6 +264,8 @@ class LLMClient:
                 continue
             break
         self.usage.calls += 1
+        if params.get("json"):
+            self.usage.response_format = dialect
         choice = resp.choices[0] if resp.choices else None
         text = (choice.message.content or "") if choice else ""
         u = resp.usage
@@ -218,6 +275,18 @@ class LLMClient:
         self.usage.completion_tokens += ct
         self.usage.cost += (pt * self.price_in + ct * self.price_out) / 1e6
         return Reply(text, pt, ct, False, choice.finish_reason if choice else None)
+
+    def _refuse(self, dialect: str, exc: Exception) -> None:
+        """The server refused ``dialect``: move on to the next one (auto) or stop (forced)."""
+        if self.response_format != "auto":
+            others = ", ".join(f for f in RESPONSE_FORMATS if f != dialect)
+            raise LongqaError(
+                f"LLM endpoint {self.base_url} refused response_format '{dialect}' "
+                f"({_short(exc)}); try --response-format {others}"
+            )
+        if self.dialect == dialect:  # concurrent refusals of the same dialect advance only once
+            self.refused.append(dialect)
+            self.dialect = AUTO_ORDER[AUTO_ORDER.index(dialect) + 1]
 
     def _delay(self, attempt: int, exc: Exception) -> float:
         response = getattr(exc, "response", None)
