@@ -260,8 +260,11 @@ def choose_attn_implementation(requested: str = "auto", device: Any = None) -> s
     return "flash_attention_2" if on_cuda and flash_attn_installed() else "sdpa"
 
 
-def nf4_config(double_quant: bool = True) -> Any:
-    """QLoRA's 4-bit NF4 quantisation (https://arxiv.org/abs/2305.14314), bf16 compute."""
+def nf4_config(double_quant: bool = True, quant_storage: str | None = None) -> Any:
+    """QLoRA's 4-bit NF4 quantisation (https://arxiv.org/abs/2305.14314), bf16 compute.
+
+    ``quant_storage`` packs the 4-bit weights into that dtype (``bfloat16`` under FSDP or
+    ZeRO-3, which can only shard parameters of a floating dtype, as FSDP-QLoRA does)."""
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -270,6 +273,7 @@ def nf4_config(double_quant: bool = True) -> Any:
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_storage=getattr(torch, quant_storage) if quant_storage else torch.uint8,
     )
 
 
@@ -283,6 +287,7 @@ def load_model(
     device: Any = None,
     double_quant: bool = True,
     trust_remote_code: bool = False,
+    quant_storage: str | None = None,
 ) -> Any:
     """Load a causal LM (alias, ``.gguf``, local folder or hub id) in ``dtype``, optionally 4-bit
     NF4, with the chosen attention backend, on ``device`` (default: CUDA if available for 4-bit,
@@ -301,7 +306,7 @@ def load_model(
         "trust_remote_code": trust_remote_code,
     }
     if quantization == "nf4":
-        kwargs["quantization_config"] = nf4_config(double_quant)
+        kwargs["quantization_config"] = nf4_config(double_quant, quant_storage)
         target = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         kwargs["device_map"] = {"": str(target)}
     try:

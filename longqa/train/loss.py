@@ -43,12 +43,16 @@ def shift_labels(labels: Any) -> Any:
 
 
 def final_hidden_states(model: Any, batch: dict[str, Any]) -> Any:
-    """Run the decoder stack (LoRA layers included) and return its last hidden states."""
-    lm = unwrap_causal_lm(model)
-    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.model
+    """Run the model (LoRA layers included) and return the decoder's last hidden states.
+
+    The call goes through ``model`` itself, wrappers included, so that DDP/FSDP/DeepSpeed see
+    their forward (DDP synchronises gradients only for a forward it ran). Only the final hidden
+    state is kept (``output_hidden_states=-1``, tied to the normed ``last_hidden_state``) and the
+    LM head runs on one position (``logits_to_keep=1``): the loss applies the head in chunks.
+    """
     kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    out = decoder(**kwargs, use_cache=False)
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    out = model(**kwargs, use_cache=False, output_hidden_states=-1, logits_to_keep=1)
+    return out.hidden_states[-1]
 
 
 def causal_lm_loss(
@@ -61,7 +65,10 @@ def causal_lm_loss(
     hidden = final_hidden_states(model, batch)  # [B, T, H]
     head = lm.get_output_embeddings()
     weight, bias = head.weight, getattr(head, "bias", None)  # [V, H], [V] | None
-    targets = shift_labels(batch["labels"]).reshape(-1)  # [B*T]
+    # pre-shifted targets come from a sequence-parallel shard (its last token's target is the
+    # next shard's first token); otherwise shift here
+    shifted = batch["shift_labels"] if "shift_labels" in batch else shift_labels(batch["labels"])
+    targets = shifted.reshape(-1)  # [B*T]
     n_tokens = (targets != IGNORE_INDEX).sum()
     hidden = hidden.reshape(-1, hidden.shape[-1])  # [B*T, H]
     if hidden.dtype != weight.dtype:

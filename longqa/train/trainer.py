@@ -36,6 +36,7 @@ from longqa.train.data import (
     tokenize_pretrain,
     tokenize_sft,
 )
+from longqa.train.distributed import barrier, dist_info
 from longqa.train.loss import causal_lm_loss
 from longqa.train.packing import ListDataset, PackedCollator, PaddedCollator, pack_examples
 
@@ -67,6 +68,14 @@ class LongqaTrainer(Trainer):
             self.tokens_seen += int(inputs["input_ids"].numel())
         denom = num_items_in_batch if (num_items_in_batch is not None and model.training) else n
         loss = total / max(int(denom), 1)
+        if (
+            model.training
+            and num_items_in_batch is not None
+            and self.args.average_tokens_across_devices
+        ):
+            # num_items_in_batch counts the label tokens of every rank; DDP then averages the
+            # gradients over ranks, so scale back up as Trainer.compute_loss does.
+            loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
 
 
@@ -223,11 +232,15 @@ def run_training(
     from longqa.train.metrics import MetricsCallback
     from longqa.train.model import build_trainable_model, runtime_for
 
+    rank = dist_info()
     console = console or Console(stderr=True)
+    if not rank.is_main:  # one console, one log, one adapter: rank 0 speaks and writes
+        console = Console(stderr=True, quiet=True)
     recipe, notes = prepare_recipe(recipe, data=data, out=out, max_steps=max_steps)
     out_dir = recipe.output_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "recipe.yaml", dump_recipe(recipe))
+    if rank.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "recipe.yaml", dump_recipe(recipe))
     rt = runtime_for(recipe)
     for n in [*notes, *rt.notices]:
         console.print(f"[yellow]notice:[/] {n}", highlight=False)
@@ -252,7 +265,9 @@ def run_training(
                 "to continue)",
                 highlight=False,
             )
-            shutil.rmtree(phase_dir)
+            if rank.is_main:
+                shutil.rmtree(phase_dir)
+            barrier()
             checkpoint = None
         dataset, collator, stats = build_phase_dataset(recipe, phase, tokenizer)
         _print_data_stats(console, phase, stats, len(dataset))
@@ -279,18 +294,22 @@ def run_training(
         if checkpoint:
             console.print(f"phase {phase.name}: resuming from {checkpoint}", highlight=False)
         trainer.train(resume_from_checkpoint=checkpoint)
-        save_adapter_bundle(
-            model, tokenizer, recipe, adapter, phase=phase.name,
-            steps=trainer.state.global_step, complete=True,
-        )  # fmt: skip
+        if rank.is_main:
+            save_adapter_bundle(
+                trainer.accelerator.unwrap_model(model), tokenizer, recipe, adapter,
+                phase=phase.name, steps=trainer.state.global_step, complete=True,
+            )  # fmt: skip
+        barrier()  # the next phase (every rank) starts from this adapter
         console.print(f"phase {phase.name}: adapter saved to {adapter}", highlight=False)
         prev_adapter = adapter
     if prev_adapter is None:
         raise LongqaError(f"recipe '{recipe.name}': no phases to train")
     final = out_dir  # the output dir itself is the final adapter bundle
-    for f in prev_adapter.iterdir():
-        if f.is_file():
-            shutil.copy2(f, final / f.name)
+    if rank.is_main:
+        for f in prev_adapter.iterdir():
+            if f.is_file():
+                shutil.copy2(f, final / f.name)
+    barrier()
     console.print(f"[green]done:[/] adapter in {final}", highlight=False)
     return final
 
