@@ -45,6 +45,13 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
     plan: bool = typer.Option(False, "--plan", help="print the GPU memory plan and exit"),
     gpu_mem: float = typer.Option(80.0, "--gpu-mem", min=1, help="GPU memory in GB for --plan"),
+    launch: str | None = typer.Option(
+        None, "--launch", help="train on several GPUs: ddp, fsdp, deepspeed or ulysses"
+    ),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="GPUs for --launch (and for --plan)"),
+    print_command: bool = typer.Option(
+        False, "--print-command", help="with --launch: print the accelerate command, don't run it"
+    ),
     set_: list[str] | None = typer.Option(
         None, "--set", help="recipe override key=value (repeatable), e.g. train.lr=1e-4"
     ),
@@ -59,6 +66,13 @@ def train(
         from longqa.train.plan import plan_memory, render_plan
 
         render_plan(plan_memory(rec, gpu_mem_gb=gpu_mem), Console())
+        if gpus > 1:
+            from longqa.train.plan_parallel import plan_parallel, render_parallel_plan
+
+            render_parallel_plan(plan_parallel(rec, gpus, gpu_mem_gb=gpu_mem), Console())
+        return
+    if launch is not None:
+        _launch(launch, gpus, print_command)
         return
     from longqa.train.trainer import run_training
 
@@ -75,3 +89,20 @@ def train(
         console=Console(stderr=True),
     )
     print(final)
+
+
+def _launch(mode: str, gpus: int, print_only: bool) -> None:
+    """Re-run this very `longqa train` command on every rank through `accelerate launch`."""
+    import os
+    import subprocess
+    import sys
+
+    from longqa.train.launch import check_can_launch, launch_command, render
+
+    argv = sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else []
+    cmd = launch_command(mode, gpus, argv)
+    print(render(cmd), flush=True)
+    if print_only:
+        return
+    check_can_launch(mode, gpus)
+    raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))

@@ -96,8 +96,11 @@ def choose_attn_implementation(requested: str = "auto", device: Any = None) -> s
     return "flash_attention_2" if on_cuda and flash_attn_installed() else "sdpa"
 
 
-def nf4_config(double_quant: bool = True) -> Any:
-    """QLoRA's 4-bit NF4 quantisation (https://arxiv.org/abs/2305.14314), bf16 compute."""
+def nf4_config(double_quant: bool = True, quant_storage: str | None = None) -> Any:
+    """QLoRA's 4-bit NF4 quantisation (https://arxiv.org/abs/2305.14314), bf16 compute.
+
+    ``quant_storage`` packs the 4-bit weights into that dtype (``bfloat16`` under FSDP or ZeRO-3,
+    which shard only parameters of a floating dtype, as FSDP-QLoRA does)."""
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -106,6 +109,7 @@ def nf4_config(double_quant: bool = True) -> Any:
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_storage=getattr(torch, quant_storage) if quant_storage else torch.uint8,
     )
 
 
@@ -119,6 +123,7 @@ def _weights(
     device: Any,
     double_quant: bool,
     trust_remote_code: bool,
+    quant_storage: str | None,
 ) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
@@ -130,7 +135,7 @@ def _weights(
         "trust_remote_code": trust_remote_code,
     }
     if quantization == "nf4":
-        kwargs["quantization_config"] = nf4_config(double_quant)
+        kwargs["quantization_config"] = nf4_config(double_quant, quant_storage)
         target = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         kwargs["device_map"] = {"": str(target)}
     try:
@@ -167,6 +172,7 @@ def load(
     trust_remote_code: bool = False,
     dequantize: bool = False,
     is_trainable: bool = False,
+    quant_storage: str | None = None,
 ) -> Loaded:
     """Load ``model`` (alias, ``.gguf``, folder or hub id; default: the adapter's base) in ``dtype``.
 
@@ -197,7 +203,7 @@ def load(
     lm = _weights(
         name, dtype=dtype, quantization=quantization, attn_implementation=attn_implementation,
         layout=layout, device=device, double_quant=double_quant,
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=trust_remote_code, quant_storage=quant_storage,
     )  # fmt: skip
     if dequantize and _is_quantized(lm):
         import torch

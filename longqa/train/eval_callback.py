@@ -72,12 +72,16 @@ class LongContextEvalCallback(TrainerCallback):
         self._last_step: tuple[str, int] | None = None
 
     # ------------------------------------------------------------------ hooks
+    # probes run on rank 0 alone (the model is not wrapped for them; the other ranks wait at the
+    # next collective of training)
     def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
         every = self.cfg.every_steps
-        if every and state.global_step % every == 0:
+        if every and state.global_step % every == 0 and state.is_world_process_zero:
             self.evaluate(model, state.global_step)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        if not state.is_world_process_zero:
+            return
         if self.cfg.at_end and self._last_step != (self.phase, state.global_step):
             self.evaluate(model, state.global_step)
 

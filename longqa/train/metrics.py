@@ -6,7 +6,7 @@ Usage (the trainer wires this in)::
     trainer.add_callback(cb); cb.bind(trainer)
 
 Each row: ``phase``, ``step``, ``max_steps``, ``loss`` (token-weighted mean over the optimizer step),
-``lr``, ``grad_norm``, ``tokens_per_s`` (input tokens, padding excluded, since the previous row),
+``lr``, ``grad_norm``, ``tokens_per_s`` (input tokens of all ranks, padding excluded, since the previous row),
 ``peak_mem_gb`` (CUDA peak allocated, or the process's peak RSS on CPU) and ``time``.
 """
 
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+
+from longqa.train.distributed import all_ranks_sum
 
 
 def peak_memory_gb() -> float:
@@ -48,14 +50,17 @@ class MetricsCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
         self._last_time = time.perf_counter()
-        self._last_tokens = self.trainer.tokens_seen if self.trainer is not None else 0
+        self._last_tokens = all_ranks_sum(self.trainer.tokens_seen) if self.trainer else 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
         logs = logs or {}
         if "loss" not in logs:
             return
         now = time.perf_counter()
-        tokens = self.trainer.tokens_seen if self.trainer is not None else 0
+        # every rank reaches on_log at the same step: sum their tokens, then rank 0 writes
+        tokens = all_ranks_sum(self.trainer.tokens_seen) if self.trainer is not None else 0
+        if not state.is_world_process_zero:
+            return
         rate = (tokens - self._last_tokens) / max(now - self._last_time, 1e-9)
         self._last_tokens, self._last_time = tokens, now
         row = {

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from longqa.config.recipe import Recipe
+from longqa.train.distributed import device_for_rank, weights_sharded
 
 
 @dataclass
@@ -40,7 +41,7 @@ def runtime_for(recipe: Recipe, device: str | None = None) -> Runtime:
     """Adapt the recipe to this machine: on CPU train in float32 with a torch optimizer."""
     import torch
 
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = device or device_for_rank(torch.cuda.is_available())  # cuda:LOCAL_RANK under DDP
     rt = Runtime(dev, recipe.model.dtype, recipe.model.quantization, recipe.train.optim)
     if rt.on_cuda:
         if rt.dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
@@ -118,6 +119,7 @@ def load_base(recipe: Recipe, rt: Runtime) -> tuple[Any, list[str]]:
         dtype=rt.dtype,
         quantization=rt.quantization,
         device=rt.device if rt.quantization == "nf4" or rt.on_cuda else None,
+        quant_storage=rt.dtype if weights_sharded() and rt.quantization == "nf4" else None,
     )
     model.config.use_cache = False
     if rt.quantization == "nf4":

@@ -31,6 +31,7 @@ from longqa.core.errors import LongqaError
 from longqa.core.paths import atomic_write_text
 from longqa.models.adapters import is_adapter_dir, read_adapter_info, save_adapter_bundle
 from longqa.ops.causal_lm import causal_lm_loss
+from longqa.train.distributed import barrier, dist_info
 from longqa.train.phases import build_phase_dataset, describe_phase_data, prepare_recipe
 
 LOG_FILE = "train_log.jsonl"
@@ -61,6 +62,14 @@ class LongqaTrainer(Trainer):
             self.tokens_seen += int(inputs["input_ids"].numel())
         denom = num_items_in_batch if (num_items_in_batch is not None and model.training) else n
         loss = total / max(int(denom), 1)
+        if (
+            model.training
+            and num_items_in_batch is not None
+            and self.args.average_tokens_across_devices
+        ):
+            # num_items_in_batch counts the label tokens of every rank; DDP then averages the
+            # gradients over ranks, so scale back up as Trainer.compute_loss does.
+            loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
 
 
@@ -132,11 +141,15 @@ def run_training(
     from longqa.train.metrics import MetricsCallback
     from longqa.train.model import build_trainable_model, runtime_for
 
+    rank = dist_info()
     console = console or Console(stderr=True)
+    if not rank.is_main:  # one console, one log, one adapter: rank 0 speaks and writes
+        console = Console(stderr=True, quiet=True)
     recipe, notes = prepare_recipe(recipe, **prepare)
     out_dir = recipe.output_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "recipe.yaml", dump_recipe(recipe))
+    if rank.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "recipe.yaml", dump_recipe(recipe))
     rt = runtime_for(recipe)
     for n in [*notes, *rt.notices]:
         console.print(f"[yellow]notice:[/] {n}", highlight=False)
@@ -163,7 +176,9 @@ def run_training(
                 "to continue)",
                 highlight=False,
             )
-            shutil.rmtree(phase_dir)
+            if rank.is_main:
+                shutil.rmtree(phase_dir)
+            barrier()
             checkpoint = None
         dataset, collator, stats = build_phase_dataset(
             recipe, phase, tokenizer, skip_bad_rows=skip_bad_rows
@@ -199,19 +214,23 @@ def run_training(
         if checkpoint:
             console.print(f"phase {phase.name}: resuming from {checkpoint}", highlight=False)
         trainer.train(resume_from_checkpoint=checkpoint)
-        save_adapter_bundle(
-            model, tokenizer, recipe, adapter, phase=phase.name,
-            steps=trainer.state.global_step, complete=True,
-            **(probes.bundle_info() if probes is not None else {}),
-        )  # fmt: skip
+        if rank.is_main:
+            save_adapter_bundle(
+                trainer.accelerator.unwrap_model(model), tokenizer, recipe, adapter,
+                phase=phase.name, steps=trainer.state.global_step, complete=True,
+                **(probes.bundle_info() if probes is not None else {}),
+            )  # fmt: skip
+        barrier()  # the next phase (every rank) starts from this adapter
         console.print(f"phase {phase.name}: adapter saved to {adapter}", highlight=False)
         prev_adapter = adapter
     if prev_adapter is None:
         raise LongqaError(f"recipe '{recipe.name}': no phases to train")
     final = out_dir  # the output dir itself is the final adapter bundle
-    for f in prev_adapter.iterdir():
-        if f.is_file():
-            shutil.copy2(f, final / f.name)
+    if rank.is_main:
+        for f in prev_adapter.iterdir():
+            if f.is_file():
+                shutil.copy2(f, final / f.name)
+    barrier()
     if skipped_rows:
         why = ", ".join(f"{k} {v}" for k, v in sorted(skipped_rows.items()))
         console.print(

@@ -1,0 +1,89 @@
+"""Training across processes: rank facts from the launcher, rank-0 file writes, barriers.
+
+``longqa train`` runs unchanged under ``torchrun`` and ``accelerate launch`` (DDP, FSDP, DeepSpeed):
+both set ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``, and ``transformers.Trainer`` (through accelerate)
+creates the process group. What longqa adds must then hold on every rank:
+
+- each rank loads its 4-bit base on its own GPU (``device_for_rank``);
+- the loss is token-weighted over all ranks and accumulation steps (the trainer scales by the
+  number of processes, as ``Trainer.compute_loss`` does, because DDP averages gradients);
+- logs, the resolved recipe and the adapter bundle are written by rank 0 alone, the others wait
+  (``on_main`` + ``barrier``); checkpoints are the Trainer's own (rank 0 writes, all resume).
+
+Usage::
+
+    from longqa.train.distributed import dist_info, barrier
+    info = dist_info()
+    if info.is_main:
+        write_files()
+    barrier()
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the launch (a single process is rank 0 of 1)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_info() -> DistInfo:
+    """Read the rank variables that torchrun, accelerate and deepspeed launchers export."""
+
+    def _int(name: str, default: int) -> int:
+        raw = os.environ.get(name, "")
+        return int(raw) if raw.strip().lstrip("-").isdigit() else default
+
+    return DistInfo(_int("RANK", 0), _int("LOCAL_RANK", 0), _int("WORLD_SIZE", 1))
+
+
+def device_for_rank(cuda: bool, info: DistInfo | None = None) -> str:
+    """The device this rank trains on: its own GPU (``cuda:LOCAL_RANK``), else the CPU."""
+    info = info or dist_info()
+    if not cuda:
+        return "cpu"
+    return f"cuda:{info.local_rank}" if info.distributed else "cuda"
+
+
+def weights_sharded() -> bool:
+    """Whether this process runs under FSDP or DeepSpeed (``accelerate launch`` says so in the
+    environment): 4-bit weights must then be stored in a floating dtype to be sharded."""
+    flags = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+    return any(os.environ.get(f, "").lower() in ("1", "true") for f in flags)
+
+
+def barrier() -> None:
+    """Wait for every rank when a process group exists; a no-op otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_ranks_sum(value: int | float) -> float:
+    """Sum of ``value`` over ranks (the value itself in a single process)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return float(t.item())
