@@ -196,7 +196,7 @@ def test_cli_gguf_q8_0_without_out_and_bad_input(tmp_path):
     assert kinds["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
     factor = (256 + 512) / L0  # dynamic-yarn at the trained length + margin
     assert meta["llama.rope.scaling.factor"] == pytest.approx(factor)
-    assert meta["llama.context_length"] == 256
+    assert meta["llama.context_length"] == math.ceil(factor * L0)  # the scaled window
     assert not list(tmp_path.glob(".longqa-gguf-*")) and not list(tmp_path.glob(".*.partial"))
     res = run("--gguf", str(tmp_path / "x.gguf"), "--type", "q4_k")
     assert "--type q4_k: expected one of f32, f16, q8_0" in str(res.exception)

@@ -85,10 +85,10 @@ def gguf_rope_fields(rope_parameters: Mapping[str, Any], window: int) -> dict[st
     factor = float(params["factor"])
     fields["rope.scaling.type"] = rope_type
     fields["rope.scaling.factor"] = factor
-    if params.get("original_max_position_embeddings"):
-        fields["rope.scaling.original_context_length"] = int(
-            params["original_max_position_embeddings"]
-        )
+    # the pretraining window: transformers keeps it for yarn; linear's is the window / factor
+    # (transformers warns on original_max_position_embeddings for linear, so export omits it)
+    original = params.get("original_max_position_embeddings") or round(window / factor)
+    fields["rope.scaling.original_context_length"] = int(original)
     if rope_type == "yarn":
         betas = (float(params.get("beta_fast", 32.0)), float(params.get("beta_slow", 1.0)))
         if betas != YARN_BETAS:
