@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from longqa.train.loss import shift_labels
 
+from longqa.ops.causal_lm import shift_labels
 from longqa.ops.rope_scaling import compute_rope
 from longqa.train.sequence_parallel import sample_lengths, shard_batch
 

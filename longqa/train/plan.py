@@ -28,6 +28,7 @@ The estimate (bytes) adds, for one micro-batch of ``B × T`` tokens:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,14 +228,18 @@ def plan_memory(recipe: Recipe, gpu_mem_gb: float = 80.0, seq_len: int | None = 
 
 def longest_fitting_length(recipe: Recipe, shape: ModelShape, gpu_mem_gb: float) -> int | None:
     """Longest length (to 256 tokens) whose estimate fits ``gpu_mem_gb``; None below 1024."""
+    return longest_length(
+        lambda n: sum(estimate_bytes(recipe, shape, n).values()) / GB <= gpu_mem_gb
+    )
 
-    def fits(n: int) -> bool:
-        return sum(estimate_bytes(recipe, shape, n).values()) / GB <= gpu_mem_gb
 
+def longest_length(fits: Callable[[int], bool], cap: int = 2**26) -> int | None:
+    """Longest length (to 256 tokens, at most ``cap``) for which ``fits``: doubling, then
+    bisection; None when even 1024 tokens do not fit."""
     if not fits(1024):
         return None
     lo, hi = 1024, 2048
-    while fits(hi) and hi < 2**24:
+    while fits(hi) and hi < cap:
         lo, hi = hi, hi * 2
     while hi - lo > 256:
         mid = (lo + hi) // 2

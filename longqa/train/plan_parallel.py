@@ -25,7 +25,7 @@ from typing import Any
 
 from longqa.config.recipe import Recipe, recipe_max_length
 from longqa.train.launch import LAUNCH_MODES
-from longqa.train.plan import GB, ModelShape, estimate_bytes, model_shape
+from longqa.train.plan import GB, ModelShape, estimate_bytes, longest_length, model_shape
 
 _SHARDED = {"4-bit weights", "weights", "embeddings + LM head", "LoRA + grads + optimizer"}
 _SLACK = "CUDA context + slack"
@@ -69,21 +69,6 @@ def per_gpu_bytes(recipe: Recipe, shape: ModelShape, seq_len: int, mode: str, gp
     return subtotal + 1 * GB + 0.05 * subtotal
 
 
-def _max_fit(recipe: Recipe, shape: ModelShape, mode: str, gpus: int, mem_gb: float) -> int | None:
-    def fits(n: int) -> bool:
-        return per_gpu_bytes(recipe, shape, n, mode, gpus) / GB <= mem_gb
-
-    if not fits(1024):
-        return None
-    lo, hi = 1024, 2048
-    while fits(hi) and hi < 2**26:
-        lo, hi = hi, hi * 2
-    while hi - lo > 256:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
-
-
 def plan_parallel(
     recipe: Recipe, gpus: int, gpu_mem_gb: float = 80.0, seq_len: int | None = None
 ) -> list[ParallelPlanRow]:
@@ -101,7 +86,9 @@ def plan_parallel(
                 seq_len=length,
                 per_gpu_gb=per_gpu_bytes(recipe, shape, length, mode, gpus) / GB,
                 gpu_mem_gb=gpu_mem_gb,
-                max_fit_len=_max_fit(recipe, shape, mode, gpus, gpu_mem_gb),
+                max_fit_len=longest_length(
+                    lambda n, m=mode: per_gpu_bytes(recipe, shape, n, m, gpus) / GB <= gpu_mem_gb
+                ),
             )
         )
     return rows

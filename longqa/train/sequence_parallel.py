@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from longqa.ops.causal_lm import shift_labels
 
 
 def sample_lengths(position_ids: Tensor) -> Tensor:
@@ -41,11 +41,6 @@ def sample_lengths(position_ids: Tensor) -> Tensor:
     seg = torch.cumsum(starts.long(), dim=1) - 1  # [B, T] sample index of each token
     counts = torch.zeros_like(seg).scatter_add_(1, seg, torch.ones_like(seg))  # [B, T] per sample
     return torch.gather(counts, 1, seg)
-
-
-def shift_labels(labels: Tensor) -> Tensor:
-    """Target of position t is the label of t + 1; the last position has none."""
-    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
 def shard_batch(batch: dict[str, Any], rank: int, world: int) -> dict[str, Any]:
