@@ -16,6 +16,7 @@ from longqa.cli import (
     build_data,
     doctor,
     eval,
+    experiment,
     export,
     generate,
     models,
@@ -43,6 +44,7 @@ app.add_typer(models.app, name="models")
 app.command("export")(export.export)
 app.command("generate")(generate.generate)
 app.command("doctor")(doctor.doctor)
+app.add_typer(experiment.app, name="experiment")
 
 
 def main() -> None:
