@@ -48,12 +48,12 @@ def tiny_tree(model: str, corpus: str, **profile) -> dict:
         "model": model,
         "rope": {"method": "none"},
         "budget_minutes": 1,
-        "train": {"samples": 4, "target_tokens": 1600, "docs_per_group": 5,
-                  "max_doc_tokens": 300, "turns": 2, "steps": 2, "lr": 1e-3,
+        "train": {"samples": 3, "target_tokens": 1600, "docs_per_group": 5,
+                  "max_doc_tokens": 300, "turns": 2, "steps": 1, "lr": 1e-3,
                   "max_length": 1800, "save_steps": 1},
-        "eval": {"n": 3, "mdqa_target_tokens": 1600, "pr_paragraphs": 3, "pr_max_words": 60,
+        "eval": {"n": 2, "mdqa_target_tokens": 1600, "pr_paragraphs": 3, "pr_max_words": 60,
                  "needle_lengths": [600], "passkey_lengths": [300], "depths": [0.1, 0.9],
-                 "passkey_trials": 2, "max_new_tokens": 32, "effective_samples": 1},
+                 "passkey_trials": 2, "max_new_tokens": 16, "effective_samples": 1},
         "throughput": {"train_tokens_per_s": 1000, "prefill_tokens_per_s": 5000,
                        "decode_tokens_per_s": 100},
     }  # fmt: skip
@@ -146,6 +146,7 @@ def test_form_aware_choice_and_quote_recall():
     q = 'The original text is: "A blue whale sang under the cold northern sea"'
     assert (choose(q, paras).index, choose(q, paras).how) == (2, "quote")
     assert choose("Paragraph 1", paras).how == "cited"
+    assert choose(" 2.", paras).index == 2 and choose("Paragraph 1 ... 2", paras).index == 1
     assert choose("no idea", paras).index is None
     assert quote_recall(q, paras[1]) == (False, pytest.approx(9 / 11))  # 9 of its 11 words
     assert quote_recall(paras[0] + " yes", paras[0])[0] is True
@@ -230,9 +231,9 @@ def test_tiny_pipeline_end_to_end_and_resume(tmp_path, tiny_model, monkeypatch):
         for key in ("pr-verbatim longbench", "pr-keywords form-aware", "mdqa right doc",
                     "mdqa quote exact", "needle", "passkey"):  # fmt: skip
             assert 0 <= cells[key]["lo"] <= cells[key]["hi"] <= 1
-        assert cells["mdqa answer"]["n"] == 3 and cells["passkey"]["n"] == 2
+        assert cells["mdqa answer"]["n"] == 2 and cells["passkey"]["n"] == 2
     assert set(res["train"]) == {"para", "idx", "det"}
-    assert all(t["steps"] == 2 for t in res["train"].values())
+    assert all(t["steps"] == 1 for t in res["train"].values())
     md = (out / "results.md").read_text()
     assert "| para (paraphrase) |" in md and "Wilson" in md
     assert (out / "accuracy_by_depth.png").stat().st_size > 0
@@ -252,3 +253,20 @@ def test_tiny_pipeline_end_to_end_and_resume(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setattr("longqa.experiment.run._eval_arm", boom)
     again = run_experiment(exp, "cpu", out, resume=True, progress=False, argv=[])
     assert again["results"] == res["results"]
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_cli_dry_run_prints_plan_and_errors_are_one_line(tmp_path):
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "longqa", "experiment", "run", "paraphrase-ablation"]
+    done = subprocess.run([*cmd, "--profile", "gpu", "--dry-run"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "train/paraphrase" in done.stderr and "within the profile's budget" in done.stderr
+    bad = subprocess.run([*cmd, "--profile", "tpu", "--dry-run"], capture_output=True, text=True,
+                         env=env, cwd=tmp_path)  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "field 'profiles'" in bad.stderr

@@ -30,6 +30,7 @@ def run(
         None, "--base-url", help="OpenAI-compatible endpoint: LLM-written retrieval abstracts"
     ),
     model: str | None = typer.Option(None, "--model", help="served model name for --base-url"),
+    corpus: Path | None = typer.Option(None, "--corpus", help="corpus folder replacing the file's"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars"),
 ) -> None:
     """Build, train, evaluate and report every arm of the experiment (stages cached)."""
@@ -39,6 +40,8 @@ def run(
     from longqa.experiment.schema import load_experiment
 
     exp = load_experiment(experiment)
+    if corpus is not None:
+        exp.corpus = str(corpus.resolve())
     console = Console(stderr=True)
     if dry_run:
         print_plan(make_plan(exp, profile), console)

@@ -5,7 +5,8 @@ every integer of the first 32 generated tokens, so an answer that first quotes t
 then names it is cut off before the number, and one that only quotes is scored 0 even when it
 quotes the right paragraph. This module scores the *choice* instead, whatever the form:
 
-- :func:`cited_number` — the number after "Paragraph"/"Document"/"段落"/"文档" (the first one);
+- :func:`cited_number` — the number after "Paragraph"/"Document"/"段落"/"文档" (the first one), or
+  a bare number the answer starts with;
 - :func:`attribute_quote` — which of the candidate texts the output's longest verbatim run of
   words comes from (quote attribution); a run shorter than ``min_words`` attributes nothing;
 - :func:`choose` — the cited number when there is one, else the attributed quote;
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 
 _CITE = re.compile(r"(?:Paragraph|Document|段落|文档)\s*(\d+)", re.IGNORECASE)
+_LEADING = re.compile(r"^\W*(\d+)\b")
 _NUMBERED = re.compile(r"(?:^|\n\n)(?:Paragraph \d+: |段落\d+：|Document \d+:\n|文档 \d+：\n)")
 _TOKEN = re.compile(r"[\w'’]+|[\u4e00-\u9fff]", re.UNICODE)
 
@@ -48,8 +50,9 @@ def split_numbered(context: str) -> list[str]:
 
 
 def cited_number(output: str) -> int | None:
-    """The first "Paragraph N" / "Document N" / "段落N" / "文档N" number of ``output``."""
-    m = _CITE.search(output)
+    """The first "Paragraph N" / "Document N" / "段落N" / "文档N" number of ``output``, or a bare
+    number the output starts with (the answer to LongBench's "The answer is: ")."""
+    m = _CITE.search(output) or _LEADING.match(output)
     return int(m.group(1)) if m else None
 
 
