@@ -270,3 +270,23 @@ def test_cli_dry_run_prints_plan_and_errors_are_one_line(tmp_path):
                          env=env, cwd=tmp_path)  # fmt: skip
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "field 'profiles'" in bad.stderr
+
+
+def test_echo_of_the_question_is_not_a_quote():
+    from longqa.eval.attribution import choose, quote_recall
+
+    docs = ["Alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu.",
+            "Nu xi omicron pi rho sigma tau upsilon phi chi psi omega."]  # fmt: skip
+    question = (
+        'The passage that begins with "Alpha beta gamma delta epsilon zeta…" uses which word?'
+    )
+    echo = 'The passage that begins with "Alpha beta gamma delta epsilon zeta" uses "mu".'
+    assert choose(echo, docs).index == 1  # without the question, the echo looks like a quote
+    assert choose(echo, docs, ignore=question).index is None
+    real = '"Alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu." Answer: mu'
+    assert choose(real, docs, ignore=question).index == 1
+    assert quote_recall(real, docs[0], ignore=question) == (True, 1.0)
+    # fuzzy recall counts only the 6 words the question did not give away: 4 of them quoted
+    partial = '"Alpha beta gamma delta epsilon zeta eta theta iota kappa" Answer: mu'
+    assert quote_recall(echo, docs[0], ignore=question) == (False, 0.0)
+    assert quote_recall(partial, docs[0], ignore=question) == (False, pytest.approx(4 / 6))

@@ -56,19 +56,40 @@ def cited_number(output: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def longest_run(output: str, text: str) -> int:
-    """Words of the longest run of ``output`` that also occurs verbatim (normalised) in ``text``."""
-    a, b = normalize_words(output), normalize_words(text)
+MASK = "\x00"
+
+
+def mask_echo(words: list[str], ignore: str | None, n: int = 4, mask: str = MASK) -> list[str]:
+    """``words`` with every word inside an ``n``-gram shared with ``ignore`` replaced by a mask
+    that matches nothing: what the model echoed from the question is not a quote."""
+    if not ignore:
+        return words
+    ig = normalize_words(ignore)
+    grams = {tuple(ig[i : i + n]) for i in range(len(ig) - n + 1)}
+    hit = [False] * len(words)
+    for i in range(len(words) - n + 1):
+        if tuple(words[i : i + n]) in grams:
+            hit[i : i + n] = [True] * n
+    return [mask if h else w for w, h in zip(words, hit, strict=True)]
+
+
+def longest_run(output: str, text: str, ignore: str | None = None) -> int:
+    """Words of the longest run of ``output`` that also occurs verbatim (normalised) in ``text``,
+    not counting what ``output`` echoes of ``ignore`` (the question)."""
+    a, b = mask_echo(normalize_words(output), ignore), normalize_words(text)
     if not a or not b:
         return 0
     sm = SequenceMatcher(None, a, b, autojunk=False)
     return sm.find_longest_match(0, len(a), 0, len(b)).size
 
 
-def attribute_quote(output: str, texts: list[str], min_words: int = 6) -> tuple[int | None, int]:
+def attribute_quote(
+    output: str, texts: list[str], min_words: int = 6, ignore: str | None = None
+) -> tuple[int | None, int]:
     """``(1-based index of the text the output quotes, run length)``; ``None`` when no text shares
-    a run of ``min_words`` words with the output, or two texts tie for the longest run."""
-    runs = [longest_run(output, t) for t in texts]
+    a run of ``min_words`` words with the output, or two texts tie for the longest run. Words the
+    output echoes from ``ignore`` (the question or query) do not count."""
+    runs = [longest_run(output, t, ignore) for t in texts]
     if not runs:
         return None, 0
     best = max(runs)
@@ -86,10 +107,11 @@ class Choice:
     run_words: int
 
 
-def choose(output: str, texts: list[str], min_words: int = 6) -> Choice:
-    """The document the output picks: its cited number, else the document its quote comes from."""
+def choose(output: str, texts: list[str], min_words: int = 6, ignore: str | None = None) -> Choice:
+    """The document the output picks: its cited number, else the document its quote comes from
+    (echoes of ``ignore``, the question, excluded)."""
     cited = cited_number(output)
-    quoted, run = attribute_quote(output, texts, min_words)
+    quoted, run = attribute_quote(output, texts, min_words, ignore)
     if cited is not None:
         return Choice(cited, "cited", cited, quoted, run)
     if quoted is not None:
@@ -97,16 +119,26 @@ def choose(output: str, texts: list[str], min_words: int = 6) -> Choice:
     return Choice(None, "none", cited, quoted, run)
 
 
-def quote_recall(output: str, gold: str, min_run: int = 4) -> tuple[bool, float]:
+def quote_recall(
+    output: str, gold: str, min_run: int = 4, ignore: str | None = None
+) -> tuple[bool, float]:
     """``(exact, fuzzy)``: whether the normalised gold span appears whole in the output, and the
-    share of its words inside matching runs of at least ``min_run`` words (in order)."""
+    share of its words inside matching runs of at least ``min_run`` words (in order). Words of
+    the gold span that the question gives away (``ignore``, e.g. its opening words) are left out
+    of the fuzzy share, and the output's echo of the question is not counted."""
     g, o = normalize_words(gold), normalize_words(output)
     if not g:
         return False, 0.0
     exact = " ".join(g) in " ".join(o)
-    sm = SequenceMatcher(None, o, g, autojunk=False)
+    if exact:
+        return True, 1.0
+    gm, om = mask_echo(g, ignore, mask="\x01"), mask_echo(o, ignore)  # masks never match
+    wanted = sum(w != "\x01" for w in gm)
+    if not wanted:
+        return False, 0.0
+    sm = SequenceMatcher(None, om, gm, autojunk=False)
     covered = sum(b.size for b in sm.get_matching_blocks() if b.size >= min_run)
-    return exact, (1.0 if exact else covered / len(g))
+    return False, covered / wanted
 
 
 def shares_span(query: str, text: str, n: int = 8) -> bool:

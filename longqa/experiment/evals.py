@@ -84,11 +84,12 @@ def eval_retrieval(
                       "paragraphs": len(split_numbered(row["context"])),
                       "ids": list(tok(prompt, add_special_tokens=False)["input_ids"])})  # fmt: skip
     contexts = {row["_id"]: split_numbered(row["context"]) for row in rows}
+    queries = {row["_id"]: row["input"] for row in rows}  # an echo of the query is no quote
 
     def score(it: dict, new: list[int], text: str) -> dict[str, Any]:
         head = tok.decode(new[:LONGBENCH_NEW_TOKENS], skip_special_tokens=True)
         lb = sample_score(head, it["answers"], lang)
-        pick = choose(text, contexts[it["key"]])
+        pick = choose(text, contexts[it["key"]], ignore=queries[it["key"]])
         return {
             "longbench_score": lb,
             "longbench_hit": lb == 1.0,
@@ -141,15 +142,17 @@ def eval_mdqa(
         msgs = [m.model_dump() for m in s.messages or []]
         rel = s.meta["relevant"][0]
         prompt = chat_prompt(tok, msgs[1]["content"], system=msgs[0]["content"])
-        docs[s.id] = split_numbered(msgs[1]["content"])
+        body, question = msgs[1]["content"].rsplit("\n\n", 2)[0], msgs[1]["content"]
+        docs[s.id] = (split_numbered(body), question.rsplit("\n\n", 1)[-1])
         items.append({"key": s.id, "gold": rel["doc_index"], "depth": rel["depth"],
                       "answer": rel["answer"], "choices": rel["choices"],
                       "source_quote": rel["source_quote"], "num_docs": s.meta["num_docs"],
                       "ids": list(tok(prompt, add_special_tokens=False)["input_ids"])})  # fmt: skip
 
     def score(it: dict, new: list[int], text: str) -> dict[str, Any]:
-        exact, fuzzy = quote_recall(text, it["source_quote"] or "")
-        pick = choose(text, docs[it["key"]])
+        texts, question = docs[it["key"]]
+        exact, fuzzy = quote_recall(text, it["source_quote"] or "", ignore=question)
+        pick = choose(text, texts, ignore=question)
         return {
             "answer_hit": word_hit(text, it["answer"], it["choices"]),
             "quote_exact": exact,
