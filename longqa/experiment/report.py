@@ -142,6 +142,9 @@ def stage_commands(out: Path, exp: Any, plan: dict) -> list[str]:
     )
     cmds.append(f"longqa analyze effective-tokens --model {plan['model']} --data {out}/data/<arm>")
     cmds.append(f"longqa eval needle --haystack {out}/split/eval … / longqa eval passkey …")
+    cmds.append(
+        f"longqa eval compare {out}/eval/base/passkey {out}/eval/<arm>/passkey  # or needle"
+    )
     return cmds
 
 
