@@ -83,6 +83,11 @@ def build_mdqa_eval(exp: Any, prof: Any, eval_dir: Path, folder: Path) -> dict:
         target_tokens=ev.mdqa_target_tokens, turns=1, seed=exp.seed + 1000,
     )  # fmt: skip
     stats = build(opts)
+    if not stats.get("samples"):
+        raise LongqaError(
+            f"{exp.source}: profiles: eval.mdqa_target_tokens / train.max_doc_tokens built no "
+            f"held-out W-shaped samples ({stats.get('drop_reasons')})"
+        )
     return {"samples": stats.get("samples", 0), "dropped_samples": stats.get("dropped_samples")}
 
 
