@@ -53,7 +53,8 @@ def tiny_tree(model: str, corpus: str, **profile) -> dict:
                   "max_length": 1800, "save_steps": 1},
         "eval": {"n": 2, "mdqa_target_tokens": 1600, "pr_paragraphs": 3, "pr_max_words": 60,
                  "needle_lengths": [600], "passkey_lengths": [300], "depths": [0.1, 0.9],
-                 "passkey_trials": 2, "max_new_tokens": 32, "effective_samples": 1},
+                 "passkey_trials": 2, "max_new_tokens": 32, "effective_samples": 1,
+                 "batch_size": 2},
         "throughput": {"train_tokens_per_s": 1000, "prefill_tokens_per_s": 5000,
                        "decode_tokens_per_s": 100},
     }  # fmt: skip

@@ -151,7 +151,8 @@ def run_experiment(
             name, spec, lambda f, a=arm: xdata.build_arm_data(exp, prof, train_dir, f, a.form)
         )
         data_dirs[arm.name], data_fps[arm.name] = out / name, stages.fingerprints[name]
-    ev_spec = {"split": split_fp, "eval": prof.eval.model_dump(), "seed": exp.seed,
+    runtime = {"batch_size", "effective_samples", "max_new_tokens"}  # do not change the eval data
+    ev_spec = {"split": split_fp, "eval": prof.eval.model_dump(exclude=runtime), "seed": exp.seed,
                "train": prof.train.model_dump(), "model": prof.model}  # fmt: skip
     inputs: dict[str, Any] = {"retrieval": {}, "haystack": str(eval_dir)}
     if "mdqa" in exp.evals:
@@ -184,7 +185,8 @@ def run_experiment(
     for arm in exp.arms:
         adapter = adapters.get(arm.name)
         train_fp = stages.fingerprints.get(f"train/{arm.name}")
-        ins = {"eval": ev_spec, "evals": list(exp.evals), "train": train_fp,
+        ins = {"eval": prof.eval.model_dump(exclude={"effective_samples"}), "data_spec": ev_spec,
+               "evals": list(exp.evals), "train": train_fp,
                "rope": prof.rope.model_dump(), "data": {k: stages.fingerprints[f"evaldata/{k}"]
                for k in ["mdqa", *[f"pr-{v}" for v in exp.retrieval_variants]]
                if f"evaldata/{k}" in stages.fingerprints}}  # fmt: skip
