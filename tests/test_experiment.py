@@ -291,3 +291,29 @@ def test_echo_of_the_question_is_not_a_quote():
     partial = '"Alpha beta gamma delta epsilon zeta eta theta iota kappa" Answer: mu'
     assert quote_recall(echo, docs[0], ignore=question) == (False, 0.0)
     assert quote_recall(partial, docs[0], ignore=question) == (False, pytest.approx(4 / 6))
+
+
+def test_llm_abstracts_replace_queries_unless_they_copy(tmp_path):
+    from stub_openai_server import StubOpenAIServer, StubReply
+
+    from longqa.core.paths import iter_jsonl
+    from longqa.eval.attribution import shares_span, split_numbered
+    from longqa.experiment.data import build_retrieval
+
+    corpus = make_corpus(tmp_path / "c", files=6)
+    exp = experiment_from_dict(tiny_tree("m", str(corpus)), "e.yaml")
+
+    def responder(body: dict, n: int) -> StubReply:
+        para = body["messages"][0]["content"].split("\n\n")[1]
+        if n % 2:  # odd requests copy the paragraph: must fall back to keywords
+            return StubReply(content=para)
+        return StubReply(content="A short summary written in other words entirely.")
+
+    with StubOpenAIServer(responder) as server:
+        res = build_retrieval(exp, exp.profile("cpu"), corpus, tmp_path / "pr", variant="keywords",
+                              base_url=server.url, llm_model="stub")  # fmt: skip
+    assert res["query"]["llm"] >= 1 and res["query"]["keywords"] >= 1
+    assert sum(res["query"].values()) == res["samples"] == 2
+    for _, row in iter_jsonl(res["file"]):
+        gold = int(row["answers"][0].split()[-1])
+        assert not shares_span(row["input"], split_numbered(row["context"])[gold - 1], 8)
