@@ -126,3 +126,17 @@ def keywords(span: str, rng: random.Random, k: int = 3) -> list[str]:
         return []
     chosen = set(rng.sample(cands, k))
     return [w for w in cands if w in chosen]
+
+
+_CJK_PAIR = re.compile(r"(?=([\u4e00-\u9fff]{2}))")
+
+
+def choice_words(text: str, lang: str = "en") -> list[str]:
+    """Distinct answer-option words of ``text`` in text order: long non-stop words and numbers
+    (English), or two-character CJK strings (Chinese)."""
+    if lang == "zh":
+        found = _CJK_PAIR.findall(text)
+    else:
+        found = [w.strip(".,'-") for w in _WORD.findall(text)]
+        found = [w for w in found if (len(w) >= 7 or w[:1].isdigit()) and w.lower() not in _STOP]
+    return list(dict.fromkeys(found))

@@ -19,7 +19,7 @@ from string import Template
 from typing import Any
 
 from data_builders.corpus import Document
-from data_builders.extractive import keywords, pick_salient_span, unique_prefix
+from data_builders.extractive import choice_words, keywords, pick_salient_span, unique_prefix
 from data_builders.verify import verify_quote
 from longqa.data.llm import LLMClient, LLMError, parse_json_object
 from longqa.data.response_format import object_schema
@@ -50,6 +50,7 @@ class Turn:
     failed: str | None = None  # reason when the turn could not be made
     span: str = ""  # extractive: the chosen span (question hint is fixed at render time)
     target_depth: float | None = None
+    choices: list[str] = field(default_factory=list)  # extractive choice question: the options
 
 
 async def llm_turn(client: LLMClient, doc: Document, negative: bool, lang: str, opts: Any) -> Turn:
@@ -118,6 +119,36 @@ def extractive_question(turn: Turn, others: list[str], lang: str, rng: random.Ra
         lines = t["extractive_questions"].template.splitlines()
         return Template(rng.choice(lines)).substitute(prefix=prefix + "…")
     return None
+
+
+def extractive_choice_question(
+    turn: Turn, others: list[str], lang: str, rng: random.Random
+) -> str | None:
+    """A question that asks for no answer form: which of four words the passage opening with a
+    unique prefix uses. The right word comes from the rest of the span; the three others from the
+    other documents and never from this one. Sets ``turn.answer`` (the word); None when no choice."""
+    prefix = unique_prefix(turn.span, others, lang=lang)
+    if prefix is None:
+        return None
+    if lang == "zh":
+        rest = "".join(turn.span.split())[len(prefix) :]
+    else:
+        rest = " ".join(turn.span.split()[len(prefix.split()) :])
+    shown = prefix.lower()
+    right = [w for w in choice_words(rest, lang) if w.lower() not in shown]
+    own = turn.doc.text.lower()
+    wrong = sorted({w for o in others for w in choice_words(o, lang) if w.lower() not in own})
+    if not right or len(wrong) < 3:
+        return None
+    turn.answer = rng.choice(right)
+    options = [*rng.sample(wrong, 3), turn.answer]
+    rng.shuffle(options)
+    turn.choices = options
+    if lang == "zh":
+        choices = "、".join(f"“{w}”" for w in options[:-1]) + f"还是“{options[-1]}”"
+    else:
+        choices = ", ".join(f'"{w}"' for w in options[:-1]) + f' or "{options[-1]}"'
+    return prompts(lang)["extractive_choice"].substitute(prefix=prefix + "…", choices=choices)
 
 
 def layout(
@@ -200,24 +231,37 @@ def render(
     cite_index: bool,
     extractive: bool,
     plain: bool = False,
+    form: str | None = None,
+    neutral: bool = False,
 ) -> list[dict[str, str]]:
     """Chat messages: system, first user turn = numbered documents + question, then Q/A turns.
 
-    ``plain`` answers leave the quote out (the same documents and questions, for comparisons)."""
+    ``plain`` answers leave the quote out (the same documents and questions, for comparisons).
+    ``neutral``: the system prompt and instructions ask for no answer form, every turn carries an
+    answer (extractive: the choice question's word), and ``form`` picks the answer alone: the
+    paper's Figure 3 forms ``paraphrase`` (quote, then answer), ``index-detailed`` (document
+    number, then answer) or ``detailed`` (answer only)."""
     t = prompts(lang)
     index = {d.id: i + 1 for i, d in enumerate(docs)}
     body = "\n\n".join(t["document"].substitute(index=index[d.id], text=d.text) for d in docs)
-    context = t["context"].substitute(num_docs=len(docs), documents=body)
-    messages = [{"role": "system", "content": t["system"].template}]
+    suffix = "_neutral" if neutral else ""
+    context = t["context" + suffix].substitute(num_docs=len(docs), documents=body)
+    messages = [{"role": "system", "content": t["system" + suffix].template}]
+    quote_only = extractive and not neutral  # locate-and-quote questions: the quote is the answer
+    plain = plain or form == "plain"
     for k, turn in enumerate(turns):
         user = f"{context}\n\n{turn.question}" if k == 0 else turn.question
         if turn.negative:
             answer = t["negative"].template
-        elif plain and extractive:
-            answer = t["extractive_plain_answer"].substitute(index=index[turn.doc.id])
-        elif plain:
+        elif form == "index-detailed":
+            answer = t["answer_index_detailed"].substitute(
+                index=index[turn.doc.id], answer=turn.answer
+            )
+        elif form == "detailed" or (plain and not quote_only):
             answer = t["plain_answer"].substitute(answer=turn.answer)
-        elif extractive:
+        elif plain:
+            answer = t["extractive_plain_answer"].substitute(index=index[turn.doc.id])
+        elif quote_only:
             answer = t["extractive_answer"].substitute(index=index[turn.doc.id], quote=turn.quote)
         elif cite_index:
             answer = t["answer_indexed"].substitute(

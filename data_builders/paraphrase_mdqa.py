@@ -14,7 +14,9 @@ near-verbatim at ``quote_threshold``, then replaced by the verbatim span) and re
 uniformly over the context (recorded in ``meta``); a ``negative_ratio`` share of turns ask about a
 document removed from the list (answer: no document says so); ``cite_index`` makes the answer name
 the document number; ``generator="extractive"`` needs no LLM (salient span → locate-and-quote
-question), deterministic for a seed. Samples whose length ends outside
+question), deterministic for a seed. ``neutral_questions`` makes every ``answer_style`` share one
+layout and one question wording (the layout is fitted with the longest, quoting form), so samples of
+two styles differ in their answers only. Samples whose length ends outside
 ``[target_tokens * (1 - length_tolerance), target_tokens]`` are dropped and counted.
 
 Output in ``out``: JSONL shards (``data_builders.writer``), ``stats.json`` with counts, length and
@@ -59,8 +61,16 @@ class Options(BaseModel):
     min_turns: int = Field(1, ge=1, description="drop a sample with fewer valid turns")
     negative_ratio: float = Field(0.1, ge=0, le=1)
     cite_index: bool = Field(False, description="answers name the document number (llm)")
-    answer_style: Literal["paraphrase", "plain"] = Field(
-        "paraphrase", description="plain: answers without the quote (a control set for analysis)"
+    answer_style: Literal["paraphrase", "plain", "index-detailed", "detailed"] = Field(
+        "paraphrase",
+        description="plain: answers without the quote (a control set for analysis); "
+        "index-detailed: document number, then answer; detailed: answer only",
+    )
+    neutral_questions: bool = Field(
+        False,
+        description="prompts and questions ask for no answer form (extractive: a word-choice "
+        "question), so the answer form is taught by the answers alone; the documents, questions "
+        "and gold documents are the same for every answer_style (for ablations)",
     )
     lang: Literal["en", "zh", "auto"] = "auto"
     seed: int = 0
@@ -159,23 +169,26 @@ def _skeleton_tokens(ctx: SampleContext, turns: list[ms.Turn], lang: str) -> int
         for t in turns:
             t.question = t.question or t.span  # worst-case length until the hint is chosen
     docs = [t.doc for t in turns if not t.negative]
-    extractive = ctx.opts.generator == "extractive"
-    msgs = ms.render(
-        docs,
-        turns,
-        lang,
-        cite_index=ctx.opts.cite_index,
-        extractive=extractive,
-        plain=ctx.opts.answer_style == "plain",
-    )
+    msgs = ms.render(docs, turns, lang, **_render_args(ctx.opts, fitting=True))
     return count_messages(msgs, ctx.counter)
+
+
+def _render_args(opts: Options, fitting: bool = False) -> dict[str, Any]:
+    """Keyword arguments of :func:`ms.render`; with ``neutral_questions`` the layout is fitted
+    with the quoting form whatever the answer style, so every style gets the same documents."""
+    form = "paraphrase" if fitting and opts.neutral_questions else opts.answer_style
+    return {
+        "cite_index": opts.cite_index,
+        "extractive": opts.generator == "extractive",
+        "form": form,
+        "neutral": opts.neutral_questions,
+    }
 
 
 def _fit(ctx, i, turns, positives, pool, excluded, lang, rng):  # noqa: ANN001, ANN202
     """Lay out, render, and adjust the distractors until the length is in the target band."""
     opts, counter = ctx.opts, ctx.counter
     low = int(opts.target_tokens * (1 - opts.length_tolerance))
-    extractive = opts.generator == "extractive"
     rel_docs = [t.doc for t in positives]
     skeleton = _skeleton_tokens(ctx, turns, lang)
     fixed = skeleton - sum(d.n_tokens + ctx.doc_overhead for d in rel_docs)
@@ -193,20 +206,14 @@ def _fit(ctx, i, turns, positives, pool, excluded, lang, rng):  # noqa: ANN001, 
             kept = []
             for t in turns:
                 others = [d.text for d in docs if d.id != t.doc.id]
-                t.question = ms.extractive_question(t, others, lang, rng) or ""
+                ask = ms.extractive_choice_question if opts.neutral_questions else None
+                t.question = (ask or ms.extractive_question)(t, others, lang, rng) or ""
                 if t.question:
                     kept.append(t)
             if len(kept) < opts.min_turns or all(t.negative for t in kept):
                 return None, "no unique question hint"
             turns = kept
-        messages = ms.render(
-            docs,
-            turns,
-            lang,
-            cite_index=opts.cite_index,
-            extractive=extractive,
-            plain=opts.answer_style == "plain",
-        )
+        messages = ms.render(docs, turns, lang, **_render_args(opts, fitting=True))
         n_tokens = count_messages(messages, counter)
         rel = {t.doc.id for t in turns}
         distractors = [d for d in docs if d.id not in rel]
@@ -215,6 +222,9 @@ def _fit(ctx, i, turns, positives, pool, excluded, lang, rng):  # noqa: ANN001, 
         docs = [d for d in docs if d.id != rng.choice(distractors).id]
     if not low <= n_tokens <= opts.target_tokens:
         return None, "length outside target band"
+    if _render_args(opts) != _render_args(opts, fitting=True):  # same layout, this style's answers
+        messages = ms.render(docs, turns, lang, **_render_args(opts))
+        n_tokens = count_messages(messages, counter)
     return _sample(ctx, i, docs, turns, messages, n_tokens, lang), None
 
 
@@ -242,6 +252,9 @@ def _sample(ctx, i, docs, turns, messages, n_tokens, lang):  # noqa: ANN001, ANN
                     counter.count(t.quote) if t.quote and not t.negative and t.quote in ans else 0
                 ),
                 "answer_tokens": counter.count(ans),
+                "answer": t.answer or None,
+                "choices": t.choices or None,
+                "source_quote": None if t.negative else (t.quote or None),
             }
         )
     meta = {
@@ -252,6 +265,8 @@ def _sample(ctx, i, docs, turns, messages, n_tokens, lang):  # noqa: ANN001, ANN
         "target_tokens": opts.target_tokens,
         "tokenizer": counter.name,
         "seed": opts.seed,
+        "answer_style": opts.answer_style,
+        "neutral_questions": opts.neutral_questions,
     }
     return {"id": sample_id(i), "task": TASK, "lang": lang, "messages": messages, "meta": meta}
 

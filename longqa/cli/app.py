@@ -17,6 +17,7 @@ from longqa.cli import (
     data,
     doctor,
     eval,
+    experiment,
     export,
     generate,
     models,
@@ -45,6 +46,7 @@ app.add_typer(models.app, name="models")
 app.command("export")(export.export)
 app.command("generate")(generate.generate)
 app.command("doctor")(doctor.doctor)
+app.add_typer(experiment.app, name="experiment")
 
 
 def main() -> None:

@@ -1,0 +1,53 @@
+"""`longqa experiment`: run a shipped experiment end to end (resumable), or print its plan.
+
+Examples::
+
+    longqa experiment run experiments/paraphrase-ablation.yaml --out runs/exp
+    longqa experiment run experiments/paraphrase-ablation.yaml --out runs/exp --resume
+    longqa experiment run paraphrase-ablation --profile gpu --dry-run
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="Reproducible experiments (e.g. the paraphrase ablation).", no_args_is_help=True
+)
+
+
+@app.command("run")
+def run(
+    experiment: str = typer.Argument(..., help="experiment YAML, or a name under experiments/"),
+    out: Path = typer.Option(Path("runs/experiment"), "--out", help="output folder"),
+    profile: str = typer.Option("cpu", "--profile", help="sizes: cpu | gpu (see the file)"),
+    resume: bool = typer.Option(False, "--resume", help="continue a run in --out"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and estimate, then exit"),
+    base_url: str | None = typer.Option(
+        None, "--base-url", help="OpenAI-compatible endpoint: LLM-written retrieval abstracts"
+    ),
+    model: str | None = typer.Option(None, "--model", help="served model name for --base-url"),
+    corpus: Path | None = typer.Option(None, "--corpus", help="corpus folder replacing the file's"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars"),
+) -> None:
+    """Build, train, evaluate and report every arm of the experiment (stages cached)."""
+    from rich.console import Console
+
+    from longqa.experiment.plan import make_plan, print_plan
+    from longqa.experiment.schema import load_experiment
+
+    exp = load_experiment(experiment)
+    if corpus is not None:
+        exp.corpus = str(corpus.resolve())
+    console = Console(stderr=True)
+    if dry_run:
+        print_plan(make_plan(exp, profile), console)
+        return
+    from longqa.experiment.run import run_experiment
+
+    run_experiment(exp, profile, out, resume=resume, base_url=base_url, llm_model=model,
+                   console=console, progress=progress, argv=sys.argv[1:])  # fmt: skip
+    console.print(f"[green]done:[/] {out / 'results.md'}", highlight=False)

@@ -1,0 +1,229 @@
+"""Run an experiment end to end: split, build, train, measure, evaluate, report — resumably.
+
+Usage (what ``longqa experiment run`` does)::
+
+    from longqa.experiment.run import run_experiment
+    from longqa.experiment.schema import load_experiment
+    report = run_experiment(load_experiment("experiments/paraphrase-ablation.yaml"), "cpu",
+                            Path("runs/exp"), resume=True)
+
+Stages (each cached by a fingerprint of its inputs, see :mod:`longqa.experiment.stages`):
+``split`` (train/eval source files), ``data/<arm>`` (paraphrase-mdqa builder), ``evaldata/*``
+(held-out W-shaped QA, LongBench-format retrieval in two query variants), ``train/<arm>``
+(:func:`longqa.train.trainer.run_training`), ``effective`` (``analyze effective-tokens`` on each
+arm's data), ``eval/<arm>`` (:mod:`longqa.experiment.evals`), then the report. This layer sits
+beside the CLI: it imports ``data_builders`` (inside functions) and every lower layer.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from longqa.core.errors import LongqaError
+from longqa.core.paths import atomic_write_json
+from longqa.experiment import data as xdata
+from longqa.experiment.plan import make_plan
+from longqa.experiment.schema import Experiment, Profile
+from longqa.experiment.split import check_disjoint, materialize, source_files, split_corpus
+from longqa.experiment.stages import Stages
+
+
+def arm_recipe(exp: Experiment, prof: Profile, data: Path, out: Path) -> Any:
+    """The base recipe with the profile's model, RoPE spec and sizes, training on ``data``."""
+    from longqa.config.recipe import load_recipe, recipe_from_dict
+
+    tree = load_recipe(exp.recipe).model_dump(mode="json")
+    t = prof.train
+    tree["model"].update(name=prof.model, quantization=t.quantization, dtype=t.dtype)
+    tree["rope"] = prof.rope.model_dump(mode="json")
+    tree["train"].update(
+        lr=t.lr, micro_batch_size=t.micro_batch_size, grad_accum=t.grad_accum,
+        max_length=t.max_length, seed=exp.seed, save_steps=t.save_steps, warmup_ratio=0.0,
+        phases=[{"name": "sft", "kind": "sft", "steps": t.steps,
+                 "datasets": [{"path": str(data), "format": "messages"}]}],
+    )  # fmt: skip
+    tree["output"] = {"dir": str(out)}
+    if prof.device == "cpu":
+        tree["kernels"] = {**tree.get("kernels", {}), "rope": False}
+    return recipe_from_dict(tree, f"{exp.source}: profiles.{exp.name}")
+
+
+def _train(recipe: Any, folder: Path) -> dict[str, Any]:
+    from longqa.train.metrics import read_log
+    from longqa.train.trainer import LOG_FILE, run_training
+
+    run_training(recipe, out=str(folder), resume=True)
+    log = read_log(folder / LOG_FILE)
+    losses = [r["loss"] for r in log]
+    rates = [r["tokens_per_s"] for r in log if r.get("tokens_per_s")]
+    return {
+        "steps": log[-1]["step"] if log else 0,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": sum(losses[-5:]) / len(losses[-5:]) if losses else None,
+        "tokens_per_s": sorted(rates)[len(rates) // 2] if rates else None,
+    }
+
+
+def _eval_arm(
+    exp: Experiment, prof: Profile, arm: Any, adapter: Path | None, inputs: dict, folder: Path,
+    progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    from longqa.eval.runner import load_for_eval
+    from longqa.experiment import evals
+
+    model, tok, spec = load_for_eval(
+        prof.model,
+        adapter=str(adapter) if adapter else None,
+        rope=prof.rope,
+        dtype=prof.train.dtype,
+    )
+    ev, out = prof.eval, {}
+    if prof.device == "cuda":
+        model.to("cuda")
+    if "passage-retrieval" in exp.evals:
+        for variant, file in inputs["retrieval"].items():
+            rows = evals.eval_retrieval(model, tok, spec, Path(file), folder / f"pr-{variant}",
+                                        max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+                                        progress=progress)  # fmt: skip
+            out[f"pr-{variant}"] = [
+                {k: r[k] for k in ("gold", "paragraphs", "choice", "choice_how", "longbench_score",
+                                   "longbench_hit", "form_hit", "new_tokens")} for r in rows
+            ]  # fmt: skip
+    if "mdqa" in exp.evals:
+        rows = evals.eval_mdqa(model, tok, spec, Path(inputs["mdqa"]), folder / "mdqa", n=ev.n,
+                               max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+                                        progress=progress)  # fmt: skip
+        keep = ("gold", "depth", "num_docs", "choice", "choice_how", "answer_hit", "doc_hit",
+                "quote_exact", "quote_fuzzy", "new_tokens")  # fmt: skip
+        out["mdqa"] = [{k: r[k] for k in keep} for r in rows]
+    if "needle" in exp.evals:
+        rows = evals.eval_needle(model, tok, spec, Path(inputs["haystack"]), folder / "needle", ev)
+        out["needle"] = [{k: r[k] for k in ("length", "depth", "correct")} for r in rows]
+    if "passkey" in exp.evals:
+        rows = evals.eval_passkey(model, tok, spec, folder / "passkey", ev, exp.seed)
+        out["passkey"] = [{k: r[k] for k in ("length", "depth", "correct")} for r in rows]
+    return out
+
+
+def run_experiment(
+    exp: Experiment,
+    profile: str,
+    out: Path,
+    *,
+    resume: bool = False,
+    base_url: str | None = None,
+    llm_model: str | None = None,
+    console: Any = None,
+    progress: bool = True,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) every stage of ``exp`` under ``out``; returns the report dict."""
+    from rich.console import Console
+
+    from longqa.experiment.report import write_report
+
+    console = console or Console(stderr=True)
+    prof = exp.profile(profile)
+    plan = make_plan(exp, profile)
+    out = Path(out)
+    stages = Stages(out, console)
+    if stages.finished() and not resume:
+        raise LongqaError(
+            f"{out}: holds an earlier run; pass --resume to continue it or a new --out"
+        )
+    atomic_write_json(out / "plan.json", plan)
+    corpus = exp.corpus_path()
+    split = split_corpus(corpus, eval_fraction=exp.split.eval_fraction, seed=exp.split.seed,
+                         min_files=exp.split.min_files, source=exp.source)  # fmt: skip
+    files = [(str(p.relative_to(split.root)), p.stat().st_size) for p in source_files(corpus)]
+    stages.run("split", {"files": files, "split": exp.split.model_dump()},
+               lambda f: (materialize(split, f), split.as_json())[1])  # fmt: skip
+    train_dir, eval_dir = out / "split" / "train", out / "split" / "eval"
+    split_fp = stages.fingerprints["split"]
+    data_dirs, data_fps = {}, {}
+    for arm in (a for a in exp.arms if a.form != "none"):
+        name = f"data/{arm.name}"
+        opts = xdata.mdqa_options(exp, prof, train_dir, out / name, answer_style=arm.form)
+        spec = {"split": split_fp, "options": opts.model_dump(exclude={"out", "corpus"})}
+        stages.run(
+            name, spec, lambda f, a=arm: xdata.build_arm_data(exp, prof, train_dir, f, a.form)
+        )
+        data_dirs[arm.name], data_fps[arm.name] = out / name, stages.fingerprints[name]
+    runtime = {"batch_size", "effective_samples", "max_new_tokens"}  # do not change the eval data
+    ev_spec = {"split": split_fp, "eval": prof.eval.model_dump(exclude=runtime), "seed": exp.seed,
+               "train": prof.train.model_dump(), "model": prof.model}  # fmt: skip
+    inputs: dict[str, Any] = {"retrieval": {}, "haystack": str(eval_dir)}
+    if "mdqa" in exp.evals:
+        stages.run("evaldata/mdqa", ev_spec,
+                   lambda f: xdata.build_mdqa_eval(exp, prof, eval_dir, f))  # fmt: skip
+        inputs["mdqa"] = str(out / "evaldata/mdqa")
+    if "passage-retrieval" in exp.evals:
+        for variant in exp.retrieval_variants:
+            llm = {"base_url": base_url, "model": llm_model} if variant != "verbatim" else {}
+            res = stages.run(f"evaldata/pr-{variant}", {**ev_spec, "llm": llm},
+                             lambda f, v=variant: xdata.build_retrieval(
+                                 exp, prof, eval_dir, f, variant=v, base_url=base_url,
+                                 llm_model=llm_model))  # fmt: skip
+            inputs["retrieval"][variant] = res["file"]
+    _check_held_out(train_dir, inputs)
+    train_res, adapters = {}, {}
+    for arm in (a for a in exp.arms if a.form != "none"):
+        name = f"train/{arm.name}"
+        recipe = arm_recipe(exp, prof, data_dirs[arm.name], out / name)
+        spec = {"recipe": recipe.model_dump(mode="json", exclude={"output": True}),
+                "data": data_fps[arm.name]}  # fmt: skip
+        spec["recipe"]["train"]["phases"][0]["datasets"] = [data_fps[arm.name]]
+        train_res[arm.name] = stages.run(name, spec, lambda f, r=recipe: _train(r, f))
+        adapters[arm.name] = out / name
+    effective = None
+    if data_dirs:
+        ins = {"data": data_fps, "model": prof.model, "n": prof.eval.effective_samples}
+        effective = stages.run("effective", ins, lambda f: _effective(prof, data_dirs, f))
+    evals: dict[str, Any] = {}
+    for arm in exp.arms:
+        adapter = adapters.get(arm.name)
+        train_fp = stages.fingerprints.get(f"train/{arm.name}")
+        ins = {"eval": prof.eval.model_dump(exclude={"effective_samples"}), "data_spec": ev_spec,
+               "evals": list(exp.evals), "train": train_fp,
+               "rope": prof.rope.model_dump(), "data": {k: stages.fingerprints[f"evaldata/{k}"]
+               for k in ["mdqa", *[f"pr-{v}" for v in exp.retrieval_variants]]
+               if f"evaldata/{k}" in stages.fingerprints}}  # fmt: skip
+        evals[arm.name] = stages.run(
+            f"eval/{arm.name}", ins,
+            lambda f, a=arm, ad=adapter: _eval_arm(exp, prof, a, ad, inputs, f, progress),
+        )  # fmt: skip
+    cmd = "longqa " + " ".join(argv if argv is not None else sys.argv[1:])
+    return write_report(out, exp, profile, plan=plan, stages=stages, train=train_res,
+                        effective=effective, evals=evals, command=cmd)  # fmt: skip
+
+
+def _effective(prof: Profile, data_dirs: dict[str, Path], folder: Path) -> dict[str, Any]:
+    from longqa.analyze.runner import analyze_effective_tokens
+
+    rope = prof.rope if prof.rope.method != "none" else None
+    report = analyze_effective_tokens(
+        {k: str(v) for k, v in data_dirs.items()}, model=prof.model, out=folder, rope=rope,
+        max_samples=prof.eval.effective_samples,
+    )  # fmt: skip
+    keys = ("samples", "tokens", "effective_share", "quote_effective_share",
+            "answer_effective_share", "effective_in_quote")  # fmt: skip
+    return {arm: {k: d["overall"].get(k) for k in keys} for arm, d in report["datasets"].items()}
+
+
+def _check_held_out(train_dir: Path, inputs: dict[str, Any]) -> None:
+    """No eval paragraph may come from a training file (raises naming the eval file and field)."""
+    from longqa.core.paths import iter_jsonl
+    from longqa.data.schema import read_samples
+    from longqa.eval.attribution import split_numbered
+
+    sets: dict[str, list[str]] = {}
+    for file in inputs["retrieval"].values():
+        sets[f"{file}: field 'context'"] = [
+            p for _, r in iter_jsonl(file) for p in split_numbered(r["context"])
+        ]
+    if "mdqa" in inputs:
+        texts = [s.messages[1].content for s in read_samples(inputs["mdqa"]) if s.messages]
+        sets[f"{inputs['mdqa']}: field 'messages'"] = [p for t in texts for p in split_numbered(t)]
+    check_disjoint(train_dir, sets)
