@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from data_builders import ablation
 from longqa.core.errors import LongqaError
 from longqa.experiment.schema import experiment_from_dict, experiments_dir, load_experiment
 from longqa.experiment.split import check_disjoint, materialize, split_corpus
@@ -225,7 +226,9 @@ def test_tiny_pipeline_end_to_end_and_resume(tmp_path, tiny_model, monkeypatch):
     corpus = make_corpus(tmp_path / "corpus", files=12)
     exp = experiment_from_dict(tiny_tree(str(tiny_model), str(corpus)), str(tmp_path / "e.yaml"))
     out = tmp_path / "run"
-    res = run_experiment(exp, "cpu", out, progress=False, argv=["experiment", "run"])
+    res = run_experiment(
+        exp, "cpu", out, datasets=ablation, progress=False, argv=["experiment", "run"]
+    )
     arms = res["results"]
     assert set(arms) == {"base", "para", "idx", "det"}
     for cells in (a["cells"] for a in arms.values()):
@@ -245,14 +248,14 @@ def test_tiny_pipeline_end_to_end_and_resume(tmp_path, tiny_model, monkeypatch):
     assert all(r["input"].startswith("Keywords: ") for r in kw)
     # without --resume an existing run is refused; with it every finished stage is skipped
     with pytest.raises(LongqaError, match="pass --resume"):
-        run_experiment(exp, "cpu", out, progress=False, argv=[])
+        run_experiment(exp, "cpu", out, datasets=ablation, progress=False, argv=[])
 
     def boom(*a, **k):
         raise AssertionError("a finished stage ran again")
 
     monkeypatch.setattr("longqa.experiment.run._train", boom)
     monkeypatch.setattr("longqa.experiment.run._eval_arm", boom)
-    again = run_experiment(exp, "cpu", out, resume=True, progress=False, argv=[])
+    again = run_experiment(exp, "cpu", out, datasets=ablation, resume=True, progress=False, argv=[])
     assert again["results"] == res["results"]
 
 
@@ -296,9 +299,9 @@ def test_echo_of_the_question_is_not_a_quote():
 def test_llm_abstracts_replace_queries_unless_they_copy(tmp_path):
     from stub_openai_server import StubOpenAIServer, StubReply
 
+    from data_builders.ablation import build_retrieval
     from longqa.core.paths import iter_jsonl
     from longqa.eval.attribution import shares_span, split_numbered
-    from longqa.experiment.data import build_retrieval
 
     corpus = make_corpus(tmp_path / "c", files=6)
     exp = experiment_from_dict(tiny_tree("m", str(corpus)), "e.yaml")

@@ -46,8 +46,9 @@ def run(
     if dry_run:
         print_plan(make_plan(exp, profile), console)
         return
+    from data_builders import ablation
     from longqa.experiment.run import run_experiment
 
-    run_experiment(exp, profile, out, resume=resume, base_url=base_url, llm_model=model,
+    run_experiment(exp, profile, out, datasets=ablation, resume=resume, base_url=base_url, llm_model=model,
                    console=console, progress=progress, argv=sys.argv[1:])  # fmt: skip
     console.print(f"[green]done:[/] {out / 'results.md'}", highlight=False)

@@ -4,15 +4,17 @@ Usage (what ``longqa experiment run`` does)::
 
     from longqa.experiment.run import run_experiment
     from longqa.experiment.schema import load_experiment
+    from data_builders import ablation
     report = run_experiment(load_experiment("experiments/paraphrase-ablation.yaml"), "cpu",
-                            Path("runs/exp"), resume=True)
+                            Path("runs/exp"), datasets=ablation, resume=True)
 
 Stages (each cached by a fingerprint of its inputs, see :mod:`longqa.experiment.stages`):
 ``split`` (train/eval source files), ``data/<arm>`` (paraphrase-mdqa builder), ``evaldata/*``
 (held-out W-shaped QA, LongBench-format retrieval in two query variants), ``train/<arm>``
 (:func:`longqa.train.trainer.run_training`), ``effective`` (``analyze effective-tokens`` on each
-arm's data), ``eval/<arm>`` (:mod:`longqa.experiment.evals`), then the report. This layer sits
-beside the CLI: it imports ``data_builders`` (inside functions) and every lower layer.
+arm's data), ``eval/<arm>`` (:mod:`longqa.experiment.evals`), then the report. The data sets are
+built by ``datasets`` (the CLI passes :mod:`data_builders.ablation`), so this layer imports no
+builder itself.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from typing import Any
 
 from longqa.core.errors import LongqaError
 from longqa.core.paths import atomic_write_json
-from longqa.experiment import data as xdata
 from longqa.experiment.plan import make_plan
 from longqa.experiment.schema import Experiment, Profile
 from longqa.experiment.split import check_disjoint, materialize, source_files, split_corpus
@@ -70,10 +71,10 @@ def _eval_arm(
     exp: Experiment, prof: Profile, arm: Any, adapter: Path | None, inputs: dict, folder: Path,
     progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    from longqa.eval.runner import load_for_eval
     from longqa.experiment import evals
+    from longqa.models.load import load
 
-    model, tok, spec = load_for_eval(
+    model, tok, spec = load(
         prof.model,
         adapter=str(adapter) if adapter else None,
         rope=prof.rope,
@@ -112,6 +113,7 @@ def run_experiment(
     profile: str,
     out: Path,
     *,
+    datasets: Any,
     resume: bool = False,
     base_url: str | None = None,
     llm_model: str | None = None,
@@ -119,7 +121,11 @@ def run_experiment(
     progress: bool = True,
     argv: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run (or continue) every stage of ``exp`` under ``out``; returns the report dict."""
+    """Run (or continue) every stage of ``exp`` under ``out``; returns the report dict.
+
+    ``datasets`` builds the data sets: ``mdqa_options``, ``build_arm_data``, ``build_mdqa_eval``
+    and ``build_retrieval`` as in :mod:`data_builders.ablation`."""
+    xdata = datasets
     from rich.console import Console
 
     from longqa.experiment.report import write_report

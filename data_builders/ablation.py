@@ -1,6 +1,7 @@
-"""The experiment's data: each arm's W-shaped training set and the held-out eval sets.
+"""The paraphrase ablation's data sets: each arm's W-shaped training set and the held-out eval sets.
 
-Usage (called by :mod:`longqa.experiment.run`; each function writes one stage folder)::
+Usage (``longqa experiment run`` hands this module to :func:`longqa.experiment.run.run_experiment`,
+which calls these functions, each writing one stage folder)::
 
     build_arm_data(exp, prof, train_dir, folder, form="paraphrase")   # paraphrase-mdqa builder
     build_mdqa_eval(exp, prof, eval_dir, folder)                        # held-out W-shaped QA
