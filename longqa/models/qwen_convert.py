@@ -28,7 +28,7 @@ trained window (2048 for Qwen-14B), not ``max_position_embeddings`` (8192 there:
 inference-time dynamic NTK reaches); RoPE scaling takes its original window L0 from it.
 Qwen's inference-time dynamic-NTK and log-n attention scaling are NOT carried over into the config:
 the converted model uses plain RoPE and the RoPE spec decides any scaling — the original behaviour
-is ``--rope dynamic-ntk --ntk-variant qwen --logn``, the long-context paraphrasing recipe uses dynamic
+is ``--rope dynamic-ntk --rope-ntk-variant qwen --rope-logn``, the long-context paraphrasing recipe uses dynamic
 YaRN without log-n. The original settings are recorded in ``longqa_conversion.json``. Conversion streams one shard at a time: each output tensor is
 read, split and written before the next shard is opened, so two copies of the weights never exist.
 """
@@ -66,7 +66,7 @@ _IN_LAYER = {
 }
 NOT_CARRIED = (
     "dynamic-NTK and log-n attention are not carried over (the RoPE spec decides; the original "
-    "behaviour is --rope dynamic-ntk --ntk-variant qwen --logn)"
+    "behaviour is --rope dynamic-ntk --rope-ntk-variant qwen --rope-logn)"
 )
 ORIGINAL_KEYS = ("seq_length", "max_position_embeddings", "use_dynamic_ntk", "use_logn_attn")
 

@@ -5,11 +5,11 @@ inference (``not self.training``), by ``logn[i] = log(i) / log(seq_length)`` for
 and 1 otherwise, where ``i`` is the 1-based position of the query and ``seq_length`` the trained
 window: attention entropy stays level when the context grows past the window (Chiang & Cholak,
 "Overcoming a Theoretical Limitation of Self-Attention", arXiv:2202.12172). Together with its
-dynamic NTK (``--rope dynamic-ntk --ntk-variant qwen``) this reproduces the long-context behaviour of
+dynamic NTK (``--rope dynamic-ntk --rope-ntk-variant qwen``) this reproduces the long-context behaviour of
 the released Qwen-7B/14B checkpoints.
 
 Usage (normally through the RoPE spec: ``rope: {method: dynamic-ntk, ntk_variant: qwen, logn: true}``
-or ``--logn``, which :func:`longqa.patch.rope.apply_rope_scaling` routes here)::
+or ``--rope-logn``, which :func:`longqa.patch.rope.apply_rope_scaling` routes here)::
 
     from longqa.patch.logn import apply_logn_attention, revert_logn_attention
     apply_logn_attention(model, rotary)      # rotary: the model's LongqaRotaryEmbedding
