@@ -263,12 +263,15 @@ def run_items(
     description: str,
     batch_size: int = 1,
     show_progress: bool = True,
+    score_ids: bool = False,
 ) -> int:
     """Generate for every item not yet in ``store`` and append its scored row.
 
     Each item is a dict with ``key``, ``ids`` (prompt token ids) and any fields to keep; ``score``
-    maps ``(item, output_text) -> dict`` of extra fields (e.g. ``correct``). Returns how many
-    samples ran now (the rest were already done).
+    maps ``(item, output_text) -> dict`` of extra fields (e.g. ``correct``); with ``score_ids`` it
+    also receives the new token ids, ``(item, output_text, ids)``. Each row records
+    ``prompt_tokens``, ``new_tokens`` and ``output``. Returns how many samples ran now (the rest
+    were already done).
     """
     todo = [it for it in items if not store.done(it["key"])]
     progress, task = progress_bar(len(items), description)
@@ -277,12 +280,14 @@ def run_items(
     with progress if show_progress else nullcontext():
         for i in range(0, len(todo), step):
             chunk = todo[i : i + step]
-            outs = gen.generate([it["ids"] for it in chunk], max_new_tokens, batch_size=step)
-            for it, out in zip(chunk, outs, strict=True):
+            news = gen.generate_ids([it["ids"] for it in chunk], max_new_tokens, batch_size=step)
+            for it, new in zip(chunk, news, strict=True):
+                out = gen.tokenizer.decode(new, skip_special_tokens=True)
                 row = {k: v for k, v in it.items() if k != "ids"}
                 row["prompt_tokens"] = len(it["ids"])
+                row["new_tokens"] = len(new)
                 row["output"] = out
-                row.update(score(it, out))
+                row.update(score(it, out, new) if score_ids else score(it, out))
                 store.append(row)
             progress.advance(task, len(chunk))
     return len(todo)

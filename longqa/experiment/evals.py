@@ -16,7 +16,6 @@ word, quote recall (exact / fuzzy) and the document chosen (cited or quoted) aga
 from __future__ import annotations
 
 import re
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +25,13 @@ LONGBENCH_NEW_TOKENS = 32
 
 
 def _generate_rows(model, tok, spec, items, store, max_new_tokens, score, label, progress, batch):  # noqa: ANN001
-    """Generate for the items not in ``store`` (``batch`` prompts at a time), score, append."""
-    from longqa.eval.runner import GreedyGenerator, progress_bar
+    """Generate for the items not in ``store`` with the eval runner, score, append; the rows."""
+    from longqa.eval.runner import GreedyGenerator, run_items
 
-    gen = GreedyGenerator(model, tok, rope=spec)
-    todo = [it for it in items if not store.done(it["key"])]
-    bar, task = progress_bar(len(items), label)
-    bar.update(task, completed=len(items) - len(todo))
-    with bar if progress else nullcontext():
-        for i in range(0, len(todo), batch):
-            chunk = todo[i : i + batch]
-            news = gen.generate_ids([it["ids"] for it in chunk], max_new_tokens, batch_size=batch)
-            for it, new in zip(chunk, news, strict=True):
-                row = {k: v for k, v in it.items() if k != "ids"}
-                row["prompt_tokens"] = len(it["ids"])
-                row["new_tokens"] = len(new)
-                row["output"] = tok.decode(new, skip_special_tokens=True)
-                row.update(score(it, new, row["output"]))
-                store.append(row)
-            bar.advance(task, len(chunk))
+    run_items(
+        items, GreedyGenerator(model, tok, rope=spec), store, max_new_tokens=max_new_tokens,
+        score=score, description=label, batch_size=batch, show_progress=progress, score_ids=True,
+    )  # fmt: skip
     keys = {it["key"] for it in items}
     return [r for r in store.rows if r["key"] in keys]
 
@@ -86,7 +73,7 @@ def eval_retrieval(
     contexts = {row["_id"]: split_numbered(row["context"]) for row in rows}
     queries = {row["_id"]: row["input"] for row in rows}  # an echo of the query is no quote
 
-    def score(it: dict, new: list[int], text: str) -> dict[str, Any]:
+    def score(it: dict, text: str, new: list[int]) -> dict[str, Any]:
         head = tok.decode(new[:LONGBENCH_NEW_TOKENS], skip_special_tokens=True)
         lb = sample_score(head, it["answers"], lang)
         pick = choose(text, contexts[it["key"]], ignore=queries[it["key"]])
@@ -149,7 +136,7 @@ def eval_mdqa(
                       "source_quote": rel["source_quote"], "num_docs": s.meta["num_docs"],
                       "ids": list(tok(prompt, add_special_tokens=False)["input_ids"])})  # fmt: skip
 
-    def score(it: dict, new: list[int], text: str) -> dict[str, Any]:
+    def score(it: dict, text: str, new: list[int]) -> dict[str, Any]:
         texts, question = docs[it["key"]]
         exact, fuzzy = quote_recall(text, it["source_quote"] or "", ignore=question)
         pick = choose(text, texts, ignore=question)
