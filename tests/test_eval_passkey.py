@@ -157,13 +157,13 @@ def test_run_writes_files_and_resumes(tmp_path, tok, model, monkeypatch):
     lines = (out / "results.jsonl").read_text().splitlines()
     (out / "results.jsonl").write_text("\n".join(lines[:-1]) + '\n{"key": "L2')
     calls = []
-    orig = GreedyGenerator.generate
+    orig = GreedyGenerator.generate_ids
 
     def counting(self, prompts, *a, **k):
         calls.append(len(prompts))
         return orig(self, prompts, *a, **k)
 
-    monkeypatch.setattr(GreedyGenerator, "generate", counting)
+    monkeypatch.setattr(GreedyGenerator, "generate_ids", counting)
     s2 = pk.run_passkey(model, tok, None, **kw)
     assert sum(calls) == 1
     assert s2["n"] == 6
