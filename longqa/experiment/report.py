@@ -238,8 +238,8 @@ def plot_depth(arms: dict[str, Any], path: Path) -> None:
             cell = a["by_depth"].get(c, {})
             xs = list(cell)
             ax.errorbar(range(len(xs)), [cell[x]["value"] for x in xs],
-                        yerr=[[cell[x]["value"] - cell[x]["lo"] for x in xs],
-                              [cell[x]["hi"] - cell[x]["value"] for x in xs]],
+                        yerr=[[max(0.0, cell[x]["value"] - cell[x]["lo"]) for x in xs],
+                              [max(0.0, cell[x]["hi"] - cell[x]["value"]) for x in xs]],
                         marker="o", capsize=3, label=name, alpha=0.8)  # fmt: skip
             ax.set_xticks(range(len(xs)), xs, rotation=30, fontsize=7)
         ax.set_ylim(-0.05, 1.05)
