@@ -65,15 +65,10 @@ def _name(dtype: Any) -> str:
 
 
 def _timed(env: Any, fn: Any, repeat: int) -> float:
-    fn()
-    env.sync()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        env.sync()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    """Median synchronised time of ``fn`` after one warm-up call (bench_kernels' timer)."""
+    from bench_kernels import timed
+
+    return timed(env, fn, repeat=repeat, warmup=1)
 
 
 def bench_rope(env: Any, seq: int, n_q: int, n_kv: int, head_dim: int) -> str:
