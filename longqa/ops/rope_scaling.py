@@ -2,12 +2,13 @@
 
 Usage::
 
-    from longqa.ops.rope_scaling import compute_rope
+    from longqa.ops.rope_scaling import compute_rope, sample_lengths
     inv_freq, attn = compute_rope(
         {"method": "yarn", "factor": 4.0},
         head_dim=128, base=10000.0, original_max_position_embeddings=2048,
     )
     # inv_freq: float32 [head_dim // 2]; cos/sin = cos/sin(pos * inv_freq) * attn
+    sample_lengths(position_ids)   # [B, T]: the length of each token's sample (dynamic methods)
 
 ``params`` is ``RopeConfig.model_dump()`` (see ``longqa.config.recipe``); missing keys take the defaults
 below. ``params["base"]`` replaces the model's base before a method is applied (for ``abf`` it *is*
@@ -292,6 +293,28 @@ def compute_rope(
     if p["attention_factor"] is not None:
         attention_factor = float(p["attention_factor"])
     return inv_freq.to(torch.float32), float(attention_factor)
+
+
+def sample_lengths(position_ids: Tensor) -> Tensor:
+    """Length of the sample each token belongs to, ``[B, T]`` (long).
+
+    A sample is a run of consecutive positions (``p, p+1, …``): packed rows restart at 0 for each
+    sample, left padding repeats a position (HF fills pads with 1). A sample's length is its last
+    position + 1 — for a decoding continuation, the whole sequence so far. On the packing
+    collator's rows (every sample and the padding run ``0..n-1``) this is each sample's token count.
+    It is only right on a *whole* row: a sequence-parallel piece cut inside a sample sees a run that
+    ends early, so its lengths must come from the unsplit row (``longqa.train.sequence_parallel``).
+    """
+    pos = position_ids.long()
+    if pos.dim() == 1:
+        pos = pos[None]
+    batch, width = pos.shape
+    starts = torch.ones_like(pos, dtype=torch.bool)
+    starts[:, 1:] = (pos[:, 1:] - pos[:, :-1]) != 1
+    segment = starts.cumsum(-1) + torch.arange(batch, device=pos.device)[:, None] * (width + 1)
+    last = torch.zeros(batch * (width + 1), dtype=pos.dtype, device=pos.device)
+    last = last.scatter_reduce(0, segment.reshape(-1), pos.reshape(-1), "amax", include_self=False)
+    return last[segment] + 1
 
 
 def rope_report(

@@ -18,6 +18,11 @@ single-token decoding steps that follow, so cached keys and new queries share on
 The scale is per sample, as original Qwen computes it per sample: in a packed row (position ids
 restart at each sample) and in a padded batch each sample's frequencies come from its own length
 (the largest position of its run of consecutive positions + 1), never from the longest sample's.
+A piece of a row cannot see where its samples end (sequence parallelism cuts rows between GPUs):
+there the trainer hands the lengths computed on the whole row to the rotary modules for one forward::
+
+    with sample_lengths_for(model, batch["sample_lengths"]):   # [B, T], like position_ids
+        out = model(input_ids=..., position_ids=...)
 
 ``spec.logn`` adds original Qwen's log-n query scaling past the original window
 (:mod:`longqa.patch.logn`), removed again by :func:`revert_rope_scaling`.
@@ -25,6 +30,8 @@ restart at each sample) and in a padded batch each sample's frequencies come fro
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -33,7 +40,7 @@ from torch import Tensor, nn
 
 from longqa.config.recipe import RopeConfig
 from longqa.core.errors import LongqaError
-from longqa.ops.rope_scaling import check_params, compute_rope, is_dynamic
+from longqa.ops.rope_scaling import check_params, compute_rope, is_dynamic, sample_lengths
 from longqa.patch.families import FAMILIES, family_class_of, family_of
 from longqa.patch.logn import apply_logn_attention, logn_factors, revert_logn_attention
 
@@ -70,6 +77,7 @@ class LongqaRotaryEmbedding(nn.Module):
         self.dynamic = is_dynamic(spec.method)
         self.fixed_seq_len: int | None = None  # longest sample length at the last prefill
         self._row_lengths: Tensor | None = None  # per row: the length its decoding continues
+        self.given_lengths: Tensor | None = None  # set by sample_lengths_for for one forward
         self._by_length: dict[int, tuple[Tensor, float]] = {}
         self.num_rescales = 0
         self.logn_enabled = False  # set by longqa.patch.logn
@@ -107,15 +115,21 @@ class LongqaRotaryEmbedding(nn.Module):
         return self._by_length[seq_len]
 
     def _prefill_lengths(self, position_ids: Tensor) -> Tensor | None:
-        """Per-token sample lengths ``[B, T]`` at prefill; ``None`` on a decoding step (the
-        lengths fixed at prefill are kept)."""
-        new_tokens = position_ids.shape[-1]
-        is_prefill = (
-            self.fixed_seq_len is None or new_tokens > 1 or int(position_ids.min().item()) == 0
-        )
-        if not is_prefill:
+        """Per-token sample lengths ``[B, T]`` at prefill: the given ones (:func:`sample_lengths_for`)
+        or inferred from ``position_ids``; ``None`` on a decoding step (prefill's are kept)."""
+        given = self.given_lengths
+        if given is not None:
+            if tuple(given.shape) != tuple(position_ids.shape):
+                raise LongqaError(
+                    f"sample_lengths {tuple(given.shape)} do not match position_ids "
+                    f"{tuple(position_ids.shape)}"
+                )
+            # >= 1: the Ulysses data adapter pads its pieces' [B, T] tensors with 0
+            lengths = given.to(position_ids.device).long().clamp_min(1)
+        elif self.fixed_seq_len is None or position_ids.shape[-1] > 1 or position_ids.min() == 0:
+            lengths = sample_lengths(position_ids)
+        else:
             return None
-        lengths = sample_lengths(position_ids)
         row_lengths = lengths[:, -1].cpu()  # the sample that decoding continues, per row
         if self._row_lengths is None or not torch.equal(self._row_lengths, row_lengths):
             self.num_rescales += 1
@@ -164,23 +178,27 @@ class LongqaRotaryEmbedding(nn.Module):
         return f"method={self.spec.method}, head_dim={self.head_dim}, base={self.base:g}"
 
 
-def sample_lengths(position_ids: Tensor) -> Tensor:
-    """Length of the sample each token belongs to, ``[B, T]`` (long).
+@contextmanager
+def sample_lengths_for(model: nn.Module, lengths: Tensor | None) -> Iterator[int]:
+    """Within the block, dynamic rotary modules of ``model`` take each token's sample length from
+    ``lengths`` (``[B, T]``, the shape of the forward's ``position_ids``) instead of inferring it.
 
-    A sample is a run of consecutive positions (``p, p+1, …``): packed rows restart at 0 for each
-    sample, left padding repeats a position (HF fills pads with 1). A sample's length is its last
-    position + 1 — for a decoding continuation, the whole sequence so far.
+    Yields how many patched rotary modules receive them (0 for a model without the patch or when
+    ``lengths`` is ``None``: the block then runs unchanged); the previous state is restored on exit.
+    Static methods ignore the lengths. A shape mismatch raises a one-line :class:`LongqaError`.
     """
-    pos = position_ids.long()
-    if pos.dim() == 1:
-        pos = pos[None]
-    batch, width = pos.shape
-    starts = torch.ones_like(pos, dtype=torch.bool)
-    starts[:, 1:] = (pos[:, 1:] - pos[:, :-1]) != 1
-    segment = starts.cumsum(-1) + torch.arange(batch, device=pos.device)[:, None] * (width + 1)
-    last = torch.zeros(batch * (width + 1), dtype=pos.dtype, device=pos.device)
-    last = last.scatter_reduce(0, segment.reshape(-1), pos.reshape(-1), "amax", include_self=False)
-    return last[segment] + 1
+    if lengths is None:
+        yield 0
+        return
+    modules = [m for m in model.modules() if isinstance(m, LongqaRotaryEmbedding)]
+    saved = [m.given_lengths for m in modules]
+    for m in modules:
+        m.given_lengths = lengths
+    try:
+        yield len(modules)
+    finally:
+        for m, before in zip(modules, saved, strict=True):
+            m.given_lengths = before
 
 
 def _as_spec(spec: RopeConfig | dict[str, Any]) -> RopeConfig:

@@ -16,8 +16,13 @@ cut, written out so longqa's additions can be checked on a CPU:
   ``-100`` at each sample's first token keeps a sample from predicting the next one's tokens;
 - **dynamic scale**: a dynamic RoPE method needs each sample's *whole* length, which a piece
   cannot see (its first sample may have started on another GPU, its last may end on another).
-  ``sample_lengths`` is computed on the whole row and travels with the pieces (the adapter shards
-  every ``[B, T]`` tensor of the batch), so every piece can compute the unsplit row's scale.
+  ``sample_lengths`` (:func:`longqa.ops.rope_scaling.sample_lengths`, the function the rotary
+  module uses on whole rows) is computed on the whole row and travels with the pieces (the adapter
+  shards every ``[B, T]`` tensor of the batch). Under ``--launch ulysses`` the packing collator
+  emits it (``PackedCollator(sample_lengths=True)``, from ``sequence_parallel_size() > 1``);
+  ``LongqaTrainer.compute_loss`` pops it from the batch (the model's forward never receives it)
+  and runs the forward inside :func:`longqa.patch.rope.sample_lengths_for`, so every dynamic
+  rotary module computes each piece's scale from the unsplit row's lengths.
 """
 
 from __future__ import annotations
@@ -25,22 +30,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from longqa.ops.causal_lm import shift_labels
+from longqa.ops.rope_scaling import sample_lengths
 
-
-def sample_lengths(position_ids: Tensor) -> Tensor:
-    """Per token, the length of the packed sample it belongs to; ``[B, T]`` → ``[B, T]``.
-
-    A sample starts where the position id is 0 (the packing collator restarts positions per
-    sample); a row without restarts is one sample.
-    """
-    starts = position_ids == 0
-    starts[:, 0] = True
-    seg = torch.cumsum(starts.long(), dim=1) - 1  # [B, T] sample index of each token
-    counts = torch.zeros_like(seg).scatter_add_(1, seg, torch.ones_like(seg))  # [B, T] per sample
-    return torch.gather(counts, 1, seg)
+__all__ = ["sample_lengths", "shard_batch"]
 
 
 def shard_batch(batch: dict[str, Any], rank: int, world: int) -> dict[str, Any]:
@@ -55,7 +49,8 @@ def shard_batch(batch: dict[str, Any], rank: int, world: int) -> dict[str, Any]:
         raise ValueError(f"sequence length {t} is not divisible by {world} sequence-parallel ranks")
     full = {k: v for k, v in batch.items() if k != "labels"}
     full["shift_labels"] = shift_labels(batch["labels"])
-    full["sample_lengths"] = sample_lengths(batch["position_ids"])
+    if "sample_lengths" not in full:  # the collator's, when it emitted them (same values)
+        full["sample_lengths"] = sample_lengths(batch["position_ids"])
     piece = t // world
     cut = slice(rank * piece, (rank + 1) * piece)
     return {k: v[:, cut] if torch.is_tensor(v) and v.dim() >= 2 else v for k, v in full.items()}
