@@ -7,6 +7,8 @@ creates the process group. What longqa adds must then hold on every rank:
 - each rank loads its 4-bit base on its own GPU (``device_for_rank``);
 - the loss is token-weighted over all ranks and accumulation steps (the trainer scales by the
   number of processes, as ``Trainer.compute_loss`` does, because DDP averages gradients);
+- under ``--launch ulysses`` (``sequence_parallel_size() > 1``) packed batches carry each
+  token's sample length from the whole row (``longqa.train.sequence_parallel``);
 - logs, the resolved recipe and the adapter bundle are written by rank 0 alone, the others wait
   (``on_main`` + ``barrier``); checkpoints are the Trainer's own (rank 0 writes, all resume).
 
@@ -65,6 +67,15 @@ def weights_sharded() -> bool:
     environment): 4-bit weights must then be stored in a floating dtype to be sharded."""
     flags = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
     return any(os.environ.get(f, "").lower() in ("1", "true") for f in flags)
+
+
+def sequence_parallel_size() -> int:
+    """How many GPUs split each sequence: the size ``accelerate launch`` exports for
+    ``--parallelism_config_sp_size`` (``--launch ulysses``); 1 when sequences are not split."""
+    if os.environ.get("ACCELERATE_USE_PARALLELISM_CONFIG", "").lower() != "true":
+        return 1
+    raw = os.environ.get("PARALLELISM_CONFIG_SP_SIZE", "1").strip()
+    return max(1, int(raw)) if raw.isdigit() else 1
 
 
 def barrier() -> None:

@@ -5,6 +5,7 @@ Usage::
     from longqa.train.packing import pack_examples, PackedCollator, PaddedCollator
     rows = pack_examples(examples, max_length=16384)      # list[PackedRow]
     batch = PackedCollator()(rows[:2])                    # input_ids, position_ids, labels
+    batch = PackedCollator(sample_lengths=True)(rows[:2]) # + sample_lengths (sequence parallel)
 
 A packed row concatenates several examples; ``position_ids`` restart at 0 for each example and no
 ``attention_mask`` is passed, so transformers derives per-sample attention from the position ids
@@ -12,6 +13,13 @@ A packed row concatenates several examples; ``position_ids`` restart at 0 for ea
 and the varlen path (``cu_seqlens`` from position ids) for flash-attention on GPU. Each example's
 first label is ``-100`` (see ``data.py``), so the causal shift never makes one sample predict the
 next one's first token. Padding tokens form their own segment with labels ``-100``.
+
+``PackedCollator(sample_lengths=True)`` (what ``--launch ulysses`` uses) also emits each token's
+sample length ``[B, T]``, computed here on the whole row: the Ulysses data adapter then cuts it like
+every ``[B, T]`` tensor, and each piece still knows its samples' whole lengths, which a dynamic RoPE
+method needs (``longqa.train.sequence_parallel``). It is not a model input: ``LongqaTrainer``
+pops it and hands it to the rotary modules (``longqa.patch.rope.sample_lengths_for``). It is only
+emitted on request: a plain ``Trainer`` / ``model(**batch)`` would pass it to the forward.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from longqa.data.conversation import IGNORE_INDEX
+from longqa.ops.rope_scaling import sample_lengths
 from longqa.train.data import Example
 
 
@@ -78,11 +87,19 @@ def _as_lists(feature: Any) -> tuple[list[int], list[int]]:
 
 
 class PackedCollator:
-    """Rows → ``input_ids``, ``position_ids``, ``labels`` (no attention mask, see module doc)."""
+    """Rows → ``input_ids``, ``position_ids``, ``labels`` (no attention mask, see module doc), and
+    ``sample_lengths`` when asked (sequence parallelism)."""
 
-    def __init__(self, pad_token_id: int = 0, pad_to_multiple_of: int | None = None):
+    def __init__(
+        self,
+        pad_token_id: int = 0,
+        pad_to_multiple_of: int | None = None,
+        *,
+        sample_lengths: bool = False,
+    ):
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.sample_lengths = sample_lengths
 
     def __call__(self, features: Sequence[Any]) -> dict[str, Any]:
         import torch
@@ -100,11 +117,14 @@ class PackedCollator:
             ids.append(list(r_ids) + [self.pad_token_id] * pad)
             labels.append(list(r_labels) + [IGNORE_INDEX] * pad)
             pos.append(list(r_pos) + list(range(pad)))
-        return {
+        batch = {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "position_ids": torch.tensor(pos, dtype=torch.long),
         }
+        if self.sample_lengths:
+            batch["sample_lengths"] = sample_lengths(batch["position_ids"])
+        return batch
 
 
 class PaddedCollator:

@@ -22,6 +22,7 @@ from longqa.config.recipe import DatasetSpec, PhaseConfig, Recipe, recipes_dir
 from longqa.core.errors import LongqaError
 from longqa.data.sources import load_dataset_records
 from longqa.train.data import TokenizeStats, mix_records, tokenize_pretrain, tokenize_sft
+from longqa.train.distributed import sequence_parallel_size
 from longqa.train.packing import ListDataset, PackedCollator, PaddedCollator, pack_examples
 
 
@@ -165,7 +166,13 @@ def build_phase_dataset(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pad = pad if pad is not None else 0
     if recipe.data.packing:
-        return ListDataset(pack_examples(examples, max_len)), PackedCollator(pad), stats
+        # split over GPUs: each piece needs its samples' whole lengths (dynamic RoPE), and a row
+        # width divisible by the split so the data adapter adds no padding of its own
+        sp = sequence_parallel_size()
+        collator = PackedCollator(
+            pad, pad_to_multiple_of=sp if sp > 1 else None, sample_lengths=sp > 1
+        )
+        return ListDataset(pack_examples(examples, max_len)), collator, stats
     return ListDataset(examples), PaddedCollator(pad), stats
 
 

@@ -31,6 +31,7 @@ from longqa.core.errors import LongqaError
 from longqa.core.paths import atomic_write_text
 from longqa.models.adapters import is_adapter_dir, read_adapter_info, save_adapter_bundle
 from longqa.ops.causal_lm import causal_lm_loss
+from longqa.patch.rope import sample_lengths_for
 from longqa.train.distributed import barrier, dist_info
 from longqa.train.phases import build_phase_dataset, describe_phase_data, prepare_recipe
 
@@ -39,7 +40,9 @@ LOG_FILE = "train_log.jsonl"
 
 class LongqaTrainer(Trainer):
     """``Trainer`` whose loss is the chunked causal-LM loss, token-weighted over each optimizer
-    step: ``sum of token losses / number of label tokens in all micro-batches of the step``."""
+    step: ``sum of token losses / number of label tokens in all micro-batches of the step``.
+    A batch's ``sample_lengths`` (packed rows split over GPUs) is popped from the model inputs
+    and handed to the RoPE patch's rotary modules for the forward (``sample_lengths_for``)."""
 
     loss_is_scaled_for_ga = True
 
@@ -53,9 +56,15 @@ class LongqaTrainer(Trainer):
         self._loss_shifts_labels = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-        total, n = causal_lm_loss(
-            model, inputs, chunk_size=self.loss_chunk_size, chunked=self.chunked
-        )
+        # a sequence-parallel piece's sample lengths (from the whole row) go to the rotary
+        # modules, never to the model's forward (see longqa.train.sequence_parallel)
+        lengths = inputs.get("sample_lengths")
+        if lengths is not None:
+            inputs = {k: v for k, v in inputs.items() if k != "sample_lengths"}
+        with sample_lengths_for(model, lengths):
+            total, n = causal_lm_loss(
+                model, inputs, chunk_size=self.loss_chunk_size, chunked=self.chunked
+            )
         if "attention_mask" in inputs:
             self.tokens_seen += int(inputs["attention_mask"].sum())
         else:
