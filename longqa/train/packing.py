@@ -20,6 +20,11 @@ every ``[B, T]`` tensor, and each piece still knows its samples' whole lengths, 
 method needs (``longqa.train.sequence_parallel``). It is not a model input: ``LongqaTrainer``
 pops it and hands it to the rotary modules (``longqa.patch.rope.sample_lengths_for``). It is only
 emitted on request: a plain ``Trainer`` / ``model(**batch)`` would pass it to the forward.
+
+``PaddedCollator`` right-pads rows and emits ``position_ids`` ``0..n-1`` per row, the pads
+restarting at 0: a dynamic RoPE method then takes each row's scale from its own length rather than
+from the batch width. The ``attention_mask`` still masks the pads (with a mask, transformers ignores
+position ids for the attention pattern), so only the rotation of pad tokens changes.
 """
 
 from __future__ import annotations
@@ -128,7 +133,8 @@ class PackedCollator:
 
 
 class PaddedCollator:
-    """Examples → right-padded ``input_ids``, ``attention_mask``, ``labels``."""
+    """Examples → right-padded ``input_ids``, ``attention_mask``, ``labels``, ``position_ids``
+    (``0..n-1`` per row, the pads restarting at 0, see module doc)."""
 
     def __init__(self, pad_token_id: int = 0, pad_to_multiple_of: int | None = None):
         self.pad_token_id = pad_token_id
@@ -139,16 +145,18 @@ class PaddedCollator:
 
         pairs = [_as_lists(f) for f in features]
         width = _round_up(max(len(p[0]) for p in pairs), self.pad_to_multiple_of)
-        ids, labels, mask = [], [], []
+        ids, labels, mask, pos = [], [], [], []
         for p_ids, p_labels in pairs:
             pad = width - len(p_ids)
             ids.append(p_ids + [self.pad_token_id] * pad)
             labels.append(p_labels + [IGNORE_INDEX] * pad)
             mask.append([1] * len(p_ids) + [0] * pad)
+            pos.append(list(range(len(p_ids))) + list(range(pad)))
         return {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "attention_mask": torch.tensor(mask, dtype=torch.long),
+            "position_ids": torch.tensor(pos, dtype=torch.long),
         }
 
 
