@@ -30,7 +30,7 @@ def worker(mode: str, mb: float, repeat: int) -> float:
 
     torch.set_num_threads(1)
     if mode == "fixed":
-        from longqa.train.model import release_freed_memory_on_cpu
+        from longqa.train.cpu_memory import release_freed_memory_on_cpu
 
         assert release_freed_memory_on_cpu()
     n = int(mb * 1e6 / 4)

@@ -47,7 +47,11 @@ def run(
         print_plan(make_plan(exp, profile), console)
         return
     from data_builders import ablation
+    from longqa.config.recipe import load_recipe
     from longqa.experiment.run import run_experiment
+    from longqa.train.cpu_memory import restart_for_cpu_training
+
+    restart_for_cpu_training(load_recipe(exp.recipe), notice=console.print)
 
     run_experiment(exp, profile, out, datasets=ablation, resume=resume, base_url=base_url, llm_model=model,
                    console=console, progress=progress, argv=sys.argv[1:])  # fmt: skip

@@ -74,8 +74,10 @@ def train(
     if launch is not None:
         _launch(launch, gpus, print_command)
         return
+    from longqa.train.cpu_memory import restart_for_cpu_training
     from longqa.train.trainer import run_training
 
+    restart_for_cpu_training(rec, notice=Console(stderr=True).print)
     final = run_training(
         rec,
         data=data or None,

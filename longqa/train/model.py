@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from longqa.config.recipe import Recipe
+from longqa.train.cpu_memory import huge_pages_active, release_freed_memory_on_cpu
 from longqa.train.distributed import device_for_rank, weights_sharded
 
 
@@ -52,32 +53,12 @@ def runtime_for(recipe: Recipe, device: str | None = None) -> Runtime:
         rt.notices.append(f"CPU: training in float32 instead of {rt.dtype}")
         rt.dtype = "float32"
     if recipe.memory.cpu_return_freed and release_freed_memory_on_cpu():
-        rt.notices.append("CPU: freed activation memory is returned to the OS (mmap threshold)")
+        pages = "2 MiB pages" if huge_pages_active() else "4 KiB pages, see longqa.train.cpu_memory"
+        rt.notices.append(f"CPU: freed activation memory is returned to the OS ({pages})")
     if "8bit" in rt.optim or "paged" in rt.optim:
         rt.notices.append(f"CPU: optimizer {rt.optim} needs CUDA; using adamw_torch")
         rt.optim = "adamw_torch"
     return rt
-
-
-def release_freed_memory_on_cpu() -> bool:
-    """Make glibc return freed large blocks to the OS (fixed 128 KiB mmap threshold).
-
-    glibc raises its mmap threshold after large frees, so activations recomputed and freed layer
-    by layer stay resident: a CPU step's RSS then grows like no checkpointing at all. The price is
-    a fresh, zeroed mapping for every large tensor (page faults: ~0.35 CPU-s more per GB allocated,
-    ``benchmarks/results/train_cpu.md``); ``memory.cpu_return_freed: false`` keeps glibc's default.
-    Linux only; returns whether the setting was applied.
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 128 * 1024))  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
 
 
 def norm_module_names(model: Any) -> list[str]:
