@@ -46,6 +46,7 @@ VARIANTS = {  # name -> recipe overrides / runtime switches for the longqa train
     "longqa no norms": ["lora.trainable_norms=false"],
     "longqa full logits": ["kernels.chunked_ce=false"],
     "longqa glibc default": ["memory.cpu_return_freed=false"],  # no fixed mmap threshold
+    "longqa 4k pages": [],  # as "longqa", started without the huge-pages tunable
 }
 
 
@@ -99,8 +100,11 @@ class _StepTimer:
         return Cb()
 
 
-def worker(variant: str, length: int, quant: str, steps: int, out_dir: str) -> dict:
+def worker(variant: str, length: int, quant: str, steps: int, out_dir: str, threads: int) -> dict:
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     from transformers import TrainingArguments
 
     from longqa.config.recipe import load_recipe
@@ -175,18 +179,36 @@ def worker(variant: str, length: int, quant: str, steps: int, out_dir: str) -> d
     }  # fmt: skip
 
 
-def run_cell(variant: str, length: int, quant: str, steps: int) -> dict:
+def worker_env(variant: str) -> dict[str, str]:
+    """The worker's environment: ``longqa train`` restarts itself on CPU with glibc's huge-pages
+    tunable where it is supported (``longqa.train.cpu_memory``), so the longqa variants start with
+    it as well; ``plain`` and ``longqa 4k pages`` start without it."""
+    from longqa.train.cpu_memory import HUGE_PAGES_TUNABLE, huge_pages_supported, with_huge_pages
+
+    env = os.environ.copy()
+    tunables = [t for t in env.pop("GLIBC_TUNABLES", "").split(":") if t != HUGE_PAGES_TUNABLE]
+    if tunables:
+        env["GLIBC_TUNABLES"] = ":".join(tunables)
+    if variant.startswith("longqa") and variant != "longqa 4k pages" and huge_pages_supported():
+        env = with_huge_pages(env)
+    return env
+
+
+def run_cell(variant: str, length: int, quant: str, steps: int, threads: int = 0) -> dict:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--worker", variant, "--lengths", str(length),
-               "--quant", quant, "--steps", str(steps), "--tmp", tmp]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+               "--quant", quant, "--steps", str(steps), "--tmp", tmp,
+               "--threads", str(threads)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(variant))
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"variant": variant, "length": length, "quant": quant, "error": " / ".join(tail)}
-    return json.loads(lines[-1])
+    result = json.loads(lines[-1])
+    result["glibc_tunables"] = worker_env(variant).get("GLIBC_TUNABLES", "")
+    return result
 
 
 def markdown(results: list[dict], command: str) -> str:
@@ -202,25 +224,26 @@ def markdown(results: list[dict], command: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     rows = []
-    for r in results:
-        if r["variant"] == "plain":
-            continue
-        base = next(
-            (b for b in results
-             if b["variant"] == "plain" and b["length"] == r["length"] and b["quant"] == r["quant"]),
-            None,
-        )  # fmt: skip
-        if "error" in r or base is None or "error" in base:
-            err = r.get("error") or (base or {}).get("error", "no plain run")
-            rows.append(f"| {r['length']} | {r['quant']} | {r['variant']} | failed: {err} | | | |")
-            continue
-        t = r["s_per_step"] / base["s_per_step"]
-        c = r["cpu_s_per_step"] / base["cpu_s_per_step"]
-        m = r["peak_rss_gb"] / base["peak_rss_gb"]
-        rows.append(
-            f"| {r['length']} | {r['quant']} | {r['variant']} | {t:.2f}× | {c:.2f}× | {m:.2f}× | "
-            f"{max(r['steps'] - 1, 1)} |"
-        )
+    cells = sorted({(r["length"], r["quant"]) for r in results}, key=lambda c: (c[0], c[1]))
+    for length, quant in cells:
+        runs = [r for r in results if r["length"] == length and r["quant"] == quant]
+        base = [r for r in runs if r["variant"] == "plain" and "error" not in r]
+        for variant in dict.fromkeys(r["variant"] for r in runs if r["variant"] != "plain"):
+            mine = [r for r in runs if r["variant"] == variant]
+            failed = [r for r in mine if "error" in r]
+            if failed or not base:
+                err = failed[0]["error"] if failed else "no plain run"
+                rows.append(f"| {length} | {quant} | {variant} | failed: {err} | | | |")
+                continue
+            pairs = list(zip(mine, base, strict=False))  # repeat i of the variant vs of plain
+            t = statistics.median(r["s_per_step"] / b["s_per_step"] for r, b in pairs)
+            c = statistics.median(r["cpu_s_per_step"] / b["cpu_s_per_step"] for r, b in pairs)
+            m = statistics.median(r["peak_rss_gb"] / b["peak_rss_gb"] for r, b in pairs)
+            steps = sum(max(r["steps"] - 1, 1) for r in mine)
+            rows.append(
+                f"| {length} | {quant} | {variant} | {t:.2f}× | {c:.2f}× | {m:.2f}× | "
+                f"{steps} ({len(pairs)} run{'s' if len(pairs) > 1 else ''}) |"
+            )
     return "\n".join(head + rows) + "\n"
 
 
@@ -230,12 +253,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quant", default="none,nf4", help="comma list of none / nf4")
     p.add_argument("--variants", default="plain,longqa,longqa tiled MLP")
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per run (first untimed)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per run (0 = torch's default; 1 = CPU time least "
+        "disturbed by other load)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run each cell's variants this many times, alternating; ratios use the median",
+    )
     p.add_argument("--out", default=str(RESULTS / "train_cpu.md"))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        print(json.dumps(worker(a.worker, int(a.lengths), a.quant, a.steps, a.tmp)))
+        print(json.dumps(worker(a.worker, int(a.lengths), a.quant, a.steps, a.tmp, a.threads)))
         return 0
     variants = [v for v in a.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -252,12 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
     for length in [int(x) for x in a.lengths.split(",")]:
         for quant in a.quant.split(","):
-            for v in variants:
-                r = run_cell(v, length, quant, a.steps)
-                results.append(r)
-                print(json.dumps(r), file=sys.stderr, flush=True)
-                out.write_text(markdown(results, command.strip()))  # as it goes
-                out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+            for repeat in range(a.repeats):
+                for v in variants:
+                    r = run_cell(v, length, quant, a.steps, a.threads)
+                    r["repeat"] = repeat
+                    results.append(r)
+                    print(json.dumps(r), file=sys.stderr, flush=True)
+                    out.write_text(markdown(results, command.strip()))  # as it goes
+                    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     print(out.read_text())
     return 0
 
