@@ -7,16 +7,19 @@ Usage::
 On CPU, ``longqa.train.model.runtime_for`` fixes glibc's mmap threshold at 128 KiB
 (``memory.cpu_return_freed``, on by default) so that activations freed during a step go back to
 the OS. Every large tensor then lives in a fresh mapping whose pages the kernel faults in and
-zeroes. This measures that price in isolation: allocate-and-write a tensor of ``--mb`` MB (default:
-one ``[2048, 1536]`` fp32 MLP intermediate of SmolLM2 at 2K tokens) and free it, ``--repeat``
-times, one thread, each setting in its own process, alternating twice; it reports process CPU
-seconds per GB allocated and the ratio. Results: ``benchmarks/results/cpu_alloc.md``.
+zeroes, 4 KiB at a time unless the process started with glibc's huge-pages tunable (which
+``longqa train`` arranges, ``longqa.train.cpu_memory``). This measures that price in isolation:
+allocate-and-write a tensor of ``--mb`` MB (default: one ``[2048, 1536]`` fp32 MLP intermediate of
+SmolLM2 at 2K tokens) and free it, ``--repeat`` times, one thread, each setting in its own process,
+alternating twice; it reports process CPU seconds per GB allocated and the ratios. Results:
+``benchmarks/results/cpu_alloc.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,7 +32,7 @@ def worker(mode: str, mb: float, repeat: int) -> float:
     import torch
 
     torch.set_num_threads(1)
-    if mode == "fixed":
+    if mode in ("fixed", "fixed + huge pages"):
         from longqa.train.cpu_memory import release_freed_memory_on_cpu
 
         assert release_freed_memory_on_cpu()
@@ -51,26 +54,45 @@ def main(argv: list[str] | None = None) -> int:
     if a.worker:
         print(json.dumps(worker(a.worker, a.mb, a.repeat)))
         return 0
-    runs: dict[str, list[float]] = {"default": [], "fixed": []}
+    from longqa.train.cpu_memory import HUGE_PAGES_TUNABLE, huge_pages_supported, with_huge_pages
+
+    labels = {
+        "default": "default (dynamic mmap threshold: freed blocks reused)",
+        "fixed": "fixed 128 KiB threshold (`memory.cpu_return_freed`), 4 KiB pages",
+        "fixed + huge pages": f"the same, started with `GLIBC_TUNABLES={HUGE_PAGES_TUNABLE}` "
+        "(what `longqa train` does on CPU)",
+    }
+    if not huge_pages_supported():
+        del labels["fixed + huge pages"]
+    plain_env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    runs: dict[str, list[float]] = {m: [] for m in labels}
     for _ in range(2):
         for mode in runs:
             cmd = [sys.executable, __file__, "--worker", mode, "--mb", str(a.mb),
                    "--repeat", str(a.repeat)]  # fmt: skip
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            env = with_huge_pages(plain_env) if "huge" in mode else plain_env
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
             runs[mode].append(json.loads(out.strip().splitlines()[-1]))
-    d, f = min(runs["default"]), min(runs["fixed"])
+    best = {m: min(v) for m, v in runs.items()}
     args = "".join(" " + x for x in (sys.argv[1:] if argv is None else argv))
-    text = (
-        f"## CPU seconds per GB of fresh tensors ({a.mb} MB each, {a.repeat}×, 1 thread)\n\n"
-        f"Command: `python benchmarks/bench_cpu_alloc.py{args}`" + "\n\n"
-        "| glibc setting | CPU s / GB (best of 2) | runs |\n|---|---|---|\n"
-        f"| default (dynamic mmap threshold: freed blocks reused) | {d:.3f} | "
-        f"{', '.join(f'{x:.3f}' for x in runs['default'])} |\n"
-        f"| fixed 128 KiB threshold (`memory.cpu_return_freed`) | {f:.3f} | "
-        f"{', '.join(f'{x:.3f}' for x in runs['fixed'])} |\n\n"
-        f"Returning freed memory to the OS costs {f - d:.2f} CPU s per GB allocated "
-        f"({f / d:.1f}× the default).\n"
-    )
+    lines = [
+        f"## CPU seconds per GB of fresh tensors ({a.mb} MB each, {a.repeat}×, 1 thread)",
+        "",
+        f"Command: `python benchmarks/bench_cpu_alloc.py{args}`",
+        "",
+        "| glibc setting | CPU s / GB (best of 2) | runs |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {labels[m]} | {best[m]:.3f} | {', '.join(f'{x:.3f}' for x in runs[m])} |" for m in runs
+    ]
+    d, f = best["default"], best["fixed"]
+    lines += ["", f"Returning freed memory to the OS with 4 KiB pages costs {f - d:.2f} CPU s per GB "
+              f"allocated ({f / d:.1f}× the default)"]  # fmt: skip
+    if "fixed + huge pages" in best:
+        h = best["fixed + huge pages"]
+        lines[-1] += f"; with 2 MiB pages {h - d:+.2f} CPU s per GB ({h / d:.1f}× the default)"
+    text = "\n".join(lines) + ".\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cpu_alloc.md").write_text(text)
