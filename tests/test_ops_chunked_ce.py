@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run in the CPU interpreter here
 
@@ -134,6 +135,35 @@ def test_never_materialises_full_logits():
     with _LargestAllocation() as mode:
         _reference(_leaf(hidden), _leaf(weight), labels).backward()
     assert mode.largest >= n * v  # the probe does see a full logits tensor when there is one
+
+
+class _LiveBlocks(TorchDispatchMode):
+    """Most tensors of at least ``numel`` elements alive at once (seen at each op's output)."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.refs, self.most = numel, {}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.numel() >= self.numel:
+                self.refs[t.data_ptr()] = weakref.ref(t)
+        self.most = max(self.most, sum(r() is not None for r in self.refs.values()))
+        return out
+
+
+def test_torch_backend_holds_one_logits_block_at_a_time():
+    n, h, v, chunk = 64, 8, 200, 16
+    hidden, weight, labels = _problem(n=n, h=h, v=v, seed=5)
+    with _LiveBlocks(chunk * v) as mode:
+        loss = chunked_linear_cross_entropy(_leaf(hidden), weight, labels, chunk_size=chunk,
+                                            backend="torch")  # fmt: skip
+    assert mode.most == 1  # the gradient is built in place in the logits block
+    with _LiveBlocks(chunk * v) as mode:  # the out-of-place softmax the probe must catch
+        z = hidden[:chunk] @ weight.t()
+        grad = torch.exp(z - torch.logsumexp(z, dim=-1, keepdim=True))
+    assert mode.most == 3 and grad.shape == (chunk, v) and loss.isfinite()
 
 
 def test_bad_input_is_a_clear_error():

@@ -55,12 +55,16 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def _chunk_grad_torch(logits: Tensor, labels: Tensor, valid: Tensor, scale: Tensor) -> Tensor:
-    """(loss rows [c] fp32, 0 where ignored; d loss / d logits [c, V] fp32, already scaled)."""
+    """(loss rows [c] fp32, 0 where ignored; d loss / d logits [c, V] fp32, already scaled).
+
+    The gradient is built in place in the fp32 logits (the block itself when the logits are fp32,
+    which are not needed afterwards): one ``[c, V]`` block beside ``logsumexp``'s temporary,
+    not three."""
     z = logits.float()  # [c, V]
     lse = torch.logsumexp(z, dim=-1)  # [c]
     tgt = labels.clamp(min=0).unsqueeze(1)  # [c, 1]
     loss_rows = (lse - z.gather(1, tgt).squeeze(1)) * valid  # [c]
-    grad = torch.exp(z - lse.unsqueeze(1))  # softmax, [c, V]
+    grad = z.sub_(lse.unsqueeze(1)).exp_()  # softmax, [c, V], in place
     grad.scatter_add_(1, tgt, torch.full_like(tgt, -1.0, dtype=grad.dtype))
     grad.mul_((valid * scale).unsqueeze(1))  # zero rows for ignored labels
     return loss_rows, grad
@@ -121,7 +125,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
             if backend == "triton":
                 loss_rows = ce_loss_and_grad_inplace(logits, lab, scale, ignore_index)
                 g = logits  # now holds d loss / d logits, [c, V]
-            else:
+            else:  # overwrites the logits block with its gradient
                 loss_rows, g = _chunk_grad_torch(logits, lab, valid, scale)
             total += loss_rows.sum()
             g_lo = g.to(hidden.dtype)  # [c, V]
