@@ -73,13 +73,26 @@ def final_hidden_states(model: Any, batch: Mapping[str, Any]) -> Tensor:
     return out.hidden_states[-1]
 
 
+def _own_class(module: nn.Module) -> type:
+    """The module's class, seen through the ``FSDP<Class>`` subclass that FSDP2's ``fully_shard``
+    gives a module it shards (``FSDPLinear`` is still a plain ``nn.Linear`` head)."""
+    cls = type(module)
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch built without distributed
+        return cls
+    if isinstance(module, FSDPModule):
+        cls = next(c for c in cls.__mro__[1:] if not issubclass(c, FSDPModule))
+    return cls
+
+
 def _plain_head(lm: Any) -> nn.Linear:
     head = lm.get_output_embeddings()
     if getattr(lm.config, "final_logit_softcapping", None):
         raise LongqaError("chunked cross-entropy: logit soft-capping models are not supported")
-    if type(head) is not nn.Linear or not head.weight.is_floating_point():
+    if _own_class(head) is not nn.Linear or not head.weight.is_floating_point():
         raise LongqaError(
-            f"chunked cross-entropy: the LM head is a {type(head).__name__} (quantized or adapted); "
+            f"chunked cross-entropy: the LM head is a {_own_class(head).__name__} (quantized or adapted); "
             "it needs a plain floating-point nn.Linear head (set kernels.chunked_ce: false)"
         )
     return head
