@@ -31,18 +31,25 @@ REQUIRED_FILES = ("adapter_config.json", INFO_FILE)
 
 
 def save_adapter_bundle(
-    model: Any, tokenizer: Any, recipe: Recipe, out_dir: str | Path, **extra_info: Any
+    model: Any,
+    tokenizer: Any,
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    state_dict: dict[str, Any] | None = None,
+    **extra_info: Any,
 ) -> Path:
     """Write the adapter, tokenizer, resolved recipe, RoPE spec and ``longqa.json`` to ``out_dir``.
 
-    ``model`` is a ``peft.PeftModel``; ``extra_info`` keys (e.g. ``phase``, ``steps``) are added to
-    ``longqa.json``.
+    ``model`` is a ``peft.PeftModel``; ``state_dict`` (names as in ``model.state_dict()``) replaces
+    the model's own tensors, e.g. the gathered ones of a sharded model; ``extra_info`` keys (e.g.
+    ``phase``, ``steps``) are added to ``longqa.json``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not hasattr(model, "peft_config"):
         raise LongqaError(f"save_adapter_bundle: expected a peft model, got {type(model).__name__}")
-    model.save_pretrained(str(out), safe_serialization=True)
+    model.save_pretrained(str(out), safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     atomic_write_text(out / RECIPE_FILE, dump_recipe(recipe))

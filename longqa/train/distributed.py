@@ -10,7 +10,9 @@ creates the process group. What longqa adds must then hold on every rank:
 - under ``--launch ulysses`` (``sequence_parallel_size() > 1``) packed batches carry each
   token's sample length from the whole row (``longqa.train.sequence_parallel``);
 - logs, the resolved recipe and the adapter bundle are written by rank 0 alone, the others wait
-  (``on_main`` + ``barrier``); checkpoints are the Trainer's own (rank 0 writes, all resume).
+  (``on_main`` + ``barrier``); checkpoints are the Trainer's own (rank 0 writes, all resume);
+- under FSDP2 each rank holds a slice of every weight: all ranks gather the trainable ones
+  (``full_trainable_state``) before rank 0 writes the adapter.
 
 Usage::
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -98,3 +101,24 @@ def all_ranks_sum(value: int | float) -> float:
         t = t.cuda()
     dist.all_reduce(t)
     return float(t.item())
+
+
+def full_trainable_state(model: Any) -> dict[str, Any] | None:
+    """Whole copies (on CPU) of ``model``'s trainable tensors when FSDP2 shards them; else None.
+
+    Under ``fully_shard`` every parameter is a ``DTensor`` holding this rank's slice, so the
+    adapter must be gathered before rank 0 writes it: **every rank calls this** (each
+    ``full_tensor()`` is an all-gather, made in the same order on all ranks). Only the trainable
+    tensors (LoRA, ``modules_to_save``) are gathered, never the frozen base. ``None`` (nothing
+    sharded) lets the writer read the model itself, as DDP and a single process do.
+    """
+    from torch.distributed.tensor import DTensor
+
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not any(isinstance(p, DTensor) for _, p in params):
+        return None
+    out = {}
+    for name, p in params:
+        full = p.full_tensor() if isinstance(p, DTensor) else p
+        out[name] = full.detach().cpu().clone()
+    return out

@@ -32,7 +32,7 @@ from longqa.core.paths import atomic_write_text
 from longqa.models.adapters import is_adapter_dir, read_adapter_info, save_adapter_bundle
 from longqa.ops.causal_lm import causal_lm_loss
 from longqa.patch.rope import sample_lengths_for
-from longqa.train.distributed import barrier, dist_info
+from longqa.train.distributed import barrier, dist_info, full_trainable_state
 from longqa.train.phases import build_phase_dataset, describe_phase_data, prepare_recipe
 
 LOG_FILE = "train_log.jsonl"
@@ -223,10 +223,11 @@ def run_training(
         if checkpoint:
             console.print(f"phase {phase.name}: resuming from {checkpoint}", highlight=False)
         trainer.train(resume_from_checkpoint=checkpoint)
+        state = full_trainable_state(trainer.model)  # every rank: FSDP2 gathers the shards
         if rank.is_main:
             save_adapter_bundle(
                 trainer.accelerator.unwrap_model(model), tokenizer, recipe, adapter,
-                phase=phase.name, steps=trainer.state.global_step, complete=True,
+                state_dict=state, phase=phase.name, steps=trainer.state.global_step, complete=True,
                 **(probes.bundle_info() if probes is not None else {}),
             )  # fmt: skip
         barrier()  # the next phase (every rank) starts from this adapter
