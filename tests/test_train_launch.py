@@ -30,7 +30,8 @@ def test_every_shipped_launch_config_loads_in_accelerate(mode):
     if mode == "ulysses":
         assert cfg.parallelism_config["parallelism_config_sp_backend"] == "deepspeed"
     if mode == "fsdp":
-        assert cfg.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
+        assert cfg.fsdp_config["fsdp_version"] == 2  # fully_shard: runs on CPU ranks too
+        assert cfg.fsdp_config["fsdp_reshard_after_forward"] is True
 
 
 def test_launch_command_reruns_train_without_the_launch_flags():
