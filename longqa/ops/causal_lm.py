@@ -22,6 +22,7 @@ a token-weighted mean over a whole gradient-accumulation step (or a whole perple
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -128,12 +129,34 @@ def causal_lm_loss(
         logits = lm.get_output_embeddings()(hidden).float()  # [N, V]
         return F.cross_entropy(logits, targets, reduction="sum"), n_tokens
     head = _plain_head(lm)
-    weight, bias = head.weight, head.bias  # [V, H], [V] | None
-    if chunk_size <= 0:  # train.loss_chunk_size: 0 -> chunk chosen from memory
-        chunk_size = loss_chunk_from_memory(weight.shape[0])
-    if hidden.dtype != weight.dtype:
-        hidden = hidden.to(weight.dtype)
-    total = chunked_linear_cross_entropy(
-        hidden, weight, targets, chunk_size=chunk_size, bias=bias, reduction="sum"
-    )
+    if _zero3_partitioned(head) and head.weight.requires_grad:
+        # a trained head would need its gradient partitioned too: let DeepSpeed run the module
+        logits = head(hidden).float()  # [N, V]
+        return F.cross_entropy(logits, targets, reduction="sum"), n_tokens
+    with _whole_params(head):
+        weight, bias = head.weight, head.bias  # [V, H], [V] | None
+        if chunk_size <= 0:  # train.loss_chunk_size: 0 -> chunk chosen from memory
+            chunk_size = loss_chunk_from_memory(weight.shape[0])
+        if hidden.dtype != weight.dtype:
+            hidden = hidden.to(weight.dtype)
+        # the gradients are computed in this forward and stored; backward needs no weight
+        total = chunked_linear_cross_entropy(
+            hidden, weight, targets, chunk_size=chunk_size, bias=bias, reduction="sum"
+        )
     return total, n_tokens
+
+
+def _zero3_partitioned(module: nn.Module) -> bool:
+    """True when DeepSpeed ZeRO-3 has partitioned ``module``'s weight (a rank holds a slice; the
+    whole tensor exists only while the module runs its own forward)."""
+    return hasattr(module.weight, "ds_id")
+
+
+def _whole_params(module: nn.Module) -> Any:
+    """Context in which ``module``'s parameters are whole: ZeRO-3 gathers them (read-only, every
+    rank takes part), anything else already is (FSDP2 keeps the head unsharded after forward)."""
+    if not _zero3_partitioned(module):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(module.parameters(recurse=False)))
