@@ -11,8 +11,8 @@ creates the process group. What longqa adds must then hold on every rank:
   token's sample length from the whole row (``longqa.train.sequence_parallel``);
 - logs, the resolved recipe and the adapter bundle are written by rank 0 alone, the others wait
   (``on_main`` + ``barrier``); checkpoints are the Trainer's own (rank 0 writes, all resume);
-- under FSDP2 each rank holds a slice of every weight: all ranks gather the trainable ones
-  (``full_trainable_state``) before rank 0 writes the adapter.
+- under FSDP2 / ZeRO-3 each rank holds a slice of every weight: all ranks gather the trainable
+  ones (``full_trainable_state``) before rank 0 writes the adapter.
 
 Usage::
 
@@ -104,17 +104,23 @@ def all_ranks_sum(value: int | float) -> float:
 
 
 def full_trainable_state(model: Any) -> dict[str, Any] | None:
-    """Whole copies (on CPU) of ``model``'s trainable tensors when FSDP2 shards them; else None.
+    """Whole copies (on CPU) of ``model``'s trainable tensors when an engine shards them; else None.
 
-    Under ``fully_shard`` every parameter is a ``DTensor`` holding this rank's slice, so the
-    adapter must be gathered before rank 0 writes it: **every rank calls this** (each
-    ``full_tensor()`` is an all-gather, made in the same order on all ranks). Only the trainable
-    tensors (LoRA, ``modules_to_save``) are gathered, never the frozen base. ``None`` (nothing
-    sharded) lets the writer read the model itself, as DDP and a single process do.
+    Under FSDP2 (``fully_shard``) every parameter is a ``DTensor`` holding this rank's slice; under
+    DeepSpeed ZeRO-3 a partitioned parameter is empty outside its module's forward. The adapter
+    must then be gathered before rank 0 writes it: **every rank calls this** (each gather is a
+    collective, made in the same order on all ranks). Only the trainable tensors (LoRA,
+    ``modules_to_save``) are gathered, never the frozen base. ``None`` (nothing sharded) lets the
+    writer read the model itself, as DDP and a single process do.
     """
     from torch.distributed.tensor import DTensor
 
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if any(hasattr(p, "ds_id") for _, p in params):  # ZeRO-3
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p for _, p in params]):
+            return {n: p.detach().cpu().clone() for n, p in params}
     if not any(isinstance(p, DTensor) for _, p in params):
         return None
     out = {}
