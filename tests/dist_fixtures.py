@@ -1,8 +1,8 @@
 """Multi-process training runs for the tests: a tiny recipe, a launcher in its own session, kill -9.
 
 ``launch(recipe)`` starts ``longqa train`` on two CPU processes (gloo), either through
-``torchrun`` (DDP) or through ``accelerate launch`` with a shipped launch config (sharded
-engines, via ``cpu_sharded_entry.py``); ``finish(proc)`` waits and returns the console output.
+``torchrun`` (DDP) or through ``accelerate launch`` with a launch config (the sharded engines;
+FSDP through ``cpu_sharded_entry.py``); ``finish(proc)`` waits and returns the console output.
 """
 
 from __future__ import annotations
@@ -51,18 +51,25 @@ def free_port() -> int:
 
 
 def launch(
-    recipe: Path, *extra: str, config: Path | None = None, nproc: int = 2
+    recipe: Path,
+    *extra: str,
+    config: Path | None = None,
+    entry: Path | None = None,
+    nproc: int = 2,
 ) -> subprocess.Popen:
     """``longqa train --recipe recipe *extra`` on ``nproc`` CPU processes: ``torchrun`` when
-    ``config`` is None, else ``accelerate launch --config_file config``."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    ``config`` is None, else ``accelerate launch --config_file config``, running ``-m longqa``
+    (as ``longqa train --launch`` does) or the script ``entry``."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     port = str(free_port())
     if config is None:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", port, "-m", "longqa"]  # fmt: skip
+               "--master_addr", "127.0.0.1", "--master_port", port]  # fmt: skip
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-               "--num_processes", str(nproc), "--main_process_port", port, str(ENTRY)]  # fmt: skip
+               "--num_processes", str(nproc), "--main_process_port", port]  # fmt: skip
+    cmd += [str(entry)] if entry is not None else ["-m", "longqa"]
     cmd += ["train", "--recipe", str(recipe), *extra]
     log = open(recipe.with_suffix(f".{len(extra)}.log"), "w+", encoding="utf-8")  # noqa: SIM115
     proc = subprocess.Popen(

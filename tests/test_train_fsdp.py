@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
-from dist_fixtures import adapter_tensors, finish, kill_all, launch, write_recipe
+from dist_fixtures import ENTRY, adapter_tensors, finish, kill_all, launch, write_recipe
 from train_fixtures import tiny_model_dir, toy_sft_rows, write_jsonl
 
 from longqa.config.recipe import load_recipe
@@ -54,7 +54,7 @@ def test_shipped_fsdp_config_is_fsdp2():
 def test_fsdp_two_processes_match_one_process_with_the_same_global_batch(setup):
     tmp, model, data = setup
     two = write_recipe(tmp, model, data, "two", micro=2, accum=1, steps=STEPS)
-    proc = launch(two, config=CONFIG)
+    proc = launch(two, config=CONFIG, entry=ENTRY)
     ref = _one_process(tmp, model, data)  # meanwhile, the single process in this one
     out = finish(proc)
     # the Trainer checkpointed through FSDP: one model shard file per rank
@@ -78,7 +78,7 @@ def test_fsdp_two_processes_match_one_process_with_the_same_global_batch(setup):
 def test_fsdp_two_processes_resume_after_a_kill(setup):
     tmp, model, data = setup
     two = write_recipe(tmp, model, data, "killed", micro=2, accum=1, steps=STEPS)
-    proc = launch(two, config=CONFIG)
+    proc = launch(two, config=CONFIG, entry=ENTRY)
     ckpt = tmp / "out-killed/sft/checkpoint-3/trainer_state.json"
     deadline = time.monotonic() + 240
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -86,7 +86,7 @@ def test_fsdp_two_processes_resume_after_a_kill(setup):
     kill_all(proc)  # kill -9 the launcher and every rank
     assert ckpt.exists(), "no checkpoint before the kill"
     assert not (tmp / "out-killed/sft/adapter").exists(), "finished before the kill"
-    out = finish(launch(two, "--resume", config=CONFIG))
+    out = finish(launch(two, "--resume", config=CONFIG, entry=ENTRY))
     assert "resuming from" in out
     ref = _one_process(tmp, model, data)
     last = {r["step"]: r["loss"] for r in read_log(tmp / "out-killed/train_log.jsonl")}
