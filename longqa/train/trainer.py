@@ -32,7 +32,7 @@ from longqa.core.paths import atomic_write_text
 from longqa.models.adapters import is_adapter_dir, read_adapter_info, save_adapter_bundle
 from longqa.ops.causal_lm import causal_lm_loss
 from longqa.patch.rope import sample_lengths_for
-from longqa.train.distributed import barrier, dist_info, full_trainable_state
+from longqa.train.distributed import barrier, dist_info, full_trainable_state, weights_sharded
 from longqa.train.phases import build_phase_dataset, describe_phase_data, prepare_recipe
 
 LOG_FILE = "train_log.jsonl"
@@ -233,6 +233,8 @@ def run_training(
         barrier()  # the next phase (every rank) starts from this adapter
         console.print(f"phase {phase.name}: adapter saved to {adapter}", highlight=False)
         prev_adapter = adapter
+        if weights_sharded():  # FSDP/ZeRO-3 cannot wrap their own wrapped model again: reload
+            model = None
     if prev_adapter is None:
         raise LongqaError(f"recipe '{recipe.name}': no phases to train")
     final = out_dir  # the output dir itself is the final adapter bundle
