@@ -32,9 +32,19 @@ def promote_cpu_to_fsdp() -> None:
     AcceleratorState.__init__ = patched
 
 
+def init_deepspeed_comm() -> None:
+    """Start ``deepspeed.comm`` on gloo, as accelerate does itself for GPU ranks only (Ulysses
+    builds its sequence-parallel groups through it before ``deepspeed.initialize``)."""
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+
+
 if __name__ == "__main__":
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         promote_cpu_to_fsdp()
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        init_deepspeed_comm()
     from longqa.cli.app import main
 
     main()

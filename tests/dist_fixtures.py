@@ -23,9 +23,22 @@ ENTRY = Path(__file__).resolve().parent / "cpu_sharded_entry.py"
 
 
 def write_recipe(
-    tmp: Path, model: Path, data: Path, name: str, *, micro: int, accum: int, steps: int
+    tmp: Path,
+    model: Path,
+    data: Path,
+    name: str,
+    *,
+    micro: int,
+    accum: int,
+    steps: int | tuple[int, ...],
 ) -> Path:
-    """A float32 LoRA recipe for the tiny model; checkpoints every 3 steps, logs every step."""
+    """A float32 LoRA recipe for the tiny model; checkpoints every 3 steps, logs every step.
+    ``steps`` as a tuple makes one sft phase per item (``sft1``, ``sft2``…, each going on from
+    the previous one's adapter)."""
+    counts = (steps,) if isinstance(steps, int) else steps
+    names = ["sft"] if isinstance(steps, int) else [f"sft{i + 1}" for i in range(len(counts))]
+    plan = [{"name": n, "kind": "sft", "datasets": [{"path": str(data)}], "steps": k}
+            for n, k in zip(names, counts, strict=True)]  # fmt: skip
     tree = {
         "name": name,
         "model": {"name": str(model), "dtype": "float32", "quantization": "none"},
@@ -33,9 +46,7 @@ def write_recipe(
         "train": {
             "lr": 5e-3, "schedule": "constant", "warmup_ratio": 0.0, "micro_batch_size": micro,
             "grad_accum": accum, "max_length": 64, "optim": "adamw_torch", "save_steps": 3,
-            "logging_steps": 1,
-            "phases": [{"name": "sft", "kind": "sft", "datasets": [{"path": str(data)}],
-                        "steps": steps}],
+            "logging_steps": 1, "phases": plan,
         },
         "output": {"dir": str(tmp / f"out-{name}")},
     }  # fmt: skip

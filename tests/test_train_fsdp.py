@@ -1,5 +1,6 @@
-"""FSDP2 on two CPU processes (gloo), launched through the shipped ``fsdp-qlora.yaml``, trains
-like one process with the same global batch, writes the same adapter, and resumes after a kill."""
+"""FSDP2 on two CPU processes (gloo), launched through the shipped ``fsdp-qlora.yaml``, trains two
+phases like one process with the same global batch, writes the same adapter, and resumes after a
+kill. ``cpu_sharded_entry.py`` lets accelerate pick FSDP for CPU ranks (it does so only for GPUs)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ CONFIG = launch_config_path("fsdp")  # used as shipped: FSDP2 needs no device-sp
 RTOL, ATOL = 1e-4, 1e-5
 
 
-STEPS = 6  # checkpoints at step 3: a kill after it leaves three steps to resume
+# two phases, the second from the first one's gathered adapter; the second checkpoints at its
+# step 3 and 6, so a kill after its step 3 leaves three steps to resume
+PHASES = (3, 6)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def _one_process(tmp, model, data):
     """The reference: one process, 2 x 2 accumulated micro-batches per step (trained once)."""
     out = tmp / "out-one"
     if not (out / "adapter_model.safetensors").exists():
-        one = write_recipe(tmp, model, data, "one", micro=2, accum=2, steps=STEPS)
+        one = write_recipe(tmp, model, data, "one", micro=2, accum=2, steps=PHASES)
         run_training(load_recipe(str(one)))
     return out
 
@@ -53,16 +56,17 @@ def test_shipped_fsdp_config_is_fsdp2():
 
 def test_fsdp_two_processes_match_one_process_with_the_same_global_batch(setup):
     tmp, model, data = setup
-    two = write_recipe(tmp, model, data, "two", micro=2, accum=1, steps=STEPS)
+    two = write_recipe(tmp, model, data, "two", micro=2, accum=1, steps=PHASES)
     proc = launch(two, config=CONFIG, entry=ENTRY)
     ref = _one_process(tmp, model, data)  # meanwhile, the single process in this one
     out = finish(proc)
     # the Trainer checkpointed through FSDP: one model shard file per rank
-    shards = list((tmp / "out-two/sft/checkpoint-3/pytorch_model_fsdp_0").glob("*.distcp"))
+    shards = list((tmp / "out-two/sft1/checkpoint-3/pytorch_model_fsdp_0").glob("*.distcp"))
     assert len(shards) == 2, out[-2000:]
     log1 = read_log(ref / "train_log.jsonl")
     log2 = read_log(tmp / "out-two/train_log.jsonl")
-    assert [r["step"] for r in log2] == list(range(1, STEPS + 1)), out[-2000:]
+    assert [(r["phase"], r["step"]) for r in log2] == [(r["phase"], r["step"]) for r in log1]
+    assert len(log2) == sum(PHASES), out[-2000:]
     for a, b in zip(log1, log2, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=RTOL, abs=ATOL)
     assert log2[-1]["loss"] < log2[0]["loss"] - 1.0
@@ -77,21 +81,23 @@ def test_fsdp_two_processes_match_one_process_with_the_same_global_batch(setup):
 
 def test_fsdp_two_processes_resume_after_a_kill(setup):
     tmp, model, data = setup
-    two = write_recipe(tmp, model, data, "killed", micro=2, accum=1, steps=STEPS)
+    two = write_recipe(tmp, model, data, "killed", micro=2, accum=1, steps=PHASES)
     proc = launch(two, config=CONFIG, entry=ENTRY)
-    ckpt = tmp / "out-killed/sft/checkpoint-3/trainer_state.json"
+    ckpt = tmp / "out-killed/sft2/checkpoint-3/trainer_state.json"
     deadline = time.monotonic() + 240
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     kill_all(proc)  # kill -9 the launcher and every rank
     assert ckpt.exists(), "no checkpoint before the kill"
-    assert not (tmp / "out-killed/sft/adapter").exists(), "finished before the kill"
+    assert not (tmp / "out-killed/sft2/adapter").exists(), "finished before the kill"
     out = finish(launch(two, "--resume", config=CONFIG, entry=ENTRY))
-    assert "resuming from" in out
+    assert "phase sft1: already finished" in out and "phase sft2: resuming from" in out
     ref = _one_process(tmp, model, data)
-    last = {r["step"]: r["loss"] for r in read_log(tmp / "out-killed/train_log.jsonl")}
-    want = {r["step"]: r["loss"] for r in read_log(ref / "train_log.jsonl")}
-    assert last[STEPS] == pytest.approx(want[STEPS], rel=RTOL, abs=ATOL)
+    last = {
+        (r["phase"], r["step"]): r["loss"] for r in read_log(tmp / "out-killed/train_log.jsonl")
+    }
+    want = {(r["phase"], r["step"]): r["loss"] for r in read_log(ref / "train_log.jsonl")}
+    assert last[("sft2", 6)] == pytest.approx(want[("sft2", 6)], rel=RTOL, abs=ATOL)
     w_ref, w_res = adapter_tensors(ref), adapter_tensors(tmp / "out-killed")
     for k in w_ref:
         torch.testing.assert_close(w_res[k], w_ref[k], rtol=RTOL, atol=ATOL)
