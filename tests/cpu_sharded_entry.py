@@ -1,13 +1,18 @@
-"""``longqa`` under ``accelerate launch`` on CPU processes, with FSDP switched on.
+r"""``longqa`` under ``accelerate launch`` on CPU processes, where accelerate sets up the sharded
+engines for GPU ranks only.
 
-accelerate turns ``ACCELERATE_USE_FSDP`` into ``DistributedType.FSDP`` only for accelerator
-devices (``AcceleratorState`` leaves a CPU launch as ``MULTI_CPU``, i.e. DDP), although
-``torch.distributed.fsdp`` shards over gloo on CPUs. This entry point makes that one promotion for
-CPU ranks and then runs the ``longqa`` CLI unchanged, so the tests exercise accelerate's FSDP
-preparation, the Trainer's FSDP checkpointing and longqa's own code under real sharding::
+- FSDP: accelerate turns ``ACCELERATE_USE_FSDP`` into ``DistributedType.FSDP`` only for accelerator
+  devices (``AcceleratorState`` leaves a CPU launch as ``MULTI_CPU``, i.e. DDP), although
+  ``torch.distributed.fsdp.fully_shard`` shards over gloo on CPUs. This entry makes that one
+  promotion for CPU ranks.
+- DeepSpeed: accelerate starts ``deepspeed.comm`` only for GPU ranks; ZeRO-3 starts it itself in
+  ``deepspeed.initialize``, but Ulysses builds its groups before that, so it is started here.
 
-    accelerate launch --config_file fsdp-cpu.yaml --num_processes 2 tests/cpu_sharded_entry.py \
-        train --recipe r.yaml
+Then the ``longqa`` CLI runs unchanged, so accelerate's preparation, the Trainer's checkpointing
+and longqa's own code run under real sharding::
+
+    accelerate launch --config_file recipes/launch/fsdp-qlora.yaml --num_processes 2 \
+        tests/cpu_sharded_entry.py train --recipe r.yaml
 """
 
 from __future__ import annotations
