@@ -1,6 +1,7 @@
 """FSDP2 on two CPU processes (gloo), launched through the shipped ``fsdp-qlora.yaml``, trains two
-phases like one process with the same global batch, writes the same adapter, and resumes after a
-kill. ``cpu_sharded_entry.py`` lets accelerate pick FSDP for CPU ranks (it does so only for GPUs)."""
+phases like one process with the same global batch: killed inside the second phase and resumed, it
+ends with one process's curve and adapter. ``cpu_sharded_entry.py`` lets accelerate pick FSDP for
+CPU ranks (it does so for GPU ranks only)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ from longqa.train.trainer import run_training
 CONFIG = launch_config_path("fsdp")  # used as shipped: FSDP2 needs no device-specific override
 
 # Both runs see the same 4 samples per optimizer step; FSDP2 reduce-scatters (averages) the two
-# ranks' fp32 gradients where one process sums two micro-batches, so the only difference is the
-# order of fp32 additions (~1e-7 relative per step; measured: losses equal to 4 decimals, adapter
-# within 1.6e-7 after 4 steps). Adam keeps such differences relative, so 1e-4 / 1e-5 — the DDP
-# test's tolerance — leaves two orders of margin and still catches a lost all-reduce, a missing
-# rank scaling or a rank-0-only adapter (those move the loss in the second decimal).
+# ranks' fp32 gradients where one process sums two micro-batches, so only the order of fp32
+# additions differs. Measured: losses equal to 4 decimals; adapter within 1.6e-7 after 4 steps
+# of one phase and within 7.3e-6 after 2 + 2 steps over a phase hand-over (Adam's normalised
+# steps magnify the rounding of near-zero gradients). The DDP test's 1e-4 / 1e-5 holds that with
+# margin; a sliced or empty adapter tensor fails outright on its shape.
 RTOL, ATOL = 1e-4, 1e-5
 
 
@@ -40,12 +41,10 @@ def setup(tmp_path_factory):
 
 
 def _one_process(tmp, model, data):
-    """The reference: one process, 2 x 2 accumulated micro-batches per step (trained once)."""
-    out = tmp / "out-one"
-    if not (out / "adapter_model.safetensors").exists():
-        one = write_recipe(tmp, model, data, "one", micro=2, accum=2, steps=PHASES)
-        run_training(load_recipe(str(one)))
-    return out
+    """The reference: one process, 2 x 2 accumulated micro-batches per step."""
+    one = write_recipe(tmp, model, data, "one", micro=2, accum=2, steps=PHASES)
+    run_training(load_recipe(str(one)))
+    return tmp / "out-one"
 
 
 def test_shipped_fsdp_config_is_fsdp2():
@@ -54,50 +53,35 @@ def test_shipped_fsdp_config_is_fsdp2():
     assert cfg.fsdp_config["fsdp_version"] == 2
 
 
-def test_fsdp_two_processes_match_one_process_with_the_same_global_batch(setup):
+def test_fsdp_two_processes_match_one_process_and_resume_after_a_kill(setup):
     tmp, model, data = setup
     two = write_recipe(tmp, model, data, "two", micro=2, accum=1, steps=PHASES)
     proc = launch(two, config=CONFIG, entry=ENTRY)
+    ckpt = tmp / "out-two/sft2/checkpoint-3/trainer_state.json"
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kill_all(proc)  # kill -9 the launcher and every rank, three steps before the end
+    assert ckpt.exists(), "no checkpoint before the kill"
+    assert not (tmp / "out-two/sft2/adapter").exists(), "finished before the kill"
+    # the Trainer checkpointed through FSDP: one model shard file per rank
+    shards = list((tmp / "out-two/sft2/checkpoint-3/pytorch_model_fsdp_0").glob("*.distcp"))
+    assert len(shards) == 2
+    proc = launch(two, "--resume", config=CONFIG, entry=ENTRY)
     ref = _one_process(tmp, model, data)  # meanwhile, the single process in this one
     out = finish(proc)
-    # the Trainer checkpointed through FSDP: one model shard file per rank
-    shards = list((tmp / "out-two/sft1/checkpoint-3/pytorch_model_fsdp_0").glob("*.distcp"))
-    assert len(shards) == 2, out[-2000:]
-    log1 = read_log(ref / "train_log.jsonl")
-    log2 = read_log(tmp / "out-two/train_log.jsonl")
-    assert [(r["phase"], r["step"]) for r in log2] == [(r["phase"], r["step"]) for r in log1]
-    assert len(log2) == sum(PHASES), out[-2000:]
-    for a, b in zip(log1, log2, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=RTOL, abs=ATOL)
-    assert log2[-1]["loss"] < log2[0]["loss"] - 1.0
+    assert "phase sft1: already finished" in out and "phase sft2: resuming from" in out
+    assert out.count("done: adapter in") == 1  # one console: rank 0 speaks
+    # the whole curve, the steps before the kill and those after the resume: one process's curve
+    want = {(r["phase"], r["step"]): r["loss"] for r in read_log(ref / "train_log.jsonl")}
+    got = {(r["phase"], r["step"]): r["loss"] for r in read_log(tmp / "out-two/train_log.jsonl")}
+    assert got.keys() == want.keys() and len(want) == sum(PHASES), sorted(got)
+    for key, loss in want.items():
+        assert got[key] == pytest.approx(loss, rel=RTOL, abs=ATOL), key
+    assert want[("sft2", 6)] < want[("sft1", 1)] - 1.0  # it learns
     # the adapter was gathered from both ranks' shards: every tensor whole, equal to one process's
     w1, w2 = adapter_tensors(ref), adapter_tensors(tmp / "out-two")
     assert w1.keys() == w2.keys()
     for k in w1:
         assert w2[k].shape == w1[k].shape, k
         torch.testing.assert_close(w2[k], w1[k], rtol=RTOL, atol=ATOL)
-    assert out.count("done: adapter in") == 1
-
-
-def test_fsdp_two_processes_resume_after_a_kill(setup):
-    tmp, model, data = setup
-    two = write_recipe(tmp, model, data, "killed", micro=2, accum=1, steps=PHASES)
-    proc = launch(two, config=CONFIG, entry=ENTRY)
-    ckpt = tmp / "out-killed/sft2/checkpoint-3/trainer_state.json"
-    deadline = time.monotonic() + 240
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    kill_all(proc)  # kill -9 the launcher and every rank
-    assert ckpt.exists(), "no checkpoint before the kill"
-    assert not (tmp / "out-killed/sft2/adapter").exists(), "finished before the kill"
-    out = finish(launch(two, "--resume", config=CONFIG, entry=ENTRY))
-    assert "phase sft1: already finished" in out and "phase sft2: resuming from" in out
-    ref = _one_process(tmp, model, data)
-    last = {
-        (r["phase"], r["step"]): r["loss"] for r in read_log(tmp / "out-killed/train_log.jsonl")
-    }
-    want = {(r["phase"], r["step"]): r["loss"] for r in read_log(ref / "train_log.jsonl")}
-    assert last[("sft2", 6)] == pytest.approx(want[("sft2", 6)], rel=RTOL, abs=ATOL)
-    w_ref, w_res = adapter_tensors(ref), adapter_tensors(tmp / "out-killed")
-    for k in w_ref:
-        torch.testing.assert_close(w_res[k], w_ref[k], rtol=RTOL, atol=ATOL)
