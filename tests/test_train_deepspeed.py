@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO-3 on two CPU processes (gloo, DeepSpeed's CPU accelerator), launched through the
 shipped ``deepspeed-zero3.yaml`` keys, trains two phases like one process with the same global
-batch, writes the same adapter, and resumes after a kill. Needs ``pip install deepspeed``."""
+batch: killed inside the second phase and resumed, it ends with one process's curve and adapter.
+Needs ``pip install deepspeed``."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ pytestmark = [
 # step 3 and 6, so a kill after its step 3 leaves three steps to resume
 PHASES = (3, 6)
 # Same argument as the FSDP test: only the order of fp32 additions differs (ZeRO-3 averages the
-# ranks' gradients by reduce-scatter; one process sums two micro-batches).
+# ranks' gradients by reduce-scatter; one process sums two micro-batches). Measured: losses equal
+# to 4 decimals, adapter within 3.6e-7 after 4 steps (4.9e-6 with LoRA r=16).
 RTOL, ATOL = 1e-4, 1e-5
 
 # shipped accelerate key -> its place in a DeepSpeed config (accelerate's own translation)
@@ -82,58 +84,40 @@ def setup(tmp_path_factory):
 
 
 def _one_process(tmp, model, data):
-    """The reference: one process, 2 x 2 accumulated micro-batches per step (trained once)."""
-    out = tmp / "out-one"
-    if not (out / "adapter_model.safetensors").exists():
-        one = write_recipe(tmp, model, data, "one", micro=2, accum=2, steps=PHASES)
-        run_training(load_recipe(str(one)))
-    return out
+    """The reference: one process, 2 x 2 accumulated micro-batches per step."""
+    one = write_recipe(tmp, model, data, "one", micro=2, accum=2, steps=PHASES)
+    run_training(load_recipe(str(one)))
+    return tmp / "out-one"
 
 
-def test_zero3_two_processes_match_one_process_with_the_same_global_batch(setup):
+def test_zero3_two_processes_match_one_process_and_resume_after_a_kill(setup):
     tmp, model, data, config = setup
     two = write_recipe(tmp, model, data, "two", micro=2, accum=1, steps=PHASES)
     proc = launch(two, config=config)
-    ref = _one_process(tmp, model, data)  # meanwhile, the single process in this one
-    out = finish(proc)
+    ckpt = tmp / "out-two/sft2/checkpoint-3/trainer_state.json"
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kill_all(proc)  # kill -9 the launcher and every rank, three steps before the end
+    assert ckpt.exists(), "no checkpoint before the kill"
+    assert not (tmp / "out-two/sft2/adapter").exists(), "finished before the kill"
     # the Trainer checkpointed through DeepSpeed: each rank wrote its partition
     step3 = tmp / "out-two/sft1/checkpoint-3/global_step3"
-    assert len(list(step3.glob("zero_pp_rank_*_optim_states.pt"))) == 2, out[-2000:]
-    log1 = read_log(ref / "train_log.jsonl")
-    log2 = read_log(tmp / "out-two/train_log.jsonl")
-    assert [(r["phase"], r["step"]) for r in log2] == [(r["phase"], r["step"]) for r in log1]
-    assert len(log2) == sum(PHASES), out[-2000:]
-    for a, b in zip(log1, log2, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=RTOL, abs=ATOL)
-    assert log2[-1]["loss"] < log2[0]["loss"] - 1.0
+    assert len(list(step3.glob("zero_pp_rank_*_optim_states.pt"))) == 2
+    proc = launch(two, "--resume", config=config)
+    ref = _one_process(tmp, model, data)  # meanwhile, the single process in this one
+    out = finish(proc)
+    assert "phase sft1: already finished" in out and "phase sft2: resuming from" in out
+    assert out.count("done: adapter in") == 1
+    want = {(r["phase"], r["step"]): r["loss"] for r in read_log(ref / "train_log.jsonl")}
+    got = {(r["phase"], r["step"]): r["loss"] for r in read_log(tmp / "out-two/train_log.jsonl")}
+    assert got.keys() == want.keys() and len(want) == sum(PHASES), sorted(got)
+    for key, loss in want.items():
+        assert got[key] == pytest.approx(loss, rel=RTOL, abs=ATOL), key
+    assert want[("sft2", 6)] < want[("sft1", 1)] - 1.0  # it learns
     # the adapter was gathered from both ranks' partitions: every tensor whole
     w1, w2 = adapter_tensors(ref), adapter_tensors(tmp / "out-two")
     assert w1.keys() == w2.keys()
     for k in w1:
         assert w2[k].shape == w1[k].shape, k
         torch.testing.assert_close(w2[k], w1[k], rtol=RTOL, atol=ATOL)
-    assert out.count("done: adapter in") == 1
-
-
-def test_zero3_two_processes_resume_after_a_kill(setup):
-    tmp, model, data, config = setup
-    two = write_recipe(tmp, model, data, "killed", micro=2, accum=1, steps=PHASES)
-    proc = launch(two, config=config)
-    ckpt = tmp / "out-killed/sft2/checkpoint-3/trainer_state.json"
-    deadline = time.monotonic() + 240
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    kill_all(proc)  # kill -9 the launcher and every rank
-    assert ckpt.exists(), "no checkpoint before the kill"
-    assert not (tmp / "out-killed/sft2/adapter").exists(), "finished before the kill"
-    out = finish(launch(two, "--resume", config=config))
-    assert "phase sft1: already finished" in out and "phase sft2: resuming from" in out
-    ref = _one_process(tmp, model, data)
-    last = {
-        (r["phase"], r["step"]): r["loss"] for r in read_log(tmp / "out-killed/train_log.jsonl")
-    }
-    want = {(r["phase"], r["step"]): r["loss"] for r in read_log(ref / "train_log.jsonl")}
-    assert last[("sft2", 6)] == pytest.approx(want[("sft2", 6)], rel=RTOL, abs=ATOL)
-    w_ref, w_res = adapter_tensors(ref), adapter_tensors(tmp / "out-killed")
-    for k in w_ref:
-        torch.testing.assert_close(w_res[k], w_ref[k], rtol=RTOL, atol=ATOL)
