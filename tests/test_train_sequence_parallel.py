@@ -184,8 +184,10 @@ def test_ulysses_launch_makes_the_packing_collator_emit_sample_lengths(monkeypat
     from longqa.train.phases import build_phase_dataset
 
     data = write_jsonl(tmp_path / "toy.jsonl", toy_sft_rows(8))
-    recipe = tiny_recipe(tmp_path / "model", data, tmp_path / "out")
-    recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"packing": True})})
+    recipe = _packed_recipe(tiny_recipe(tmp_path / "model", data, tmp_path / "out"))
+    # packed rows split over ranks are refused unless the attention is flash-attention
+    model = recipe.model.model_copy(update={"attn_implementation": "flash_attention_2"})
+    recipe = recipe.model_copy(update={"model": model})
 
     def collate():
         dataset, collator, _ = build_phase_dataset(recipe, recipe.train.phases[0], tiny_tokenizer())
@@ -201,3 +203,60 @@ def test_ulysses_launch_makes_the_packing_collator_emit_sample_lengths(monkeypat
     batch = collate()
     assert batch["input_ids"].shape[1] % 4 == 0  # the data adapter adds no padding of its own
     assert torch.equal(batch["sample_lengths"], sample_lengths(batch["position_ids"]))
+
+
+def _packed_recipe(recipe, packing: bool = True):
+    return recipe.model_copy(update={"data": recipe.data.model_copy(update={"packing": packing})})
+
+
+def _ulysses_env(monkeypatch, sp: int = 2) -> None:
+    monkeypatch.setenv("ACCELERATE_USE_PARALLELISM_CONFIG", "true")
+    monkeypatch.setenv("PARALLELISM_CONFIG_SP_SIZE", str(sp))
+
+
+@pytest.mark.parametrize("attn", ["auto", "sdpa", "eager"])
+def test_packed_rows_split_over_ranks_without_flash_attention_are_refused(
+    monkeypatch, tmp_path, attn
+):
+    from train_fixtures import tiny_recipe, tiny_tokenizer, toy_sft_rows, write_jsonl
+
+    from longqa.core.errors import LongqaError
+    from longqa.train.phases import build_phase_dataset
+
+    data = write_jsonl(tmp_path / "toy.jsonl", toy_sft_rows(4))
+    recipe = _packed_recipe(tiny_recipe(tmp_path / "model", data, tmp_path / "out"))
+    model = recipe.model.model_copy(update={"attn_implementation": attn})
+    recipe = recipe.model_copy(update={"model": model})
+    phase = recipe.train.phases[0]
+    build_phase_dataset(recipe, phase, tiny_tokenizer())  # one process: packing is fine
+    _ulysses_env(monkeypatch)
+    # "auto" on this CPU machine is SDPA: DeepSpeed's Ulysses attention drops the mask and SDPA
+    # then lets a packed sample attend to the samples before it (tests/test_train_ulysses.py)
+    with pytest.raises(LongqaError, match="flash-attention") as err:
+        build_phase_dataset(recipe, phase, tiny_tokenizer())
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "flash_attention_2" in msg and "data.packing: false" in msg
+    # unpacked rows are right-padded: causal attention never lets a real token see a pad
+    build_phase_dataset(_packed_recipe(recipe, False), phase, tiny_tokenizer())
+
+
+def test_unpacked_rows_split_over_ranks_are_padded_to_a_multiple_of_the_split(
+    monkeypatch, tmp_path
+):
+    from train_fixtures import tiny_recipe, tiny_tokenizer, toy_sft_rows, write_jsonl
+
+    from longqa.train.phases import build_phase_dataset
+
+    data = write_jsonl(tmp_path / "toy.jsonl", toy_sft_rows(8))
+    recipe = tiny_recipe(tmp_path / "model", data, tmp_path / "out")
+    assert not recipe.data.packing
+
+    def widths() -> set[int]:
+        dataset, collator, _ = build_phase_dataset(recipe, recipe.train.phases[0], tiny_tokenizer())
+        return {collator([dataset[i]])["input_ids"].shape[1] for i in range(len(dataset))}
+
+    assert any(w % 4 for w in widths())
+    _ulysses_env(monkeypatch, 4)
+    # DeepSpeed's data adapter: "batch's seqlen=51 isn't divisible by sp-size=2" otherwise
+    assert all(w % 4 == 0 for w in widths())

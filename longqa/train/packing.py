@@ -134,7 +134,11 @@ class PackedCollator:
 
 class PaddedCollator:
     """Examples → right-padded ``input_ids``, ``attention_mask``, ``labels``, ``position_ids``
-    (``0..n-1`` per row, the pads restarting at 0, see module doc)."""
+    (``0..n-1`` per row, the pads restarting at 0, see module doc).
+
+    Rows split over GPUs (``pad_to_multiple_of`` = the split): DeepSpeed's Ulysses attention
+    drops ``attention_mask``, which is harmless here: the pads are on the right and attention is
+    causal, so no real token ever sees a pad (the pads' own outputs are not scored)."""
 
     def __init__(self, pad_token_id: int = 0, pad_to_multiple_of: int | None = None):
         self.pad_token_id = pad_token_id

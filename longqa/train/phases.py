@@ -165,15 +165,39 @@ def build_phase_dataset(
         stats.skipped_rows.update(counts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pad = pad if pad is not None else 0
+    # split over GPUs: rows as wide as a multiple of the split (the data adapter adds no padding
+    # of its own and refuses other widths)
+    sp = sequence_parallel_size()
+    multiple = sp if sp > 1 else None
     if recipe.data.packing:
-        # split over GPUs: each piece needs its samples' whole lengths (dynamic RoPE), and a row
-        # width divisible by the split so the data adapter adds no padding of its own
-        sp = sequence_parallel_size()
-        collator = PackedCollator(
-            pad, pad_to_multiple_of=sp if sp > 1 else None, sample_lengths=sp > 1
-        )
+        check_packed_attention(recipe, sp)
+        # each piece also needs its samples' whole lengths (dynamic RoPE)
+        collator = PackedCollator(pad, pad_to_multiple_of=multiple, sample_lengths=sp > 1)
         return ListDataset(pack_examples(examples, max_len)), collator, stats
-    return ListDataset(examples), PaddedCollator(pad), stats
+    return ListDataset(examples), PaddedCollator(pad, pad_to_multiple_of=multiple), stats
+
+
+def check_packed_attention(recipe: Recipe, sp: int) -> None:
+    """Refuse packed rows split over ``sp > 1`` GPUs unless the attention is flash-attention.
+
+    DeepSpeed's Ulysses attention drops the attention mask: flash-attention's varlen path still
+    keeps packed samples apart (through the gathered position ids), SDPA and eager run one causal
+    mask over the whole row, so every sample would attend to the samples packed before it."""
+    if sp <= 1:
+        return
+    import torch
+
+    from longqa.models.load import choose_attn_implementation
+    from longqa.train.distributed import device_for_rank
+
+    device = device_for_rank(torch.cuda.is_available())
+    attn = choose_attn_implementation(recipe.model.attn_implementation, device)
+    if attn != "flash_attention_2":
+        raise LongqaError(
+            f"packed rows split over {sp} GPUs need flash-attention ({attn} would let packed "
+            "samples attend to each other): install flash-attn or set model.attn_implementation: "
+            "flash_attention_2, or set data.packing: false"
+        )
 
 
 def describe_phase_data(phase: PhaseConfig, stats: TokenizeStats, rows: int) -> list[str]:
