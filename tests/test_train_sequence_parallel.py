@@ -260,3 +260,21 @@ def test_unpacked_rows_split_over_ranks_are_padded_to_a_multiple_of_the_split(
     _ulysses_env(monkeypatch, 4)
     # DeepSpeed's data adapter: "batch's seqlen=51 isn't divisible by sp-size=2" otherwise
     assert all(w % 4 == 0 for w in widths())
+
+
+def test_trainer_counts_the_label_tokens_of_sequence_parallel_pieces(tmp_path):
+    from transformers import TrainingArguments
+
+    from longqa.train.trainer import LongqaTrainer
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = LongqaTrainer(model=_tiny_llama(DYNAMIC[0]), args=args, chunked=False)
+    row = _row([11, 21])
+    pieces = [shard_batch(row, r, 2) for r in range(2)]
+    for p in pieces:
+        p.pop("labels", None)  # DeepSpeed's adapter hands out shift_labels only
+    # one rank's accumulation window of two pieces: every scored target of the row, once
+    n = trainer._get_num_items_in_batch(pieces, torch.device("cpu"))
+    assert int(n) == int((shift_labels(row["labels"]) != -100).sum()) == 30
+    # batches with labels: the Trainer's own count (labels shifted by one)
+    assert int(trainer._get_num_items_in_batch([row], torch.device("cpu"))) == 30

@@ -123,7 +123,10 @@ def causal_lm_loss(
     n_tokens = scored.sum()
     hidden = hidden.reshape(-1, hidden.shape[-1])[scored]  # [N, H], N scored positions
     targets = targets[scored]  # [N]
-    if hidden.shape[0] == 0:
+    # a rank may hold no scored token (a sequence-parallel piece of prompt only); under ZeRO-3 it
+    # still takes part in the head's gathers, or the ranks' collectives stop matching
+    empty = hidden.shape[0] == 0
+    if empty and not _zero3_partitioned(lm.get_output_embeddings()):
         return hidden.sum() * 0.0, n_tokens
     if not chunked:
         logits = lm.get_output_embeddings()(hidden).float()  # [N, V]
@@ -134,6 +137,8 @@ def causal_lm_loss(
         logits = head(hidden).float()  # [N, V]
         return F.cross_entropy(logits, targets, reduction="sum"), n_tokens
     with _whole_params(head):
+        if empty:
+            return hidden.sum() * 0.0, n_tokens
         weight, bias = head.weight, head.bias  # [V, H], [V] | None
         if chunk_size <= 0:  # train.loss_chunk_size: 0 -> chunk chosen from memory
             chunk_size = loss_chunk_from_memory(weight.shape[0])

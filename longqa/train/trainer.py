@@ -55,6 +55,20 @@ class LongqaTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
 
+    def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> Any:
+        """The step's label-token count. DeepSpeed's sequence-parallel data adapter hands each rank
+        a piece of a row with pre-shifted ``shift_labels`` and no ``labels``, which the Trainer
+        does not count (each rank's loss would then be its own piece's mean, pieces weighted
+        alike whatever their scored tokens): counted here, summed over every rank (the pieces of
+        a row are disjoint: each token once; unlike the Trainer, not divided by the split)."""
+        first = batch_samples[0] if batch_samples else {}
+        if "labels" in first or "shift_labels" not in first:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        n = sum(b["shift_labels"].ne(-100).sum() for b in batch_samples).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            n = self.accelerator.gather(n).sum()
+        return n
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         # a sequence-parallel piece's sample lengths (from the whole row) go to the rotary
         # modules, never to the model's forward (see longqa.train.sequence_parallel)
@@ -76,8 +90,10 @@ class LongqaTrainer(Trainer):
             and num_items_in_batch is not None
             and self.args.average_tokens_across_devices
         ):
-            # num_items_in_batch counts the label tokens of every rank; DDP then averages the
-            # gradients over ranks, so scale back up as Trainer.compute_loss does.
+            # num_items_in_batch counts the label tokens of every rank; DDP (DeepSpeed: over all
+            # ranks, sequence-parallel ones included) then averages the gradients over ranks, so
+            # scale back up as Trainer.compute_loss does. The logged loss, the ranks' mean, is
+            # then the step's token-weighted mean.
             loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
 
