@@ -62,7 +62,7 @@ def test_longqa_train_under_ulysses_matches_one_process_unpacked(tmp_path):
     step, SDPA, unpacked rows) gives one process's curve and adapter. Measured: losses equal to 6
     decimals, adapter within 3.2e-7. Before the Trainer counted the pieces' ``shift_labels``,
     each rank's loss was its own piece's mean: the logged loss was half (the piece holding the
-    prompt scores nothing)."""
+    prompt scores nothing), and so was the gradient."""
     import yaml
     from dist_fixtures import adapter_tensors, finish, launch, write_recipe
     from train_fixtures import tiny_model_dir, toy_sft_rows, write_jsonl
@@ -91,11 +91,13 @@ def test_longqa_train_under_ulysses_matches_one_process_unpacked(tmp_path):
     proc = launch(recipes["two"], config=config, entry=ENTRY)
     run_training(load_recipe(str(recipes["one"])))  # meanwhile, the single process
     finish(proc)
-    want = {r["step"]: r["loss"] for r in read_log(tmp_path / "out-one/train_log.jsonl")}
-    got = {r["step"]: r["loss"] for r in read_log(tmp_path / "out-two/train_log.jsonl")}
+    # the gradient norm checks the gradient's scale, which Adam and clipping would hide
+    logs = {n: read_log(tmp_path / f"out-{n}/train_log.jsonl") for n in ("one", "two")}
+    want = {r["step"]: (r["loss"], r["grad_norm"]) for r in logs["one"]}
+    got = {r["step"]: (r["loss"], r["grad_norm"]) for r in logs["two"]}
     assert sorted(want) == sorted(got) == [1, 2, 3, 4]
-    for step, loss in want.items():
-        assert got[step] == pytest.approx(loss, rel=1e-4, abs=1e-5), step
+    for step, pair in want.items():
+        assert got[step] == pytest.approx(pair, rel=1e-4, abs=1e-5), step
     w1, w2 = adapter_tensors(tmp_path / "out-one"), adapter_tensors(tmp_path / "out-two")
     assert w1.keys() == w2.keys()
     for k in w1:
