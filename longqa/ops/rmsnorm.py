@@ -36,18 +36,21 @@ class _LeanRMSNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):  # type: ignore[override]  # noqa: ANN205
+        # in-place where the tensor is this function's own, so at most two [..., H] temporaries
+        # are alive beside the incoming gradient (the unpatched graph's backward holds as many)
         x, weight, rstd = ctx.saved_tensors
         h = x.to(torch.float32)
-        n = (h * rstd).to(x.dtype)  # recomputed, [..., H]
         grad_w = None
         if ctx.needs_input_grad[1]:
+            n = (h * rstd).to(x.dtype)  # recomputed, [..., H]
             grad_w = (grad * n).reshape(-1, n.shape[-1]).sum(0).to(weight.dtype)
+            del n
         if not ctx.needs_input_grad[0]:
             return None, grad_w, None
-        dn = (grad * weight).to(x.dtype).to(torch.float32)  # d n, through the cast to x.dtype
+        dn = (grad * weight).to(x.dtype).to(torch.float32)  # d n via the cast to x.dtype; a new tensor
         d_rstd = (dn * h).sum(-1, keepdim=True)  # [..., 1]
         d_var = -0.5 * d_rstd * rstd.pow(3)  # rsqrt'(v) = -1/2 · rsqrt(v)³
-        dh = dn * rstd + (d_var / h.shape[-1]) * (2 * h)  # via h · rstd, and via mean(h²)
+        dh = dn.mul_(rstd).add_(h * (d_var * (2 / h.shape[-1])))  # via h · rstd, and via mean(h²)
         return dh.to(x.dtype), grad_w, None
 
 
