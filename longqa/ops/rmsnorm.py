@@ -47,7 +47,8 @@ class _LeanRMSNorm(torch.autograd.Function):
             del n
         if not ctx.needs_input_grad[0]:
             return None, grad_w, None
-        dn = (grad * weight).to(x.dtype).to(torch.float32)  # d n via the cast to x.dtype; a new tensor
+        # d n via the cast to x.dtype: a new tensor, written in place below
+        dn = (grad * weight).to(x.dtype).to(torch.float32)
         d_rstd = (dn * h).sum(-1, keepdim=True)  # [..., 1]
         d_var = -0.5 * d_rstd * rstd.pow(3)  # rsqrt'(v) = -1/2 · rsqrt(v)³
         dh = dn.mul_(rstd).add_(h * (d_var * (2 / h.shape[-1])))  # via h · rstd, and via mean(h²)
