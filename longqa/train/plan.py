@@ -304,6 +304,13 @@ def plan_memory(recipe: Recipe, gpu_mem_gb: float = 80.0, seq_len: int | None = 
     if recipe.kernels.tiled_mlp:
         tile = recipe.kernels.tiled_mlp_tile or shape.hidden
         plan.notes.append(f"tiled MLP: {tile:,}-token tiles")
+    if recipe.kernels.lean_rmsnorm:
+        plan.notes.append("lean RMSNorm: norms save their input and 1/rms, not fp32 values")
+    loss = loss_bytes(recipe, shape, recipe.train.micro_batch_size * length)
+    plan.notes.append(
+        f"loss at its peak: {loss / GB:.2f} GB, freed before the layers' backward "
+        "(only its excess over the layer recompute counts)"
+    )
     plan.max_fit_len = longest_fitting_length(recipe, shape, gpu_mem_gb)
     return plan
 
