@@ -16,6 +16,7 @@ import pytest
 
 from longqa.config.recipe import load_recipe
 from longqa.train.plan import (
+    TILED_MLP_EXTRA,
     ModelShape,
     estimate_bytes,
     layer_bytes_per_token,
@@ -39,7 +40,7 @@ def bench():
     sys.modules.pop(spec.name, None)
 
 
-def _slope(bench, model, tokens=(64, 128)) -> float:
+def _slope(bench, model, tokens=(128, 256)) -> float:
     a, b = (bench.measure(model, t)["peak_bytes"] for t in tokens)
     return (b - a) / (tokens[1] - tokens[0])
 
@@ -55,8 +56,16 @@ def test_layer_and_mlp_items_match_the_measured_layer(bench):
     untiled = _slope(bench, model)
     apply_tiled_mlp(model, 32)
     tiled = _slope(bench, model)
+    tiled_peak_128 = bench.measure(model, 128)["peak_bytes"]
     assert tiled == pytest.approx(layer, rel=TOLERANCE)
     assert untiled - tiled == pytest.approx(mlp, rel=TOLERANCE)
+    # one tile's working set: the peak's growth with the tile size at a fixed length
+    revert_tiled_mlp(model)
+    apply_tiled_mlp(model, 64)
+    per_tile_token = (bench.measure(model, 128)["peak_bytes"] - tiled_peak_128) / 32
+    assert per_tile_token == pytest.approx(mlp * (1 + TILED_MLP_EXTRA), rel=TOLERANCE)
+    revert_tiled_mlp(model)
+    apply_tiled_mlp(model, 32)
     apply_lean_rmsnorm(model)
     lean = _slope(bench, model)
     lean_recipe = load_recipe("llama3-8b-abf128k", ["kernels.lean_rmsnorm=true"])

@@ -179,7 +179,7 @@ def residual_bytes(recipe: Recipe) -> int:
 LORA_INPUT_BYTES = 2  # each adapted linear's own bf16 copy of its input for lora_A (autocast)
 DROPOUT_MASK_BYTES = 1  # LoRA dropout's bool mask per input value (CUDA's native_dropout)
 NORM_FP32_BYTES = 4  # a trained RMSNorm saves its fp32 normalised values (not with lean_rmsnorm)
-TILED_MLP_EXTRA = 0.0  # the tiled MLP's backward beyond its intermediates, × the untiled ones
+TILED_MLP_EXTRA = 0.1  # a tile's backward gradients beyond its intermediates, measured per tile
 
 
 def layer_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dict[str, float]:
@@ -197,6 +197,8 @@ def layer_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dict[str, float]
         "LoRA inputs of q, k, v, o (+ dropout masks)": (LORA_INPUT_BYTES + drop) * (3 * h + q),
         "attention: bf16 q, k, v, output; log-sum-exp": 2 * (q + 2 * kv) + 2 * q + 4 * shape.heads,
         "rotary cos/sin": 2 * d * r,
+        "LoRA A outputs of q, k, v, o (bf16, rank r)": 4 * 2 * recipe.lora.r,
+        "norms' 1/rms, position ids": 2 * 4 + 8,
     }
 
 
@@ -211,6 +213,7 @@ def mlp_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dict[str, float]:
         if drop
         else LORA_INPUT_BYTES * i,
         "gate/up LoRA inputs (+ dropout masks)": 2 * (LORA_INPUT_BYTES + drop) * h,
+        "LoRA A outputs of gate, up, down (bf16, rank r)": 3 * 2 * recipe.lora.r,
     }
 
 
