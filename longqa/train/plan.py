@@ -19,7 +19,7 @@ The estimate (bytes) adds, for one micro-batch of ``B × T`` tokens:
 * one layer's recompute + backward peak, *measured* (``benchmarks/bench_layer_memory.py``, results
   in ``benchmarks/results/layer_memory.md``) and itemised per token by :func:`layer_bytes_per_token`
   (boundary gradients, norms' fp32 values, LoRA inputs and dropout masks, SDPA's q/k/v/output,
-  rotary tables: ≈ 41 ``H·2`` units a token for Llama-3-8B, not counting the MLP) and
+  rotary tables: ≈ 20.7 × ``H·2`` bytes a token for Llama-3-8B, not counting the MLP) and
   :func:`mlp_bytes_per_token` (gate, up, act, product in fp32, LoRA inputs). With
   ``kernels.tiled_mlp`` the MLP's items exist for one tile of tokens (ALST,
   https://arxiv.org/abs/2506.13996); the tile defaults to ``H`` tokens. ``kernels.lean_rmsnorm``
