@@ -14,7 +14,7 @@ The estimate (bytes) adds, for one micro-batch of ``B × T`` tokens:
 * LoRA + optimizer: trainable params in fp32, their gradients, and Adam moments (8 B/param, or
   2 B/param for 8-bit optimizers); norms trained alongside.
 * checkpointed activations: each layer's input ``B·T·H`` kept per layer (on CPU when activation
-  offloading is on: two layers' in flight), in the residual stream's dtype: fp32 for a 4-bit model,
+  offloading is on: two layers' inputs stay in flight), in the residual stream's dtype: fp32 for a 4-bit model,
   whose embedding ``prepare_model_for_kbit_training`` upcasts (:func:`residual_bytes`).
 * one layer's recompute + backward peak, *measured* (``benchmarks/bench_layer_memory.py``, results
   in ``benchmarks/results/layer_memory.md``) and itemised per token by :func:`layer_bytes_per_token`
