@@ -4,49 +4,36 @@ Usage::
 
     nice -n 10 .venv/bin/python benchmarks/bench_layer_memory.py \
         [--recipe llama3-8b-abf128k] [--shape llama-3-8b] [--tokens 256 512 1024] [--tile 128]
+    python benchmarks/bench_layer_memory.py --from-json benchmarks/results/layer_memory.json
 
 What the memory planner (:mod:`longqa.train.plan`) calls "layer recompute" is what one decoder layer
 holds on top of the stored checkpoints while gradient checkpointing recomputes it and back-propagates
 through it. This script builds ONE decoder layer of the real shape (``LlamaForCausalLM`` with one
 layer from a ``LlamaConfig``; random weights) the way ``build_trainable_model`` prepares the model
-for QLoRA training on a GPU:
+for QLoRA training on a GPU: bitsandbytes NF4 ``Linear4bit`` base linears with bf16 compute (they
+run on CPU too and, as on the GPU, return the *input's* dtype), peft's
+``prepare_model_for_kbit_training`` (norms and embedding to fp32, so the residual stream and rotary
+cos/sin are fp32), LoRA from the recipe (rank, dropout, all linears, trained norms), non-reentrant
+checkpointing; the step runs under ``torch.autocast(bfloat16)`` as the Trainer's ``bf16=True`` does
+on a GPU, with SDPA attention (its CPU flash path saves q, k, v, out and a log-sum-exp, as
+flash-attn does). ``live_memory.gpu_like`` supplies what differs on CPU: the fused RoPE's storage
+behaviour (``kernels.rope`` is on in the recipes), CUDA's bool dropout masks, peft's autocast check,
+and the dequantised 4-bit weights left out (constant in ``T``).
 
-* base linears are bitsandbytes ``Linear4bit`` NF4 with bf16 compute (bitsandbytes runs 4-bit on CPU
-  too; like on the GPU it returns its output in the *input's* dtype), then peft's
-  ``prepare_model_for_kbit_training`` (norms and embeddings to fp32, so the residual stream and the
-  rotary cos/sin are fp32), LoRA from the recipe (rank, dropout, all linears, trainable norms as
-  ``modules_to_save``), non-reentrant checkpointing (``activation_checkpointing_enable``);
-* the step runs under ``torch.autocast(bfloat16)`` as the Trainer's ``bf16=True`` does on a GPU, with
-  SDPA attention (its flash path on CPU saves q, k, v, out and a log-sum-exp, as flash-attn does);
-* LoRA dropout runs as on CUDA (``native_dropout``, bool mask), not torch's CPU path (mask in the
-  input dtype);
-* peft's LoRA layers ask ``torch.is_autocast_enabled()`` (CUDA's flag) whether to cast their input
-  to the adapter's fp32; here the question is answered with the CPU autocast state, as it is
-  answered on a GPU (no fp32 copy of a bf16 input, e.g. ``o_proj``'s);
-* the weight each 4-bit linear dequantises for its matmul (``[out, in]`` bf16, freed after it) is
-  not counted: it does not grow with ``T``, and at these short lengths it would move the peak to
-  where it is not at long ones;
-* ``kernels.rope`` (on in the recipes): the fused Triton RoPE rotates q and k in place and saves only
-  cos/sin; it needs CUDA, so here a stand-in with the same storage behaviour runs instead (rotation
-  computed untracked and copied into q/k; backward allocates one gradient per input, as the kernel).
+``live_memory.LiveStorageTracker`` counts the storages operators create and records their peak with
+the live set. Not counted (made outside it): weights, LoRA parameters and the layer input ``x`` (the
+stored checkpoint, a planner term of its own). Counted: the rotary cos/sin, the incoming gradient
+``dL/dy`` (one ``T × H`` tensor, as from the layer above), everything recomputed, every gradient
+temporary and ``dL/dx``. The output ``y`` is excluded (the next layer's stored input). The peak is
+taken over forward and backward; the per-token coefficient is the slope of the peak between the
+token counts (constants drop out), checked to be constant (linear growth) at every step.
 
-A ``TorchDispatchMode`` follows every storage created by an operator (weak references on the
-storages: the entry goes when the storage is freed) and records the peak of their bytes, with the
-live set at the peak (module or autograd node that made each one). Created *outside* the mode, and so
-not counted: the weights, LoRA parameters, and the layer input ``x`` (the stored checkpoint, counted
-by the planner separately). Counted: the rotary cos/sin, the incoming gradient ``dL/dy`` (one
-``T × H`` tensor, as arrives from the layer above), everything recomputed and every gradient
-temporary, and ``dL/dx`` leaving the layer. The layer output ``y`` is excluded (it is the next layer's
-stored input). The peak is taken over forward and backward; the per-token coefficient is the slope of
-the peak between the token counts (weight-sized temporaries, e.g. the dequantised bf16 weight of a
-4-bit linear, are constant in ``T`` and drop out), and the script checks that the slope is constant
-(linear growth) before reporting it.
-
-Reported per token, in units of ``H · 2`` bytes (one bf16 hidden vector, the unit of the planner):
-the layer with the sequence-tiled MLP (``kernels.tiled_mlp``: what remains is attention side, norms,
-residual adds and the MLP's whole-length input and output gradients), the untiled MLP's extra in
-units of ``I · 2``, and the tiled MLP's working set per tile token (slope over the tile size at fixed
-``T``), in units of ``I · 2``. Results go to ``benchmarks/results/layer_memory.{md,json}``.
+Each of :data:`MODES` (untiled / ``kernels.tiled_mlp``, with and without ``kernels.lean_rmsnorm``)
+is measured. Reported per token, in ``H · 2`` bytes (one bf16 hidden vector): the layer with the
+tiled MLP (attention side, norms, residual and the MLP's input and its gradient), the untiled MLP's
+extra in ``I · 2`` bytes, a tile's working set per tile token (slope over the tile size at fixed
+``T``), what the lean RMSNorm removes, the planner's items beside them, and the storages alive at the
+peak. Results go to ``benchmarks/results/layer_memory.{md,json}``.
 """
 
 from __future__ import annotations
@@ -55,145 +42,16 @@ import argparse
 import json
 import sys
 import time
-import weakref
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from live_memory import LiveStorageTracker, gpu_like  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-class LiveStorageTracker(TorchDispatchMode):
-    """Bytes of the storages created by operators while active (and still alive), and their peak."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live: dict[int, tuple[int, str, str, tuple[int, ...], str]] = {}
-        self.refs: dict[int, Any] = {}
-        self.now = self.peak = 0
-        self.at_peak: list[tuple[int, str, str, tuple[int, ...], str]] = []
-        self.paused = False
-        self.modules: list[str] = []
-
-    def _free(self, key: int, _ref: Any) -> None:
-        entry = self.live.pop(key, None)
-        self.refs.pop(key, None)
-        if entry is not None:
-            self.now -= entry[0]
-
-    def forget(self, t: torch.Tensor) -> None:
-        """Stop counting ``t``'s storage (e.g. the layer output: the next layer's stored input)."""
-        key = t.untyped_storage().data_ptr()
-        entry = self.live.pop(key, None)
-        self.refs.pop(key, None)
-        if entry is not None:
-            self.now -= entry[0]
-
-    def _tag(self) -> str:
-        node = torch._C._current_autograd_node()
-        phase = "backward" if node is not None else "forward"
-        if self.modules:
-            return f"{'recompute' if node is not None else 'forward'}:{self.modules[-1]}"
-        return f"{phase}:{node.name() if node is not None else '-'}"
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        kwargs = kwargs or {}
-        before = {
-            t.untyped_storage().data_ptr()
-            for t in tree_leaves((args, kwargs))
-            if isinstance(t, torch.Tensor)
-        }
-        out = func(*args, **kwargs)
-        if self.paused:
-            return out
-        for t in tree_leaves(out):
-            if not isinstance(t, torch.Tensor):
-                continue
-            st = t.untyped_storage()
-            key = st.data_ptr()
-            if key == 0 or key in self.live or key in before:
-                continue  # empty, already counted, or a view of a tensor made before
-            self.live[key] = (st.nbytes(), self._tag(), func.__name__, tuple(t.shape), str(t.dtype))
-            self.refs[key] = weakref.ref(st, lambda r, k=key: self._free(k, r))
-            self.now += st.nbytes()
-            if self.now > self.peak:
-                self.peak = self.now
-                self.at_peak = list(self.live.values())
-        return out
-
-    @contextmanager
-    def pause(self) -> Iterator[None]:
-        old, self.paused = self.paused, True
-        try:
-            yield
-        finally:
-            self.paused = old
-
-    @contextmanager
-    def module_names(self, model: torch.nn.Module) -> Iterator[None]:
-        """Tag storages with the innermost running module (hooks on every submodule)."""
-        names = {id(m): n for n, m in model.named_modules()}
-        pre = torch.nn.modules.module.register_module_forward_pre_hook(
-            lambda m, a: self.modules.append(names.get(id(m), type(m).__name__))
-        )
-
-        def leave(m: torch.nn.Module, a: Any, o: Any) -> None:  # returns None: output unchanged
-            if self.modules:
-                self.modules.pop()
-
-        post = torch.nn.modules.module.register_module_forward_hook(leave, always_call=True)
-        try:
-            yield
-        finally:
-            pre.remove()
-            post.remove()
-
-
-def _rope_stand_in(tracker: LiveStorageTracker) -> Any:
-    """``apply_rotary_pos_emb`` with the fused kernel's storage behaviour (in place, saves cos/sin)."""
-    from transformers.models.llama.modeling_llama import rotate_half
-
-    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        c, s = cos.unsqueeze(1).float(), sin.unsqueeze(1).float()
-        return x.float() * c + rotate_half(x.float()) * s
-
-    class InPlaceRope(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, q, k, cos, sin):  # noqa: ANN001, ANN205
-            with tracker.pause():
-                q.copy_(rotate(q, cos, sin))
-                k.copy_(rotate(k, cos, sin))
-            torch.autograd.graph.increment_version((q, k))
-            ctx.save_for_backward(cos, sin)
-            return q, k
-
-        @staticmethod
-        def backward(ctx, dq, dk):  # noqa: ANN001, ANN205
-            cos, sin = ctx.saved_tensors
-            dq_out, dk_out = torch.empty_like(dq), torch.empty_like(dk)
-            with tracker.pause():
-                dq_out.copy_(rotate(dq, cos, -sin))
-                dk_out.copy_(rotate(dk, cos, -sin))
-            return dq_out, dk_out, None, None
-
-    def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):  # noqa: ANN001, ANN202
-        return InPlaceRope.apply(q, k, cos, sin)
-
-    return apply_rotary_pos_emb
-
-
-def _cuda_like_dropout(input, p=0.5, training=True, inplace=False):  # noqa: ANN001, ANN202, A002
-    """``F.dropout`` as on CUDA: the fused ``native_dropout`` (saves a bool mask, 1 B/element);
-    torch's CPU path instead saves a mask in the input's dtype (4 B/element for fp32)."""
-    if not training or p == 0:
-        return input
-    return torch.native_dropout(input, p, True)[0]
 
 
 def _to_nf4(model: torch.nn.Module) -> None:
@@ -250,32 +108,6 @@ def build_layer_model(
         model = get_peft_model(model, lora_config(recipe, model))
     model.train()
     return model
-
-
-@contextmanager
-def gpu_like(tracker: LiveStorageTracker, fused_rope: bool = True) -> Iterator[None]:
-    """The stand-ins of the module docstring while active: fused-RoPE storage behaviour, CUDA's
-    dropout, peft seeing autocast on, dequantised 4-bit weights not counted."""
-    import bitsandbytes.functional as bnb_f
-    import transformers.models.llama.modeling_llama as llama
-
-    rope, dropout = llama.apply_rotary_pos_emb, torch.nn.functional.dropout
-    dequantize, autocast_enabled = bnb_f.dequantize_4bit, torch.is_autocast_enabled
-
-    def dequantize_4bit(*args: Any, **kwargs: Any) -> torch.Tensor:
-        with tracker.pause():
-            return dequantize(*args, **kwargs)
-
-    if fused_rope:
-        llama.apply_rotary_pos_emb = _rope_stand_in(tracker)
-    torch.nn.functional.dropout = _cuda_like_dropout
-    bnb_f.dequantize_4bit = dequantize_4bit
-    torch.is_autocast_enabled = lambda *a: autocast_enabled(*a) if a else autocast_enabled("cpu")
-    try:
-        yield
-    finally:
-        llama.apply_rotary_pos_emb, torch.nn.functional.dropout = rope, dropout
-        bnb_f.dequantize_4bit, torch.is_autocast_enabled = dequantize, autocast_enabled
 
 
 def measure(model: Any, tokens: int, *, fused_rope: bool = True, seed: int = 0) -> dict[str, Any]:
@@ -379,7 +211,35 @@ def layer_coefficients(recipe: Any, dims: dict[str, int], tokens: list[int], til
     return out
 
 
-def _table(res: dict[str, Any], command: str) -> str:
+def planner_comparison(res: dict[str, Any], recipe: Any) -> list[str]:
+    """The planner's itemised terms at the measured shape beside the measurement (× H·2 / I·2)."""
+    from longqa.train.plan import (
+        TILED_MLP_EXTRA,
+        ModelShape,
+        layer_bytes_per_token,
+        mlp_bytes_per_token,
+    )
+
+    d = res["dims"]
+    shape = ModelShape(hidden=d["hidden"], layers=1, heads=d["heads"], kv_heads=d["kv_heads"],
+                       inter=d["inter"], vocab=256)  # fmt: skip
+    h2, i2 = d["hidden"] * 2, d["inter"] * 2
+    layer = layer_bytes_per_token(recipe, shape)
+    mlp = sum(mlp_bytes_per_token(recipe, shape).values())
+    lines = ["| planner item (`longqa/train/plan.py`) | per token |", "|---|---|"]
+    lines += [f"| {k} | {v / h2:.2f} × H·2 |" for k, v in layer.items()]
+    lines += [
+        f"| **layer, planned / measured** | **{sum(layer.values()) / h2:.2f} / "
+        f"{res['layer_tiled_h2']:.2f} × H·2** |",
+        f"| **untiled MLP, planned / measured** | **{mlp / i2:.2f} / "
+        f"{res['mlp_untiled_extra_i2']:.2f} × I·2** |",
+        f"| **tiled MLP per tile token, planned / measured** | **"
+        f"{mlp * (1 + TILED_MLP_EXTRA) / i2:.2f} / {res['tile_per_token_i2']:.2f} × I·2** |",
+    ]
+    return lines
+
+
+def _table(res: dict[str, Any], command: str, recipe: Any = None) -> str:
     d = res["dims"]
     u, t = res["untiled"], res["tiled"]
     lean = res["tiled, lean RMSNorm"]
@@ -412,6 +272,10 @@ def _table(res: dict[str, Any], command: str) -> str:
         f"(tiled layer: {t['per_token_h2']:.2f} → {lean['per_token_h2']:.2f}); every mode grows "
         f"linearly: {all(res[m]['linear'] for m in MODES)}",
         "",
+    ]
+    if recipe is not None:
+        lines += [*planner_comparison(res, recipe), ""]
+    lines += [
         f"Largest storages live at the peak, tiled layer, T={res['tokens'][-1]:,} (× T·H·2):",
         "",
     ]
@@ -432,15 +296,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile", type=int, default=128)
     p.add_argument("--base", choices=("nf4", "bf16"), default="nf4")
     p.add_argument("--out", default=str(RESULTS / "layer_memory"))
+    p.add_argument("--from-json", default=None, help="re-render the tables of a saved result")
     a = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     recipe = load_recipe(a.recipe)
-    dims = {k: KNOWN_SHAPES[a.shape][k] for k in ("hidden", "inter", "heads", "kv_heads")}
-    res = layer_coefficients(recipe, dims, sorted(a.tokens), a.tile, a.base, recipe.kernels.rope)
-    command = "python benchmarks/bench_layer_memory.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    text = _table(res, command.strip())
+    if a.from_json:
+        res = json.loads(Path(a.from_json).read_text())
+    else:
+        dims = {k: KNOWN_SHAPES[a.shape][k] for k in ("hidden", "inter", "heads", "kv_heads")}
+        res = layer_coefficients(recipe, dims, sorted(a.tokens), a.tile, a.base,
+                                 recipe.kernels.rope)  # fmt: skip
+    command = (f"python benchmarks/bench_layer_memory.py --recipe {a.recipe} --tokens "
+               f"{' '.join(map(str, res['tokens']))} --tile {res['tile']} --base {res['base']}")  # fmt: skip
+    text = _table(res, command, recipe)
     print(text)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".md").write_text(text)
