@@ -75,6 +75,7 @@ def test_layer_and_mlp_items_match_the_measured_layer(bench):
     revert_tiled_mlp(model)
 
 
+@pytest.mark.slow
 def test_whole_step_peak_is_stored_inputs_plus_one_layer_not_plus_the_loss(bench):
     """Two layers and the chunked loss: the step's peak grows like the stored layer inputs plus one
     layer's working set; the loss (smaller here) is not alive at the same time."""
