@@ -211,6 +211,10 @@ def layer_coefficients(recipe: Any, dims: dict[str, int], tokens: list[int], til
     return out
 
 
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
 def planner_comparison(res: dict[str, Any], recipe: Any) -> list[str]:
     """The planner's itemised terms at the measured shape beside the measurement (× H·2 / I·2)."""
     from longqa.train.plan import (
@@ -234,7 +238,7 @@ def planner_comparison(res: dict[str, Any], recipe: Any) -> list[str]:
         f"| **untiled MLP, planned / measured** | **{mlp / i2:.2f} / "
         f"{res['mlp_untiled_extra_i2']:.2f} × I·2** |",
         f"| **tiled MLP per tile token, planned / measured** | **"
-        f"{mlp * (1 + TILED_MLP_EXTRA) / i2:.2f} / {res['tile_per_token_i2']:.2f} × I·2** |",
+        f"{mlp * (1 + TILED_MLP_EXTRA) / i2:.2f} / {_num(res['tile_per_token_i2'])} × I·2** |",
     ]
     return lines
 
@@ -267,7 +271,7 @@ def _table(res: dict[str, Any], command: str, recipe: Any = None) -> str:
         "",
         f"* layer with the tiled MLP: **{res['layer_tiled_h2']:.2f} × T·H·2** bytes",
         f"* untiled MLP on top: **{res['mlp_untiled_extra_i2']:.2f} × T·I·2** bytes",
-        f"* tiled MLP per tile token: **{res['tile_per_token_i2']:.2f} × tile·I·2** bytes",
+        f"* tiled MLP per tile token: **{_num(res['tile_per_token_i2'])} × tile·I·2** bytes",
         f"* ``kernels.lean_rmsnorm`` removes **{res['lean_rmsnorm_saves_h2']:.2f} × T·H·2** bytes "
         f"(tiled layer: {t['per_token_h2']:.2f} → {lean['per_token_h2']:.2f}); every mode grows "
         f"linearly: {all(res[m]['linear'] for m in MODES)}",
