@@ -163,6 +163,9 @@ class KernelsConfig(_Strict):
     )
     tiled_mlp: bool = Field(False, description="MLP over sequence tiles (ALST): O(tile) memory")
     tiled_mlp_tile: int = Field(0, ge=0, description="tokens per MLP tile; 0 = the hidden size")
+    lean_rmsnorm: bool = Field(
+        False, description="RMSNorm saves x and 1/rms, not fp32 normalised values (exact)"
+    )
 
     @model_validator(mode="before")
     @classmethod

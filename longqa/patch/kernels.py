@@ -18,6 +18,8 @@ Usage::
   :func:`longqa.ops.causal_lm.causal_lm_loss`.
 * ``kernels.tiled_mlp``: :func:`longqa.patch.tiled_mlp.apply_tiled_mlp` runs every gated MLP over
   sequence tiles of ``kernels.tiled_mlp_tile`` tokens (CPU and GPU).
+* ``kernels.lean_rmsnorm``: :func:`longqa.patch.rmsnorm.apply_lean_rmsnorm` makes every family
+  RMSNorm save its input and ``1/rms`` instead of the fp32 normalised values (CPU and GPU, exact).
 * ``memory.offload_activations``: :class:`longqa.ops.offload.ActivationOffloader` on every
   gradient-checkpointed decoder layer (CUDA only).
 """
@@ -35,6 +37,7 @@ from longqa.config.recipe import KernelsConfig, MemoryConfig
 from longqa.core.errors import LongqaError
 from longqa.ops.offload import ActivationOffloader
 from longqa.patch.families import family_class_of, fused_rope_families
+from longqa.patch.rmsnorm import apply_lean_rmsnorm, revert_lean_rmsnorm
 from longqa.patch.tiled_mlp import apply_tiled_mlp, revert_tiled_mlp
 
 _STATE_ATTR = "_longqa_kernels"
@@ -162,6 +165,8 @@ def apply_kernels(
             notes.append(f"fused RoPE skipped: needs CUDA (model is on {device.type})")
     if kernels.tiled_mlp:
         notes.append(apply_tiled_mlp(model, kernels.tiled_mlp_tile))
+    if kernels.lean_rmsnorm:
+        notes.append(apply_lean_rmsnorm(model))
     if memory.offload_activations:
         off = offloader or ActivationOffloader()
         if not (on_cuda or off.simulate):
@@ -186,6 +191,7 @@ def revert_kernels(model: nn.Module) -> None:
         return
     _uninstall_rope(state)
     revert_tiled_mlp(model)
+    revert_lean_rmsnorm(model)
     if state.get("offloader") is not None:
         ActivationOffloader.uninstall(model)
 

@@ -14,15 +14,25 @@ The estimate (bytes) adds, for one micro-batch of ``B × T`` tokens:
 * LoRA + optimizer: trainable params in fp32, their gradients, and Adam moments (8 B/param, or
   2 B/param for 8-bit optimizers); norms trained alongside.
 * checkpointed activations: each layer's input ``B·T·H`` kept per layer (on CPU when activation
-  offloading is on), plus one layer's recompute working set: ≈ ``B·T·12·H`` values around attention
-  and norms, and ≈ ``B·T·5·I`` in the MLP (gate, up, act(gate), their product, the LoRA dropout
-  copy). With ``kernels.tiled_mlp`` the MLP holds ``tile·5·I`` values plus its whole-length input
-  gradient ``B·T·H`` (ALST, https://arxiv.org/abs/2506.13996); the tile defaults to ``H`` tokens.
-* attention: flash/SDPA kernels keep O(T) state; eager attention holds ``B·heads·T²`` scores+probs.
-* loss: chunked cross-entropy holds ``chunk × V`` fp32 logits and their gradient; without it the
-  full ``B·T × V`` logits (+ fp32 copy + gradient) exist at once. ``train.loss_chunk_size: 0``
-  chooses the chunk from memory: the largest multiple of 256 tokens whose two fp32 ``chunk × V``
-  blocks fit in 1 GiB (:func:`longqa.ops.causal_lm.loss_chunk_from_memory`).
+  offloading is on: two layers' inputs stay in flight), in the residual stream's dtype: fp32 for a 4-bit model,
+  whose embedding ``prepare_model_for_kbit_training`` upcasts (:func:`residual_bytes`).
+* one layer's recompute + backward peak, *measured* (``benchmarks/bench_layer_memory.py``, results
+  in ``benchmarks/results/layer_memory.md``) and itemised per token by :func:`layer_bytes_per_token`
+  (boundary gradients, norms' fp32 values, LoRA inputs and dropout masks, SDPA's q/k/v/output,
+  rotary tables: ≈ 20.7 × ``H·2`` bytes a token for Llama-3-8B, not counting the MLP) and
+  :func:`mlp_bytes_per_token` (gate, up, act, product in fp32, LoRA inputs). With
+  ``kernels.tiled_mlp`` the MLP's items exist for one tile of tokens (ALST,
+  https://arxiv.org/abs/2506.13996); the tile defaults to ``H`` tokens. ``kernels.lean_rmsnorm``
+  removes the trained norms' fp32 normalised values.
+* attention: flash/SDPA kernels keep O(T) state (in the layer's items); eager attention holds
+  ``B·heads·T²`` scores+probs.
+* loss (:func:`loss_bytes`): chunked cross-entropy holds ``chunk × V`` fp32 logits and their
+  gradient; without it the full ``B·T × V`` logits (+ fp32 copy + gradient) exist at once; both
+  with the scored hidden states, their gradient and the final norm's saved tensors.
+  ``train.loss_chunk_size: 0`` chooses the chunk from memory: the largest multiple of 256 tokens
+  whose two fp32 ``chunk × V`` blocks fit in 1 GiB
+  (:func:`longqa.ops.causal_lm.loss_chunk_from_memory`). The loss is freed before the last layer
+  is recomputed, so the step's peak holds the larger of the two: only the loss's excess counts.
 * CUDA context, workspace and allocator slack: 1 GB + 5 %.
 """
 
@@ -148,6 +158,67 @@ def loss_chunk_size(recipe: Recipe, vocab: int) -> int:
     return recipe.train.loss_chunk_size or loss_chunk_from_memory(vocab)
 
 
+def residual_bytes(recipe: Recipe) -> int:
+    """Bytes per value of the residual stream (the layers' inputs and their gradients).
+
+    ``prepare_model_for_kbit_training`` (4-bit models) casts everything it does not quantise to
+    fp32, the embedding included, so a QLoRA model's hidden states are fp32 between layers;
+    otherwise they are in the model's dtype."""
+    if recipe.model.quantization == "nf4" or recipe.model.dtype == "float32":
+        return 4
+    return 2
+
+
+# What one checkpointed decoder layer holds, per token, at the peak of its recompute + backward,
+# beyond its stored input. Measured on one Llama-3-8B layer prepared as build_trainable_model
+# prepares it (NF4 linears, which return their input's dtype; fp32 norms and residual; fp32 LoRA
+# under bf16 autocast; SDPA; fused RoPE) by
+#   python benchmarks/bench_layer_memory.py --tokens 256 512 1024 --tile 128
+# (benchmarks/results/layer_memory.md lists the storages alive at the peak; the items below are
+# those storages, tests/test_train_plan_measured.py re-measures a small layer against them).
+LORA_INPUT_BYTES = 2  # each adapted linear's own bf16 copy of its input for lora_A (autocast)
+DROPOUT_MASK_BYTES = 1  # LoRA dropout's bool mask per input value (CUDA's native_dropout)
+NORM_FP32_BYTES = 4  # a trained RMSNorm saves its fp32 normalised values (not with lean_rmsnorm)
+# a tile's backward gradients beyond its intermediates: 13.57 × I·2 per tile token against 12.57
+# for the items, at the small shape of tests/test_train_plan_measured.py (not yet at Llama-3-8B's)
+TILED_MLP_EXTRA = 0.1
+
+
+def layer_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dict[str, float]:
+    """Bytes per token of one layer's recompute + backward peak, beyond its stored input and
+    apart from the MLP's intermediates (:func:`mlp_bytes_per_token`), itemised."""
+    h, d = shape.hidden, shape.head_dim
+    q, kv = shape.heads * d, shape.kv_heads * d
+    r = residual_bytes(recipe)
+    drop = DROPOUT_MASK_BYTES if recipe.lora.dropout > 0 else 0
+    norms = recipe.lora.trainable_norms and not recipe.kernels.lean_rmsnorm
+    return {
+        "gradients: layer output, MLP input, residual sum": 3 * r * h,
+        "MLP input (post-attention norm output)": r * h,
+        "trained RMSNorms' fp32 normalised values": 2 * NORM_FP32_BYTES * h if norms else 0,
+        "LoRA inputs of q, k, v, o (+ dropout masks)": (LORA_INPUT_BYTES + drop) * (3 * h + q),
+        "attention: bf16 q, k, v, output; log-sum-exp": 2 * (q + 2 * kv) + 2 * q + 4 * shape.heads,
+        "rotary cos/sin": 2 * d * r,
+        "LoRA A outputs of q, k, v, o (bf16, rank r)": 4 * 2 * recipe.lora.r,
+        "norms' 1/rms, position ids": 2 * 4 + 8,
+    }
+
+
+def mlp_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dict[str, float]:
+    """Bytes per token of the gated MLP's intermediates at the layer's peak (untiled), itemised."""
+    h, i = shape.hidden, shape.inter
+    r = residual_bytes(recipe)  # a 4-bit linear returns its input's dtype: fp32 under QLoRA
+    drop = DROPOUT_MASK_BYTES if recipe.lora.dropout > 0 else 0
+    return {
+        "gate, up, act(gate), act(gate)·up": 4 * r * i,
+        "down_proj LoRA input (dropout output, mask, bf16 copy)": (r + drop + LORA_INPUT_BYTES) * i
+        if drop
+        else LORA_INPUT_BYTES * i,
+        "gate/up LoRA inputs (+ dropout masks)": 2 * (LORA_INPUT_BYTES + drop) * h,
+        "LoRA A outputs of gate, up, down (bf16, rank r)": 3 * 2 * recipe.lora.r,
+    }
+
+
 def estimate_bytes(
     recipe: Recipe, shape: ModelShape, seq_len: int, *, on_gpu: bool = True
 ) -> dict[str, float]:
@@ -155,6 +226,7 @@ def estimate_bytes(
     tc, lc = recipe.train, recipe.lora
     tokens = tc.micro_batch_size * seq_len
     act = 4 if recipe.model.dtype == "float32" else 2
+    res = residual_bytes(recipe)
     per_layer = shape.linear_shapes()
     lin_params = shape.layers * sum(i * o for i, o in per_layer)
     if recipe.model.quantization == "nf4":
@@ -167,38 +239,53 @@ def estimate_bytes(
     if lc.trainable_norms:
         lora += (2 * shape.layers + 1) * shape.hidden
     opt = 2 if "8bit" in tc.optim else 8
-    stored = shape.layers * tokens * shape.hidden * act
-    if recipe.memory.offload_activations and on_gpu:
-        stored = 2 * tokens * shape.hidden * act  # two layers in flight on the GPU
-    if not tc.gradient_checkpointing:
-        mlp_kept = shape.hidden if recipe.kernels.tiled_mlp else 5 * shape.inter
-        stored = shape.layers * tokens * (12 * shape.hidden + mlp_kept) * act
-    mlp = tokens * 5 * shape.inter * act
+    layer = tokens * sum(layer_bytes_per_token(recipe, shape).values())
+    mlp_token = sum(mlp_bytes_per_token(recipe, shape).values())
+    mlp = tokens * mlp_token
     if recipe.kernels.tiled_mlp:
         tile = min(recipe.kernels.tiled_mlp_tile or shape.hidden, tokens)
-        mlp = tile * 5 * shape.inter * act + tokens * shape.hidden * act
+        mlp = tile * mlp_token * (1 + TILED_MLP_EXTRA)
+    stored = shape.layers * tokens * shape.hidden * res
+    if recipe.memory.offload_activations and on_gpu:
+        stored = 2 * tokens * shape.hidden * res  # two layers in flight on the GPU
+    if not tc.gradient_checkpointing:  # every layer keeps what one recompute would hold
+        stored = shape.layers * (tokens * shape.hidden * res + layer + mlp)
     if recipe.model.attn_implementation == "eager":
         attn = 2 * tc.micro_batch_size * shape.heads * seq_len * seq_len * act
     else:
-        attn = 4 * tokens * shape.heads * 4  # log-sum-exp and friends, O(T)
-    if recipe.kernels.chunked_ce:
-        chunk = min(loss_chunk_size(recipe, shape.vocab), tokens)
-        loss = 2 * chunk * shape.vocab * 4 + tokens * shape.hidden * 4
-    else:
-        loss = tokens * shape.vocab * (act + 4 + 4)
+        attn = 0.0  # flash/SDPA: O(T) state, in the layer's items (log-sum-exp)
     items = {
         "4-bit weights" if recipe.model.quantization == "nf4" else "weights": weights,
         "embeddings + LM head": emb,
         "LoRA + grads + optimizer": lora * (4 + 4 + opt),
         "checkpointed activations": stored,
-        "layer recompute": tokens * 12 * shape.hidden * act,
+        "layer recompute": layer,
         "MLP recompute (tiled)" if recipe.kernels.tiled_mlp else "MLP recompute": mlp,
         "attention": attn,
-        "loss": loss,
+        # the loss runs after the last layer's forward and is freed before its recompute: the
+        # step's peak holds one of the two, so only the loss's excess over the layer counts
+        "loss, beyond the layer peak": max(
+            0.0, loss_bytes(recipe, shape, tokens) - layer - mlp - attn
+        ),
     }
     subtotal = sum(items.values())
     items["CUDA context + slack"] = 1 * GB + 0.05 * subtotal
     return items
+
+
+def loss_bytes(recipe: Recipe, shape: ModelShape, tokens: int) -> float:
+    """What the loss holds at its peak: the final norm's saved input (and fp32 normalised values
+    when it is trained without ``lean_rmsnorm``), the scored hidden states and their gradient
+    (in the residual dtype, as the final norm's output), and the logits of one chunk (or all)."""
+    h, v = shape.hidden, shape.vocab
+    res = residual_bytes(recipe)
+    norm = NORM_FP32_BYTES if recipe.lora.trainable_norms and not recipe.kernels.lean_rmsnorm else 0
+    held = tokens * h * (res + norm + 2 * res)
+    if recipe.kernels.chunked_ce:
+        chunk = min(loss_chunk_size(recipe, v), tokens)
+        return held + 2 * chunk * v * 4
+    act = 4 if recipe.model.dtype == "float32" else 2
+    return held + tokens * v * (act + 4 + 4)
 
 
 def plan_memory(recipe: Recipe, gpu_mem_gb: float = 80.0, seq_len: int | None = None) -> MemoryPlan:
@@ -222,6 +309,13 @@ def plan_memory(recipe: Recipe, gpu_mem_gb: float = 80.0, seq_len: int | None = 
     if recipe.kernels.tiled_mlp:
         tile = recipe.kernels.tiled_mlp_tile or shape.hidden
         plan.notes.append(f"tiled MLP: {tile:,}-token tiles")
+    if recipe.kernels.lean_rmsnorm:
+        plan.notes.append("lean RMSNorm: norms save their input and 1/rms, not fp32 values")
+    loss = loss_bytes(recipe, shape, recipe.train.micro_batch_size * length)
+    plan.notes.append(
+        f"loss at its peak: {loss / GB:.2f} GB, freed before the layers' backward "
+        "(only its excess over the layer recompute counts)"
+    )
     plan.max_fit_len = longest_fitting_length(recipe, shape, gpu_mem_gb)
     return plan
 
