@@ -17,7 +17,10 @@ from longqa.train.plan import (
     plan_memory,
 )
 
+# the recipes' memory switches off (llama3-8b-abf128k ships with the tiled MLP and lean RMSNorm)
+PLAIN = ["kernels.tiled_mlp=false", "kernels.lean_rmsnorm=false"]
 ALL_ON = [
+    *PLAIN,
     "kernels.tiled_mlp=true",
     "kernels.chunked_ce=true",
     "kernels.rope=true",
@@ -38,7 +41,7 @@ def test_loss_chunk_from_memory_fits_the_budget():
 def test_measured_terms_follow_the_formula():
     shape = ModelShape(**KNOWN_SHAPES["llama-3-8b"])
     h, inter, kv, t = 4096, 14336, 1024, 131072
-    plain = estimate_bytes(load_recipe("llama3-8b-abf128k"), shape, t)
+    plain = estimate_bytes(load_recipe("llama3-8b-abf128k", PLAIN), shape, t)
     # per token, fp32 residual (4 B), LoRA dropout mask (1 B) + bf16 lora_A input (2 B) per value
     mlp = 4 * 4 * inter + (4 + 1 + 2) * inter + 2 * (2 + 1) * h + 3 * 2 * 16
     assert plain["MLP recompute"] == t * mlp
@@ -46,19 +49,22 @@ def test_measured_terms_follow_the_formula():
              + 2 * (h + 2 * kv) + 2 * h + 4 * 32 + 2 * 128 * 4 + 4 * 2 * 16 + 16)  # fmt: skip
     assert plain["layer recompute"] == t * layer
     assert round(layer / (2 * h), 2) == 20.66  # H·2 units; 20.67 measured (layer_memory.md)
-    tiled = estimate_bytes(load_recipe("llama3-8b-abf128k", ["kernels.tiled_mlp=true"]), shape, t)
+    tiled = estimate_bytes(
+        load_recipe("llama3-8b-abf128k", [*PLAIN, "kernels.tiled_mlp=true"]), shape, t
+    )
     assert "MLP recompute" not in tiled
     tile_mlp = mlp * (1 + TILED_MLP_EXTRA)  # a tile's intermediates and its backward's gradients
     assert tiled["MLP recompute (tiled)"] == pytest.approx(h * tile_mlp)  # tile = hidden size
     assert tiled["layer recompute"] == plain["layer recompute"]
     small = load_recipe(
-        "llama3-8b-abf128k", ["kernels.tiled_mlp=true", "kernels.tiled_mlp_tile=512"]
+        "llama3-8b-abf128k", [*PLAIN, "kernels.tiled_mlp=true", "kernels.tiled_mlp_tile=512"]
     )
     assert estimate_bytes(small, shape, t)["MLP recompute (tiled)"] == pytest.approx(512 * tile_mlp)
-    auto = load_recipe("llama3-8b-abf128k", ["train.loss_chunk_size=0"])
+    auto = load_recipe("llama3-8b-abf128k", [*PLAIN, "train.loss_chunk_size=0"])
     assert loss_bytes(auto, shape, t) == 2 * 1024 * 128256 * 4 + t * h * 16
     no_ckpt = load_recipe(
-        "llama3-8b-abf128k", ["kernels.tiled_mlp=true", "train.gradient_checkpointing=false"]
+        "llama3-8b-abf128k",
+        [*PLAIN, "kernels.tiled_mlp=true", "train.gradient_checkpointing=false"],
     )
     assert estimate_bytes(no_ckpt, shape, t)["checkpointed activations"] == pytest.approx(
         32 * (t * h * 4 + t * layer + h * tile_mlp)
@@ -68,12 +74,12 @@ def test_measured_terms_follow_the_formula():
 def test_lean_rmsnorm_removes_the_trained_norms_fp32_values():
     shape = ModelShape(**KNOWN_SHAPES["llama-3-8b"])
     h, t = 4096, 131072
-    base = load_recipe("llama3-8b-abf128k")
-    lean = load_recipe("llama3-8b-abf128k", ["kernels.lean_rmsnorm=true"])
+    base = load_recipe("llama3-8b-abf128k", PLAIN)
+    lean = load_recipe("llama3-8b-abf128k", [*PLAIN, "kernels.lean_rmsnorm=true"])
     assert layer_bytes_per_token(base, shape)["trained RMSNorms' fp32 normalised values"] == 8 * h
     assert layer_bytes_per_token(lean, shape)["trained RMSNorms' fp32 normalised values"] == 0
     assert loss_bytes(base, shape, t) - loss_bytes(lean, shape, t) == t * h * 4  # the final norm
-    frozen = load_recipe("llama3-8b-abf128k", ["lora.trainable_norms=false"])
+    frozen = load_recipe("llama3-8b-abf128k", [*PLAIN, "lora.trainable_norms=false"])
     assert layer_bytes_per_token(frozen, shape)["trained RMSNorms' fp32 normalised values"] == 0
     with_lean = plan_memory(
         load_recipe("llama3-8b-abf128k", [*ALL_ON, "kernels.lean_rmsnorm=true"])
@@ -84,7 +90,7 @@ def test_lean_rmsnorm_removes_the_trained_norms_fp32_values():
 
 def test_everything_on_reaches_longer_contexts():
     for name in ("llama3-8b-abf128k", "qwen14b-yarn32k"):
-        today = plan_memory(load_recipe(name), gpu_mem_gb=80)
+        today = plan_memory(load_recipe(name, PLAIN), gpu_mem_gb=80)
         on = plan_memory(load_recipe(name, ALL_ON), gpu_mem_gb=80)
         assert on.max_fit_len > 2 * today.max_fit_len, name
         assert any("chosen from memory" in n for n in on.notes)
