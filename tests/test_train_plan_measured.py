@@ -49,7 +49,10 @@ def test_layer_and_mlp_items_match_the_measured_layer(bench):
     from longqa.patch.rmsnorm import apply_lean_rmsnorm
     from longqa.patch.tiled_mlp import apply_tiled_mlp, revert_tiled_mlp
 
-    recipe = load_recipe("llama3-8b-abf128k")  # LoRA r16, dropout 0.1, trained norms, NF4
+    # LoRA r16, dropout 0.1, trained norms, NF4; the switches off (the test applies them itself)
+    recipe = load_recipe(
+        "llama3-8b-abf128k", ["kernels.tiled_mlp=false", "kernels.lean_rmsnorm=false"]
+    )
     layer = sum(layer_bytes_per_token(recipe, SHAPE).values())
     mlp = sum(mlp_bytes_per_token(recipe, SHAPE).values())
     model = bench.build_layer_model(recipe, DIMS)
@@ -85,7 +88,7 @@ def test_whole_step_peak_is_stored_inputs_plus_one_layer_not_plus_the_loss(bench
     from longqa.ops.causal_lm import causal_lm_loss
     from longqa.patch.tiled_mlp import apply_tiled_mlp
 
-    sets = ["memory.offload_activations=false", "kernels.tiled_mlp=true",
+    sets = ["memory.offload_activations=false", "kernels.tiled_mlp=true", "kernels.lean_rmsnorm=false",
             "kernels.tiled_mlp_tile=32", "train.loss_chunk_size=64"]  # fmt: skip
     recipe = load_recipe("llama3-8b-abf128k", sets)
     model = bench.build_layer_model(recipe, DIMS, layers=2, vocab=256)
