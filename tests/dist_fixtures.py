@@ -115,3 +115,23 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
 
 def adapter_tensors(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "adapter_model.safetensors")
+
+
+def assert_same_run(ref: Path, out: Path, steps: int, rtol: float, atol: float) -> None:
+    """The multi-process run in ``out`` logged one process's curve (``ref``), every step of every
+    phase, learned, and saved one process's adapter with every tensor whole."""
+    import pytest
+
+    from longqa.train.metrics import read_log
+
+    want = {(r["phase"], r["step"]): r["loss"] for r in read_log(ref / "train_log.jsonl")}
+    got = {(r["phase"], r["step"]): r["loss"] for r in read_log(out / "train_log.jsonl")}
+    assert got.keys() == want.keys() and len(want) == steps, sorted(got)
+    for key, loss in want.items():
+        assert got[key] == pytest.approx(loss, rel=rtol, abs=atol), key
+    assert want[("sft2", 6)] < want[("sft1", 1)] - 1.0  # it learns
+    w1, w2 = adapter_tensors(ref), adapter_tensors(out)
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert w2[k].shape == w1[k].shape, k
+        torch.testing.assert_close(w2[k], w1[k], rtol=rtol, atol=atol)
