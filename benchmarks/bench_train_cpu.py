@@ -46,7 +46,8 @@ VARIANTS = {  # name -> recipe overrides / runtime switches for the longqa train
     "longqa no norms": ["lora.trainable_norms=false"],
     "longqa full logits": ["kernels.chunked_ce=false"],
     "longqa glibc default": ["memory.cpu_return_freed=false"],  # no fixed mmap threshold
-    "longqa 4k pages": [],  # as "longqa", started without the huge-pages tunable
+    "longqa return freed": ["memory.cpu_return_freed=true"],  # whatever the length
+    "longqa 4k pages": ["memory.cpu_return_freed=true"],  # started without the huge-pages tunable
 }
 
 

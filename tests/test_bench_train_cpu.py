@@ -96,3 +96,19 @@ def test_cpu_return_freed_switch(monkeypatch, on):
     rt = train_model.runtime_for(recipe, "cpu")
     assert calls == ([1] if on else [])
     assert any("returned to the OS" in n for n in rt.notices) == on
+
+
+@pytest.mark.parametrize(
+    ("length", "on"), [(2048, False), (4095, False), (4096, True), (8192, True)]
+)
+def test_cpu_return_freed_auto_follows_the_length(length, on):
+    from longqa.config.recipe import load_recipe, returns_freed_memory
+
+    recipe = load_recipe("smollm2-135m-yarn16k", [f"train.max_length={length}"])
+    assert recipe.memory.cpu_return_freed == "auto"  # the default
+    assert returns_freed_memory(recipe) is on
+    phases = load_recipe(
+        "smollm2-135m-yarn16k",
+        ["train.max_length=2048", "train.phases.0.max_length=8192"],
+    )
+    assert returns_freed_memory(phases)  # the longest phase counts

@@ -116,8 +116,10 @@ def restart_with_huge_pages(notice: Callable[[str], None] | None = None) -> None
 
 def restart_for_cpu_training(recipe: Any, notice: Callable[[str], None] | None = None) -> None:
     """:func:`restart_with_huge_pages` when ``recipe`` will train on CPU and return freed memory
-    (``memory.cpu_return_freed``, the default); nothing on a CUDA machine."""
-    if not recipe.memory.cpu_return_freed or huge_pages_active():
+    (``memory.cpu_return_freed``: true, or ``auto`` at 4K tokens and more); nothing on CUDA."""
+    from longqa.config.recipe import returns_freed_memory
+
+    if not returns_freed_memory(recipe) or huge_pages_active():
         return
     import torch
 

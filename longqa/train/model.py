@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longqa.config.recipe import Recipe
+from longqa.config.recipe import Recipe, returns_freed_memory
 from longqa.train.cpu_memory import huge_pages_active, release_freed_memory_on_cpu
 from longqa.train.distributed import device_for_rank, weights_sharded
 
@@ -52,7 +52,7 @@ def runtime_for(recipe: Recipe, device: str | None = None) -> Runtime:
     if rt.dtype != "float32":
         rt.notices.append(f"CPU: training in float32 instead of {rt.dtype}")
         rt.dtype = "float32"
-    if recipe.memory.cpu_return_freed and release_freed_memory_on_cpu():
+    if returns_freed_memory(recipe) and release_freed_memory_on_cpu():
         pages = "2 MiB pages" if huge_pages_active() else "4 KiB pages, see longqa.train.cpu_memory"
         rt.notices.append(f"CPU: freed activation memory is returned to the OS ({pages})")
     if "8bit" in rt.optim or "paged" in rt.optim:
