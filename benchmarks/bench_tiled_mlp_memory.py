@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PHASES = ("decoder forward", "loss forward", "loss backward", "layers backward")
 
 
 def _vm_kb(field: str) -> int:
@@ -172,6 +173,17 @@ def main(argv: list[str] | None = None) -> int:
         f"| untiled | {u['peak_rss_gb']:.2f} | {u['step_peak_over_before_gb']:.2f} | {u['loss']:.6f} |",
         f"| tiled ({', '.join(t['notes'])}) | {t['peak_rss_gb']:.2f} | "
         f"{t['step_peak_over_before_gb']:.2f} | {t['loss']:.6f} |",
+        "",
+        "Peak above the loaded model per phase of the step (GB; the step's peak is the largest):",
+        "",
+        "| mode | " + " | ".join(PHASES) + " |",
+        "|---|" + "---|" * len(PHASES),
+        *(
+            f"| {r['mode']} | "
+            + " | ".join(f"{r['phase_peak_over_before_gb'].get(ph, 0.0):.2f}" for ph in PHASES)
+            + " |"
+            for r in (u, t)
+        ),
         "",
         f"Ratio tiled / untiled: peak {t['peak_rss_gb'] / u['peak_rss_gb']:.2f}×, above the model "
         f"{t['step_peak_over_before_gb'] / u['step_peak_over_before_gb']:.2f}×; sum of LoRA/norm "

@@ -67,6 +67,7 @@ def test_patch_on_a_lora_model_is_exact_and_reverts():
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
 
+    from longqa.models.load import peft_wrapping
     from longqa.ops.causal_lm import causal_lm_loss
     from tests.tiny import tiny_llama_config
 
@@ -75,7 +76,8 @@ def test_patch_on_a_lora_model_is_exact_and_reverts():
     model.activation_checkpointing_enable({"use_reentrant": False})
     cfg = LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0,
                      modules_to_save=["input_layernorm", "post_attention_layernorm", "norm"])  # fmt: skip
-    model = get_peft_model(model, cfg)
+    with peft_wrapping():  # no deprecation warning from peft's checkpointing probe
+        model = get_peft_model(model, cfg)
     model.train()
     ids = torch.randint(0, 128, (1, 48), generator=torch.Generator().manual_seed(1))
 

@@ -195,12 +195,15 @@ def test_original_qwen_dynamic_ntk_and_logn_reproduced(converted_qwen):
 def test_logn_follows_a_lora_wrapper_added_after_patching(converted_qwen):
     from peft import LoraConfig, get_peft_model
 
+    from longqa.models.load import peft_wrapping
+
     sd, cfg, model = converted_qwen
     ids = torch.randint(0, cfg["vocab_size"], (1, 120), generator=torch.Generator().manual_seed(3))
     spec = {"method": "dynamic-ntk", "ntk_variant": "qwen", "logn": True}
     apply_rope_scaling(model, spec)
     lora = LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False, lora_dropout=0.0)
-    peft_model = get_peft_model(model, lora).eval()
+    with peft_wrapping():  # no deprecation warning from peft's checkpointing probe
+        peft_model = get_peft_model(model, lora).eval()
     with torch.no_grad():
         got = peft_model(ids).logits
         merged = peft_model.merge_and_unload()  # LoRA folded into plain q_proj weights
