@@ -17,12 +17,11 @@ Library source is never edited; :func:`revert_lean_rmsnorm` deletes the instance
 
 from __future__ import annotations
 
-import types
-
 from torch import Tensor, nn
 
 from longqa.ops.rmsnorm import lean_rms_norm
 from longqa.patch.families import FAMILIES
+from longqa.patch.forward import patch_forward, revert_forward
 
 _ATTR = "_longqa_lean_rmsnorm"
 
@@ -56,18 +55,10 @@ def apply_lean_rmsnorm(model: nn.Module) -> str:
     norms = rmsnorm_modules(model)
     if not norms:
         return f"lean RMSNorm skipped: no supported RMSNorm in {type(model).__name__}"
-    for m in norms:
-        setattr(m, _ATTR, True)
-        m.forward = types.MethodType(_lean_forward, m)
+    patch_forward(norms, _ATTR, True, _lean_forward)
     return f"lean RMSNorm on ({len(norms)} norms)"
 
 
 def revert_lean_rmsnorm(model: nn.Module) -> int:
     """Give every patched norm of ``model`` its own forward back; returns how many were reverted."""
-    n = 0
-    for m in rmsnorm_modules(model):
-        if _ATTR in m.__dict__:
-            del m.__dict__[_ATTR]
-            m.__dict__.pop("forward", None)
-            n += 1
-    return n
+    return revert_forward(rmsnorm_modules(model), _ATTR)

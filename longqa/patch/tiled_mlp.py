@@ -18,13 +18,13 @@ intermediate]`` block is the size of one MLP weight matrix). Library source is n
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 from torch import Tensor, nn
 
 from longqa.core.errors import LongqaError
 from longqa.ops.tiled_mlp import tiled_mlp
+from longqa.patch.forward import patch_forward, revert_forward
 
 _ATTR = "_longqa_tiled_mlp"
 MLP_CHILDREN = ("gate_proj", "up_proj", "down_proj")
@@ -64,21 +64,13 @@ def apply_tiled_mlp(model: nn.Module, tile: int = 0) -> str:
     mlps = mlp_modules(model)
     if not mlps:
         return f"tiled MLP skipped: no gated MLP (gate/up/down_proj) in {type(model).__name__}"
-    for m in mlps:
-        setattr(m, _ATTR, tile)
-        m.forward = types.MethodType(_tiled_forward, m)
+    patch_forward(mlps, _ATTR, tile, _tiled_forward)
     return f"tiled MLP on ({len(mlps)} layers, {tile}-token tiles)"
 
 
 def revert_tiled_mlp(model: nn.Module) -> int:
     """Give every tiled MLP of ``model`` its own forward back; returns how many were reverted."""
-    n = 0
-    for m in mlp_modules(model):
-        if _ATTR in m.__dict__:
-            del m.__dict__[_ATTR]
-            m.__dict__.pop("forward", None)
-            n += 1
-    return n
+    return revert_forward(mlp_modules(model), _ATTR)
 
 
 def tiled_mlp_tile(model: nn.Module) -> int | None:
