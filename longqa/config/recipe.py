@@ -178,12 +178,15 @@ class KernelsConfig(_Strict):
         return data
 
 
+CPU_RETURN_FREED_FROM = 4096  # tokens: below, glibc's heap reuse is faster and its overhead small
+
+
 class MemoryConfig(_Strict):
     offload_activations: bool = Field(False, description="checkpoint inputs to pinned CPU (GPU)")
     cpu_return_freed: bool | Literal["auto"] = Field(
         "auto",
         description="CPU: freed blocks go back to the OS (lower RSS, more page faults); auto = "
-        "from CPU_RETURN_FREED_FROM tokens on",
+        f"from {CPU_RETURN_FREED_FROM:,} tokens on",
     )
 
 
@@ -293,9 +296,6 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> N
             node[index] = value
         else:
             node = node[index]
-
-
-CPU_RETURN_FREED_FROM = 4096  # tokens: below, glibc's heap reuse is faster and its overhead small
 
 
 def returns_freed_memory(recipe: Recipe) -> bool:
