@@ -207,3 +207,101 @@ def test_recipe_switch_validates():
     assert r.kernels.tiled_mlp and r.kernels.tiled_mlp_tile == 512
     with pytest.raises(LongqaError, match="tiled_mlp_tile"):
         load_recipe("smollm2-135m-yarn16k", ["kernels.tiled_mlp_tile=-3"])
+
+
+NORMS = ["input_layernorm", "post_attention_layernorm", "norm"]
+
+
+@pytest.mark.parametrize(
+    ("trained_norms", "lean", "checkpointing"),
+    [(True, False, True), (True, True, True), (False, True, False), (True, False, False)],
+)
+def test_norm_inside_tiles_matches_unpatched_loss_and_grads(trained_norms, lean, checkpointing):
+    """``kernels.tiled_mlp_norm``: the post-attention norm computed tile by tile inside the MLP
+    gives the unpatched model's loss and every trainable gradient (LoRA and the norms' weights)."""
+    from transformers import LlamaForCausalLM
+
+    ids = torch.randint(0, 128, (1, 45), generator=torch.Generator().manual_seed(3))
+    targets = ["q_proj", "v_proj", *LORA_MLP]
+
+    def run(fused: bool):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(tiny_llama_config(attn_implementation="eager")).double()
+        for name, p in model.named_parameters():  # norms away from 1 so their gradient matters
+            if "norm" in name:
+                torch.nn.init.uniform_(p, 0.5, 1.5)
+        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=targets,
+                         modules_to_save=NORMS if trained_norms else None)  # fmt: skip
+        with peft_wrapping():
+            model = get_peft_model(model, cfg)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+        base = model.get_base_model()
+        if checkpointing:
+            base.activation_checkpointing_enable({"use_reentrant": False})
+            base.enable_input_require_grads()
+        model.train()
+        kernels = KernelsConfig(chunked_ce=False, tiled_mlp=True, tiled_mlp_tile=7,
+                                tiled_mlp_norm=fused, lean_rmsnorm=lean)  # fmt: skip
+        notes = apply_kernels(base, kernels, MemoryConfig())
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return loss.detach(), grads, base, notes
+
+    ref_loss, ref_grads, _, _ = run(False)
+    loss, grads, base, notes = run(True)
+    assert notes[-1] == "tiled MLP on (2 layers, 7-token tiles, post-attention norm inside)"
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+    assert grads.keys() == ref_grads.keys()
+    assert sum("post_attention_layernorm" in n for n in grads) == (2 if trained_norms else 0)
+    for name, want in ref_grads.items():
+        assert want.abs().sum() > 0, name
+        torch.testing.assert_close(grads[name], want, rtol=1e-9, atol=1e-12, msg=name)
+    layers = base.model.layers
+    assert all(type(m).__name__ == "LlamaDecoderLayer" for m in layers)
+    state = {k for k in base.state_dict() if "_longqa" in k}
+    assert not state  # the norm reference is not a submodule: checkpoints are unchanged
+    revert_kernels(base)
+    for layer in layers:
+        for m in layer.modules():
+            assert not any(k.startswith("_longqa") or k == "forward" for k in m.__dict__), m
+
+
+def test_norm_inside_tiles_stacks_on_lean_rmsnorm_and_reverts_in_order():
+    from transformers import LlamaForCausalLM
+
+    from longqa.patch.rmsnorm import apply_lean_rmsnorm, revert_lean_rmsnorm
+    from longqa.patch.tiled_mlp import norm_in_tiled_mlp
+
+    model = LlamaForCausalLM(tiny_llama_config())
+    norm = model.model.layers[0].post_attention_layernorm
+    x = torch.randn(1, 5, 64)
+    apply_lean_rmsnorm(model)
+    lean_forward = norm.forward
+    assert apply_tiled_mlp(model, 4, with_norm=True).endswith("post-attention norm inside)")
+    assert norm_in_tiled_mlp(model)
+    assert norm(x) is x  # passes through: the MLP applies it
+    revert_tiled_mlp(model)
+    assert not norm_in_tiled_mlp(model)
+    assert norm.forward == lean_forward  # the lean forward is back
+    revert_lean_rmsnorm(model)
+    assert "forward" not in norm.__dict__
+
+
+def test_norm_inside_tiles_needs_tiles_and_a_norm_per_mlp():
+    with pytest.raises(LongqaError, match="tiled_mlp_norm"):
+        load_recipe("smollm2-135m-yarn16k", ["kernels.tiled_mlp_norm=true"])
+    r = load_recipe(
+        "smollm2-135m-yarn16k", ["kernels.tiled_mlp=true", "kernels.tiled_mlp_norm=true"]
+    )
+    assert r.kernels.tiled_mlp_norm
+
+    class MLP(torch.nn.Module):  # a gated MLP with no decoder layer around it
+        def __init__(self):
+            super().__init__()
+            self.gate_proj = self.up_proj = self.down_proj = torch.nn.Linear(2, 2)
+
+    with pytest.raises(LongqaError, match="1 gated MLPs but 0 decoder layers"):
+        apply_tiled_mlp(MLP(), 2, with_norm=True)

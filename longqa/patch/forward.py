@@ -5,10 +5,14 @@ Usage::
     from longqa.patch.forward import patch_forward, revert_forward
     patch_forward(modules, "_longqa_tiled_mlp", tile, _tiled_forward)  # marker value, new forward
     revert_forward(modules, "_longqa_tiled_mlp")                        # -> how many reverted
+    underlying_forward(module, "_longqa_tiled_mlp")   # the forward beneath that patch
 
 Each module gets a marker attribute (read by the new forward, e.g. the tile size) and an
 instance ``forward`` bound to it; the class and library source are untouched, so reverting deletes
-the two instance attributes and the class's own ``forward`` shows through again.
+the two instance attributes and the class's own ``forward`` shows through again. A module that
+already carries another patch's instance ``forward`` gets it back on revert, so patches stack when
+they are reverted in the reverse order of application (as :func:`longqa.patch.kernels.revert_kernels`
+does).
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ def patch_forward(
     """Set ``attr = value`` and bind ``forward`` on every module; returns how many."""
     n = 0
     for m in modules:
-        setattr(m, attr, value)
+        if "forward" in m.__dict__:  # another patch's forward: restored by revert_forward
+            m.__dict__[attr + "_previous"] = m.__dict__["forward"]
+        m.__dict__[attr] = value  # never registered as a submodule, whatever the value is
         m.forward = types.MethodType(forward, m)
         n += 1
     return n
@@ -38,6 +44,17 @@ def revert_forward(modules: Iterable[nn.Module], attr: str) -> int:
     for m in modules:
         if attr in m.__dict__:
             del m.__dict__[attr]
-            m.__dict__.pop("forward", None)
+            previous = m.__dict__.pop(attr + "_previous", None)
+            if previous is not None:
+                m.forward = previous
+            else:
+                m.__dict__.pop("forward", None)
             n += 1
     return n
+
+
+def underlying_forward(module: nn.Module, attr: str) -> Callable[..., Any]:
+    """The forward beneath the patch ``attr`` of ``module``: the previous patch's, else the
+    class's own (bound to ``module``)."""
+    previous = module.__dict__.get(attr + "_previous")
+    return previous if previous is not None else type(module).forward.__get__(module)
