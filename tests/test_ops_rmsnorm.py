@@ -99,3 +99,54 @@ def test_patch_on_a_lora_model_is_exact_and_reverts():
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-6, msg=k)
     assert revert_lean_rmsnorm(model) == 10
     assert not any("forward" in m.__dict__ for m in model.modules() if type(m) in rmsnorm_classes())
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 37])
+def test_backward_over_token_chunks_gives_the_whole_sequence_gradients(tokens, monkeypatch):
+    """The backward runs BACKWARD_CHUNK tokens at a time: with chunks of 3 (uneven last one) the
+    input's gradient is bitwise the one-piece backward's, the weight's differs only by the order
+    of its sum, and both stay transformers' norm gradients."""
+    import longqa.ops.rmsnorm as ops
+
+    cls = rmsnorm_classes()[0]
+    torch.manual_seed(1)
+    norm = cls(24, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x, g = torch.randn(2, tokens, 24), torch.randn(2, tokens, 24)
+    _, dx_hf, dw_hf = _grads(norm, x, g, lean=False)
+    _, dx0, dw0 = _grads(norm, x, g, lean=True)  # one piece (BACKWARD_CHUNK > 2 × 37 tokens)
+    monkeypatch.setattr(ops, "BACKWARD_CHUNK", 3)
+    _, dx1, dw1 = _grads(norm, x, g, lean=True)
+    torch.testing.assert_close(dx1, dx0, rtol=0, atol=0)
+    torch.testing.assert_close(dw1, dw0, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dx1, dx_hf, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dw1, dw_hf, rtol=1e-5, atol=1e-5)
+
+
+def test_out_dtype_is_the_norm_then_a_cast_with_the_cast_gradient(monkeypatch):
+    """``out_dtype`` (bf16 residual): output and gradients equal ``norm(x).to(bf16)`` run by
+    autograd for a bf16 input and an fp32 weight; the incoming gradient is bf16."""
+    import longqa.ops.rmsnorm as ops
+
+    monkeypatch.setattr(ops, "BACKWARD_CHUNK", 5)
+    torch.manual_seed(2)
+    norm = rmsnorm_classes()[0](48, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = (torch.randn(2, 23, 48) * 3).to(torch.bfloat16)
+    g = torch.randn(2, 23, 48).to(torch.bfloat16)
+    x0 = x.clone().requires_grad_(True)
+    y0 = norm(x0).to(torch.bfloat16)
+    assert norm(x0).dtype == torch.float32  # why the cast is needed: fp32 weight · bf16 values
+    y0.backward(g)
+    dw0, norm.weight.grad = norm.weight.grad.clone(), None
+    x1 = x.clone().requires_grad_(True)
+    y1 = lean_rms_norm(x1, norm.weight, norm.variance_epsilon, out_dtype=torch.bfloat16)
+    assert y1.dtype == torch.bfloat16
+    torch.testing.assert_close(y1, y0.detach(), rtol=0, atol=0)
+    y1.backward(g)
+    torch.testing.assert_close(x1.grad, x0.grad, rtol=8e-3, atol=1e-3)  # one bf16 rounding apart
+    torch.testing.assert_close(norm.weight.grad, dw0, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the no-grad path casts too
+        assert lean_rms_norm(x, norm.weight, 1e-6, out_dtype=torch.bfloat16).dtype == torch.bfloat16
