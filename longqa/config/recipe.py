@@ -163,6 +163,11 @@ class KernelsConfig(_Strict):
     )
     tiled_mlp: bool = Field(False, description="MLP over sequence tiles (ALST): O(tile) memory")
     tiled_mlp_tile: int = Field(0, ge=0, description="tokens per MLP tile; 0 = the hidden size")
+    tiled_mlp_norm: bool = Field(
+        False,
+        description="the post-attention RMSNorm runs inside the tiled MLP's tiles (exact; needs "
+        "tiled_mlp)",
+    )
     lean_rmsnorm: bool = Field(
         False, description="RMSNorm saves x and 1/rms, not fp32 normalised values (exact)"
     )
@@ -177,12 +182,25 @@ class KernelsConfig(_Strict):
             data["chunked_ce"] = data.pop("fused_ce")
         return data
 
+    @model_validator(mode="after")
+    def _norm_needs_tiles(self) -> KernelsConfig:
+        if self.tiled_mlp_norm and not self.tiled_mlp:
+            raise ValueError(
+                "tiled_mlp_norm: true needs tiled_mlp: true (the norm runs in its tiles)"
+            )
+        return self
+
 
 CPU_RETURN_FREED_FROM = 4096  # tokens: below, glibc's heap reuse is faster and its overhead small
 
 
 class MemoryConfig(_Strict):
     offload_activations: bool = Field(False, description="checkpoint inputs to pinned CPU (GPU)")
+    bf16_residual: bool = Field(
+        False,
+        description="QLoRA in bf16: keep the residual stream in bf16 (frozen embedding and norm "
+        "outputs), not peft's fp32 upcast; halves activations, changes rounding",
+    )
     cpu_return_freed: bool | Literal["auto"] = Field(
         "auto",
         description="CPU: freed blocks go back to the OS (lower RSS, more page faults); auto = "

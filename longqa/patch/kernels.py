@@ -17,9 +17,12 @@ Usage::
 * ``kernels.chunked_ce`` is not a patch: it selects the chunked path of the training loss,
   :func:`longqa.ops.causal_lm.causal_lm_loss`.
 * ``kernels.tiled_mlp``: :func:`longqa.patch.tiled_mlp.apply_tiled_mlp` runs every gated MLP over
-  sequence tiles of ``kernels.tiled_mlp_tile`` tokens (CPU and GPU).
+  sequence tiles of ``kernels.tiled_mlp_tile`` tokens (CPU and GPU); ``kernels.tiled_mlp_norm`` moves
+  each layer's post-attention RMSNorm into those tiles.
 * ``kernels.lean_rmsnorm``: :func:`longqa.patch.rmsnorm.apply_lean_rmsnorm` makes every family
   RMSNorm save its input and ``1/rms`` instead of the fp32 normalised values (CPU and GPU, exact).
+* ``memory.bf16_residual``: :func:`longqa.patch.residual.apply_bf16_residual` keeps a QLoRA
+  model's residual stream in the bf16 compute dtype (frozen embeddings, norm outputs).
 * ``memory.offload_activations``: :class:`longqa.ops.offload.ActivationOffloader` on every
   gradient-checkpointed decoder layer (CUDA only).
 """
@@ -37,6 +40,7 @@ from longqa.config.recipe import KernelsConfig, MemoryConfig
 from longqa.core.errors import LongqaError
 from longqa.ops.offload import ActivationOffloader
 from longqa.patch.families import family_class_of, fused_rope_families
+from longqa.patch.residual import apply_bf16_residual, revert_bf16_residual
 from longqa.patch.rmsnorm import apply_lean_rmsnorm, revert_lean_rmsnorm
 from longqa.patch.tiled_mlp import apply_tiled_mlp, revert_tiled_mlp
 
@@ -147,11 +151,13 @@ def apply_kernels(
     *,
     force_triton: bool = False,
     offloader: ActivationOffloader | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> list[str]:
     """Turn on what ``kernels`` / ``memory`` ask for; returns one note per feature considered.
 
     GPU-only features are skipped on a CPU model with a note. ``force_triton`` installs fused RoPE
-    on CPU too (for ``TRITON_INTERPRET=1``); ``offloader`` replaces the default offloader.
+    on CPU too (for ``TRITON_INTERPRET=1``); ``offloader`` replaces the default offloader;
+    ``compute_dtype`` is the training's mixed-precision dtype (``memory.bf16_residual`` needs bf16).
     """
     revert_kernels(model)
     device = _model_device(model)
@@ -163,10 +169,15 @@ def apply_kernels(
             notes.append(_install_rope(model, state))
         else:
             notes.append(f"fused RoPE skipped: needs CUDA (model is on {device.type})")
-    if kernels.tiled_mlp:
-        notes.append(apply_tiled_mlp(model, kernels.tiled_mlp_tile))
+    # norm patches stack, reverted in the reverse order: lean, bf16 output, tiled pass-through
     if kernels.lean_rmsnorm:
         notes.append(apply_lean_rmsnorm(model))
+    if memory.bf16_residual:
+        notes.append(apply_bf16_residual(model, compute_dtype or torch.float32))
+    if kernels.tiled_mlp:
+        notes.append(
+            apply_tiled_mlp(model, kernels.tiled_mlp_tile, with_norm=kernels.tiled_mlp_norm)
+        )
     if memory.offload_activations:
         off = offloader or ActivationOffloader()
         if not (on_cuda or off.simulate):
@@ -190,7 +201,8 @@ def revert_kernels(model: nn.Module) -> None:
     if not state:
         return
     _uninstall_rope(state)
-    revert_tiled_mlp(model)
+    revert_tiled_mlp(model)  # the reverse order of apply_kernels
+    revert_bf16_residual(model)
     revert_lean_rmsnorm(model)
     if state.get("offloader") is not None:
         ActivationOffloader.uninstall(model)

@@ -147,17 +147,24 @@ def build_trainable_model(
         f"{' + norms' if recipe.lora.trainable_norms else ''}: {trainable:,} trainable of {total:,}"
     )
     notes.append(f"gradient checkpointing: {'on' if gc else 'off'}")
-    notes.extend(_apply_kernels(model, recipe))
+    notes.extend(_apply_kernels(model, recipe, rt.dtype))
     model.train()
     return model, notes
 
 
-def _apply_kernels(model: Any, recipe: Recipe) -> list[str]:
+def _apply_kernels(model: Any, recipe: Recipe, compute_dtype: str) -> list[str]:
     """Fused RoPE / activation offloading per recipe; ``kernels.chunked_ce`` picks the loss path."""
+    import torch
+
     from longqa.ops.causal_lm import unwrap_causal_lm
     from longqa.patch.kernels import apply_kernels
 
-    notes = apply_kernels(unwrap_causal_lm(model), recipe.kernels, recipe.memory)
+    notes = apply_kernels(
+        unwrap_causal_lm(model),
+        recipe.kernels,
+        recipe.memory,
+        compute_dtype=getattr(torch, compute_dtype),
+    )
     ce = "chunked" if recipe.kernels.chunked_ce else "full logits"
     notes.append(f"loss: {ce} cross-entropy (chunk {recipe.train.loss_chunk_size} tokens)")
     return notes
