@@ -19,6 +19,7 @@ from longqa.train.plan import (
     TILED_MLP_EXTRA,
     ModelShape,
     estimate_bytes,
+    forward_bytes_per_token,
     layer_bytes_per_token,
     loss_bytes,
     mlp_bytes_per_token,
@@ -75,7 +76,62 @@ def test_layer_and_mlp_items_match_the_measured_layer(bench):
     saved = layer - sum(layer_bytes_per_token(lean_recipe, SHAPE).values())
     assert saved == 2 * 4 * 64  # two trained norms' fp32 normalised values
     assert tiled - lean == pytest.approx(saved, rel=TOLERANCE)
+    # kernels.tiled_mlp_norm: the post-attention norm inside the tiles (with lean RMSNorm). The
+    # backward loses two [T, H] fp32 tensors; the recompute's attention forward is then the peak
     revert_tiled_mlp(model)
+    apply_tiled_mlp(model, 32, with_norm=True)
+    fused_recipe = load_recipe(
+        "llama3-8b-abf128k", ["kernels.lean_rmsnorm=true", "kernels.tiled_mlp_norm=true"]
+    )
+    lean_planned = sum(layer_bytes_per_token(lean_recipe, SHAPE).values())
+    planned = sum(layer_bytes_per_token(fused_recipe, SHAPE).values())
+    assert lean_planned - planned == 2 * 4 * 64  # the MLP's saved norm output, one fp32 gradient
+    forward = sum(forward_bytes_per_token(fused_recipe, SHAPE).values())
+    assert forward > planned
+    assert _slope(bench, model, (512, 1024)) == pytest.approx(forward, rel=TOLERANCE)
+    revert_tiled_mlp(model)
+
+
+def _bf16_residual_model(bench, monkeypatch):
+    import torch
+
+    import longqa.ops.rmsnorm as rmsnorm
+    from longqa.patch.residual import apply_bf16_residual
+
+    # norms run over 64-token pieces: at these lengths as at 500K tokens with 2,048-token pieces
+    monkeypatch.setattr(rmsnorm, "BACKWARD_CHUNK", 64)
+    recipe = load_recipe(
+        "llama3-8b-abf128k", ["kernels.tiled_mlp=false", "kernels.lean_rmsnorm=false"]
+    )
+    model = bench.build_layer_model(recipe, DIMS)
+    assert apply_bf16_residual(model, torch.bfloat16).startswith("bfloat16 residual stream on")
+    base = model.get_base_model()
+    assert base.model.embed_tokens.weight.dtype == torch.bfloat16  # the measured input's dtype
+    return model
+
+
+def test_bf16_residual_layer_matches_its_planned_items(bench, monkeypatch):
+    """``memory.bf16_residual``: the layer's backward peak as the planner itemises it (bf16
+    gradients, stored input and projections; no autocast copies; norms lean)."""
+    from longqa.patch.tiled_mlp import apply_tiled_mlp
+
+    model = _bf16_residual_model(bench, monkeypatch)
+    apply_tiled_mlp(model, 32)
+    recipe = load_recipe("llama3-8b-abf128k", ["memory.bf16_residual=true"])
+    planned = sum(layer_bytes_per_token(recipe, SHAPE).values())
+    assert planned < sum(forward_bytes_per_token(recipe, SHAPE).values())  # the peak, later on
+    assert _slope(bench, model, (256, 512)) == pytest.approx(planned, rel=TOLERANCE)
+
+
+@pytest.mark.slow
+def test_bf16_residual_with_the_norm_in_tiles_peaks_in_the_planned_forward(bench, monkeypatch):
+    from longqa.patch.tiled_mlp import apply_tiled_mlp
+
+    model = _bf16_residual_model(bench, monkeypatch)
+    apply_tiled_mlp(model, 32, with_norm=True)
+    sets = ["memory.bf16_residual=true", "kernels.tiled_mlp_norm=true"]
+    forward = sum(forward_bytes_per_token(load_recipe("llama3-8b-abf128k", sets), SHAPE).values())
+    assert _slope(bench, model, (1024, 2048)) == pytest.approx(forward, rel=TOLERANCE)
 
 
 @pytest.mark.slow

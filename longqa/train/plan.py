@@ -10,20 +10,25 @@ The estimate (bytes) adds, for one micro-batch of ``B × T`` tokens:
 
 * 4-bit weights: 0.5 B/param for every decoder linear layer plus NF4 constants (an fp32 absmax per
   64 weights, or ~1/64 B with double quantization), QLoRA https://arxiv.org/abs/2305.14314; the
-  embedding and LM head stay unquantized (fp32 after ``prepare_model_for_kbit_training``).
+  embedding and LM head stay unquantized (fp32 after ``prepare_model_for_kbit_training``; bf16
+  again with ``memory.bf16_residual``).
 * LoRA + optimizer: trainable params in fp32, their gradients, and Adam moments (8 B/param, or
   2 B/param for 8-bit optimizers); norms trained alongside.
 * checkpointed activations: each layer's input ``B·T·H`` kept per layer (on CPU when activation
-  offloading is on: two layers' inputs stay in flight), in the residual stream's dtype: fp32 for a 4-bit model,
-  whose embedding ``prepare_model_for_kbit_training`` upcasts (:func:`residual_bytes`).
-* one layer's recompute + backward peak, *measured* (``benchmarks/bench_layer_memory.py``, results
+  offloading is on: two layers' inputs stay in flight), in the residual stream's dtype: fp32 for a
+  4-bit model, whose embedding ``prepare_model_for_kbit_training`` upcasts, unless
+  ``memory.bf16_residual`` (:func:`residual_bytes`).
+* one layer's recompute + backward peak, *measured* (the terms: :mod:`longqa.train.plan_terms`) (``benchmarks/bench_layer_memory.py``, results
   in ``benchmarks/results/layer_memory.md``) and itemised per token by :func:`layer_bytes_per_token`
   (boundary gradients, norms' fp32 values, LoRA inputs and dropout masks, SDPA's q/k/v/output,
   rotary tables: ≈ 20.7 × ``H·2`` bytes a token for Llama-3-8B, not counting the MLP) and
   :func:`mlp_bytes_per_token` (gate, up, act, product in fp32, LoRA inputs). With
   ``kernels.tiled_mlp`` the MLP's items exist for one tile of tokens (ALST,
   https://arxiv.org/abs/2506.13996); the tile defaults to ``H`` tokens. ``kernels.lean_rmsnorm``
-  removes the trained norms' fp32 normalised values.
+  removes the trained norms' fp32 normalised values; the recompute's attention forward
+  (:func:`forward_bytes_per_token`) counts where it exceeds that; ``kernels.tiled_mlp_norm`` moves the
+  post-attention norm into the MLP's tiles (its output, the MLP's saved input and one fp32 gradient
+  go from the layer's items to the tile's).
 * attention: flash/SDPA kernels keep O(T) state (in the layer's items); eager attention holds
   ``B·heads·T²`` scores+probs.
 * loss (:func:`loss_bytes`): chunked cross-entropy holds ``chunk × V`` fp32 logits and their
@@ -46,6 +51,32 @@ from typing import Any
 from longqa.config.recipe import Recipe, recipe_max_length
 from longqa.core.errors import LongqaError
 from longqa.ops.causal_lm import loss_chunk_from_memory
+from longqa.train.plan_terms import (
+    NORM_FP32_BYTES,
+    TILED_MLP_EXTRA,
+    ModelShape,
+    forward_bytes_per_token,
+    layer_bytes_per_token,
+    lean_norms_by_residual,
+    mlp_bytes_per_token,
+    norm_in_tiles,
+    residual_bytes,
+)
+
+__all__ = [
+    "TILED_MLP_EXTRA",
+    "MemoryPlan",
+    "ModelShape",
+    "estimate_bytes",
+    "forward_bytes_per_token",
+    "layer_bytes_per_token",
+    "loss_bytes",
+    "mlp_bytes_per_token",
+    "model_shape",
+    "plan_memory",
+    "render_plan",
+    "residual_bytes",
+]
 
 GB = 2**30
 
@@ -61,32 +92,6 @@ KNOWN_SHAPES: dict[str, dict[str, Any]] = {
         hidden=576, layers=30, heads=9, kv_heads=3, inter=1536, vocab=49152, tied=True
     ),
 }
-
-
-@dataclass
-class ModelShape:
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    inter: int
-    vocab: int
-    head_dim: int = 0
-    tied: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.head_dim:
-            self.head_dim = self.hidden // self.heads
-
-    def linear_shapes(self) -> list[tuple[int, int]]:
-        """(in, out) of every LoRA-able linear layer in one decoder layer."""
-        h, q, kv, i = (
-            self.hidden,
-            self.heads * self.head_dim,
-            self.kv_heads * self.head_dim,
-            self.inter,
-        )
-        return [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
 
 
 @dataclass
@@ -158,67 +163,6 @@ def loss_chunk_size(recipe: Recipe, vocab: int) -> int:
     return recipe.train.loss_chunk_size or loss_chunk_from_memory(vocab)
 
 
-def residual_bytes(recipe: Recipe) -> int:
-    """Bytes per value of the residual stream (the layers' inputs and their gradients).
-
-    ``prepare_model_for_kbit_training`` (4-bit models) casts everything it does not quantise to
-    fp32, the embedding included, so a QLoRA model's hidden states are fp32 between layers;
-    otherwise they are in the model's dtype."""
-    if recipe.model.quantization == "nf4" or recipe.model.dtype == "float32":
-        return 4
-    return 2
-
-
-# What one checkpointed decoder layer holds, per token, at the peak of its recompute + backward,
-# beyond its stored input. Measured on one Llama-3-8B layer prepared as build_trainable_model
-# prepares it (NF4 linears, which return their input's dtype; fp32 norms and residual; fp32 LoRA
-# under bf16 autocast; SDPA; fused RoPE) by
-#   python benchmarks/bench_layer_memory.py --tokens 256 512 1024 --tile 128
-# (benchmarks/results/layer_memory.md lists the storages alive at the peak; the items below are
-# those storages, tests/test_train_plan_measured.py re-measures a small layer against them).
-LORA_INPUT_BYTES = 2  # each adapted linear's own bf16 copy of its input for lora_A (autocast)
-DROPOUT_MASK_BYTES = 1  # LoRA dropout's bool mask per input value (CUDA's native_dropout)
-NORM_FP32_BYTES = 4  # a trained RMSNorm saves its fp32 normalised values (not with lean_rmsnorm)
-# a tile's backward gradients beyond its intermediates: 13.57 × I·2 per tile token against 12.57
-# for the items, at the small shape of tests/test_train_plan_measured.py (not yet at Llama-3-8B's)
-TILED_MLP_EXTRA = 0.1
-
-
-def layer_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dict[str, float]:
-    """Bytes per token of one layer's recompute + backward peak, beyond its stored input and
-    apart from the MLP's intermediates (:func:`mlp_bytes_per_token`), itemised."""
-    h, d = shape.hidden, shape.head_dim
-    q, kv = shape.heads * d, shape.kv_heads * d
-    r = residual_bytes(recipe)
-    drop = DROPOUT_MASK_BYTES if recipe.lora.dropout > 0 else 0
-    norms = recipe.lora.trainable_norms and not recipe.kernels.lean_rmsnorm
-    return {
-        "gradients: layer output, MLP input, residual sum": 3 * r * h,
-        "MLP input (post-attention norm output)": r * h,
-        "trained RMSNorms' fp32 normalised values": 2 * NORM_FP32_BYTES * h if norms else 0,
-        "LoRA inputs of q, k, v, o (+ dropout masks)": (LORA_INPUT_BYTES + drop) * (3 * h + q),
-        "attention: bf16 q, k, v, output; log-sum-exp": 2 * (q + 2 * kv) + 2 * q + 4 * shape.heads,
-        "rotary cos/sin": 2 * d * r,
-        "LoRA A outputs of q, k, v, o (bf16, rank r)": 4 * 2 * recipe.lora.r,
-        "norms' 1/rms, position ids": 2 * 4 + 8,
-    }
-
-
-def mlp_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dict[str, float]:
-    """Bytes per token of the gated MLP's intermediates at the layer's peak (untiled), itemised."""
-    h, i = shape.hidden, shape.inter
-    r = residual_bytes(recipe)  # a 4-bit linear returns its input's dtype: fp32 under QLoRA
-    drop = DROPOUT_MASK_BYTES if recipe.lora.dropout > 0 else 0
-    return {
-        "gate, up, act(gate), act(gate)·up": 4 * r * i,
-        "down_proj LoRA input (dropout output, mask, bf16 copy)": (r + drop + LORA_INPUT_BYTES) * i
-        if drop
-        else LORA_INPUT_BYTES * i,
-        "gate/up LoRA inputs (+ dropout masks)": 2 * (LORA_INPUT_BYTES + drop) * h,
-        "LoRA A outputs of gate, up, down (bf16, rank r)": 3 * 2 * recipe.lora.r,
-    }
-
-
 def estimate_bytes(
     recipe: Recipe, shape: ModelShape, seq_len: int, *, on_gpu: bool = True
 ) -> dict[str, float]:
@@ -234,7 +178,7 @@ def estimate_bytes(
         weights = lin_params * (0.5 + const)
     else:
         weights = lin_params * act
-    emb = shape.vocab * shape.hidden * (1 if shape.tied else 2) * 4
+    emb = shape.vocab * shape.hidden * (1 if shape.tied else 2) * (4 if res == 4 else act)
     lora = shape.layers * sum(lc.r * (i + o) for i, o in per_layer)
     if lc.trainable_norms:
         lora += (2 * shape.layers + 1) * shape.hidden
@@ -250,6 +194,9 @@ def estimate_bytes(
         stored = 2 * tokens * shape.hidden * res  # two layers in flight on the GPU
     if not tc.gradient_checkpointing:  # every layer keeps what one recompute would hold
         stored = shape.layers * (tokens * shape.hidden * res + layer + mlp)
+    # the recompute's attention forward peaks apart from the backward: only its excess counts
+    forward = tokens * sum(forward_bytes_per_token(recipe, shape).values())
+    forward_excess = max(0.0, forward - layer - mlp) if tc.gradient_checkpointing else 0.0
     if recipe.model.attn_implementation == "eager":
         attn = 2 * tc.micro_batch_size * shape.heads * seq_len * seq_len * act
     else:
@@ -261,11 +208,12 @@ def estimate_bytes(
         "checkpointed activations": stored,
         "layer recompute": layer,
         "MLP recompute (tiled)" if recipe.kernels.tiled_mlp else "MLP recompute": mlp,
+        "recompute's attention forward, beyond": forward_excess,
         "attention": attn,
         # the loss runs after the last layer's forward and is freed before its recompute: the
         # step's peak holds one of the two, so only the loss's excess over the layer counts
         "loss, beyond the layer peak": max(
-            0.0, loss_bytes(recipe, shape, tokens) - layer - mlp - attn
+            0.0, loss_bytes(recipe, shape, tokens) - layer - mlp - forward_excess - attn
         ),
     }
     subtotal = sum(items.values())
@@ -279,7 +227,8 @@ def loss_bytes(recipe: Recipe, shape: ModelShape, tokens: int) -> float:
     (in the residual dtype, as the final norm's output), and the logits of one chunk (or all)."""
     h, v = shape.hidden, shape.vocab
     res = residual_bytes(recipe)
-    norm = NORM_FP32_BYTES if recipe.lora.trainable_norms and not recipe.kernels.lean_rmsnorm else 0
+    lean = recipe.kernels.lean_rmsnorm or lean_norms_by_residual(recipe)
+    norm = NORM_FP32_BYTES if recipe.lora.trainable_norms and not lean else 0
     held = tokens * h * (res + norm + 2 * res)
     if recipe.kernels.chunked_ce:
         chunk = min(loss_chunk_size(recipe, v), tokens)
@@ -309,6 +258,8 @@ def plan_memory(recipe: Recipe, gpu_mem_gb: float = 80.0, seq_len: int | None = 
     if recipe.kernels.tiled_mlp:
         tile = recipe.kernels.tiled_mlp_tile or shape.hidden
         plan.notes.append(f"tiled MLP: {tile:,}-token tiles")
+    if norm_in_tiles(recipe):
+        plan.notes.append("post-attention RMSNorm inside the MLP's tiles")
     if recipe.kernels.lean_rmsnorm:
         plan.notes.append("lean RMSNorm: norms save their input and 1/rms, not fp32 values")
     loss = loss_bytes(recipe, shape, recipe.train.micro_batch_size * length)
