@@ -134,7 +134,7 @@ def worker(variant: str, length: int, quant: str, steps: int, out_dir: str, thre
 
         kw = {}
         if quant == "nf4":
-            from longqa.models.loading import nf4_config
+            from longqa.models.load import nf4_config
 
             kw["quantization_config"] = nf4_config(recipe.model.double_quant)
         model = AutoModelForCausalLM.from_pretrained(
@@ -143,7 +143,12 @@ def worker(variant: str, length: int, quant: str, steps: int, out_dir: str, thre
         model = apply_rope_scaling(model, recipe.rope)
         model.config.use_cache = False
         if quant == "nf4":
+            import bitsandbytes as bnb
             from peft import prepare_model_for_kbit_training
+
+            for m in model.modules():  # float32 compute, as longqa's CPU runtime sets it
+                if isinstance(m, bnb.nn.Linear4bit):
+                    m.compute_dtype, m.compute_type_is_set = torch.float32, True
 
             model = prepare_model_for_kbit_training(
                 model, gradient_checkpointing_kwargs={"use_reentrant": False}
