@@ -253,7 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         elif stage == "longest":
             start, res, cap = (16, 16, 64) if a.dry_run else (lengths[0], 8192, 1 << 20)
             run_longest_stage(
-                env, out, models, ["longqa all", "transformers+peft"], start, res, cap
+                env,
+                out,
+                models,
+                ["longqa all + bf16 residual", "longqa all", "transformers+peft"],
+                start,
+                res,
+                cap,
             )
     if a.stage == "all":
         print(stage_report(out, []))

@@ -40,7 +40,25 @@ SHAPES = {  # public configs; weights random
 }  # fmt: skip
 VARIANTS: dict[str, dict[str, bool]] = {  # longqa switches; "hf"/"liger" use the model's loss
     "transformers+peft": {"hf": True},
-    "longqa all": {"ce": True, "rope": True, "offload": True, "tiled": True, "auto_chunk": True},
+    "longqa all": {
+        "ce": True,
+        "rope": True,
+        "offload": True,
+        "tiled": True,
+        "auto_chunk": True,
+        "lean": True,
+        "norm": True,
+    },
+    "longqa all + bf16 residual": {
+        "ce": True,
+        "rope": True,
+        "offload": True,
+        "tiled": True,
+        "auto_chunk": True,
+        "lean": True,
+        "norm": True,
+        "bf16": True,
+    },
     "transformers+Liger": {"liger": True},
     "longqa fused CE": {"ce": True},
     "longqa tiled MLP": {"tiled": True},
@@ -104,11 +122,14 @@ def build_model(env: Env, name: str) -> Any:
     model.config.use_cache = False
     model.activation_checkpointing_enable({"use_reentrant": False})
     model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS))
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1, target_modules=LORA_TARGETS)
+    model = get_peft_model(model, lora)  # the recipes' rank and dropout (the planner's terms)
     return model.train()
 
 
 def apply_variant(env: Env, model: Any, name: str, variant: str) -> list[str]:
+    import torch
+
     from longqa.config.recipe import KernelsConfig, MemoryConfig
     from longqa.ops.offload import ActivationOffloader
     from longqa.patch.kernels import apply_kernels
@@ -129,10 +150,14 @@ def apply_variant(env: Env, model: Any, name: str, variant: str) -> list[str]:
     kernels = KernelsConfig(
         rope=flags.get("rope", False), chunked_ce=flags.get("ce", False),
         tiled_mlp=flags.get("tiled", False), tiled_mlp_tile=8 if env.dry_run else 0,
+        tiled_mlp_norm=flags.get("norm", False), lean_rmsnorm=flags.get("lean", False),
     )  # fmt: skip
     offloader = ActivationOffloader(simulate=env.dry_run, min_bytes=0 if env.dry_run else 1 << 20)
-    memory = MemoryConfig(offload_activations=flags.get("offload", False))
-    return apply_kernels(base, kernels, memory, force_triton=env.dry_run, offloader=offloader)
+    memory = MemoryConfig(offload_activations=flags.get("offload", False),
+                          bf16_residual=flags.get("bf16", False))  # fmt: skip
+    dtype = torch.float32 if env.dry_run else torch.bfloat16  # the dry run skips bf16 residual
+    return apply_kernels(base, kernels, memory, force_triton=env.dry_run, offloader=offloader,
+                         compute_dtype=dtype)  # fmt: skip
 
 
 def loss_chunk(variant: str, vocab: int) -> int:
@@ -195,26 +220,34 @@ def model_shape(name: str) -> Any:
                       inter=s["intermediate_size"], vocab=s["vocab_size"])  # fmt: skip
 
 
+def plan_overrides(variant: str) -> list[str]:
+    """The recipe settings that make the planner model this variant's benchmark model."""
+    flags = VARIANTS[variant]
+    on = {k: str(bool(flags.get(k))).lower() for k in ("ce", "tiled", "offload", "lean", "norm",
+                                                         "bf16")}  # fmt: skip
+    return [
+        "model.attn_implementation=sdpa", "lora.trainable_norms=false", "lora.dropout=0.1",
+        f"kernels.chunked_ce={on['ce']}", f"kernels.tiled_mlp={on['tiled']}",
+        f"kernels.lean_rmsnorm={on['lean']}", f"kernels.tiled_mlp_norm={on['norm']}",
+        f"memory.offload_activations={on['offload']}", f"memory.bf16_residual={on['bf16']}",
+        f"train.loss_chunk_size={0 if flags.get('auto_chunk') else 4096}",
+    ]  # fmt: skip
+
+
 def planned_gib(name: str, variant: str, seq: int, env: Env) -> float | None:
     """The planner's peak for this cell, without its CUDA-context + slack item (GiB)."""
     from longqa.config.recipe import load_recipe
     from longqa.train.plan import GB, estimate_bytes
 
-    flags = VARIANTS[variant]
-    if flags.get("liger"):
+    if VARIANTS[variant].get("liger"):
         return None
-    s = SHAPES[name]
     overrides = [
         "model.dtype=" + ("float32" if env.dry_run else "bfloat16"),
         "model.quantization=" + ("none" if env.dry_run else "nf4"),
-        "model.attn_implementation=sdpa", "lora.r=16", "lora.trainable_norms=false",
-        "train.micro_batch_size=1", "train.gradient_checkpointing=true",
-        f"kernels.chunked_ce={bool(flags.get('ce'))}".lower(),
-        f"kernels.tiled_mlp={bool(flags.get('tiled'))}".lower(),
-        f"memory.offload_activations={bool(flags.get('offload'))}".lower(),
-        f"train.loss_chunk_size={0 if flags.get('auto_chunk') else 4096}",
+        "lora.r=16", "train.micro_batch_size=1", "train.gradient_checkpointing=true",
+        *plan_overrides(variant),
     ]  # fmt: skip
-    items = estimate_bytes(load_recipe(s["recipe"], overrides), model_shape(name), seq)
+    items = estimate_bytes(load_recipe(SHAPES[name]["recipe"], overrides), model_shape(name), seq)
     items.pop("CUDA context + slack", None)
     return sum(items.values()) / GB
 
@@ -365,17 +398,9 @@ def run_longest_stage(env: Env, out: Path, models: list[str], variants: list[str
             if not env.dry_run:
                 try_step(env, model, variant, start)  # warm-up
             n, why = find_longest(fits, start, resolution, cap)
-            flags = VARIANTS[variant]
             plan_len = None
-            if not flags.get("liger"):
-                overrides = [
-                    "model.attn_implementation=sdpa", "lora.trainable_norms=false",
-                    f"kernels.chunked_ce={bool(flags.get('ce'))}".lower(),
-                    f"kernels.tiled_mlp={bool(flags.get('tiled'))}".lower(),
-                    f"memory.offload_activations={bool(flags.get('offload'))}".lower(),
-                    f"train.loss_chunk_size={0 if flags.get('auto_chunk') else 4096}",
-                ]  # fmt: skip
-                recipe = load_recipe(SHAPES[name]["recipe"], overrides)
+            if not VARIANTS[variant].get("liger"):
+                recipe = load_recipe(SHAPES[name]["recipe"], plan_overrides(variant))
                 plan_len = longest_fitting_length(recipe, model_shape(name), gpu_gb)
             err = f"{100 * (plan_len - n) / n:+.0f}%" if plan_len and why == "OOM bracket" else ""
             rows.append([name, variant, f"{n:,}", why, f"{plan_len:,}" if plan_len else "—", err])

@@ -59,9 +59,11 @@ def test_dry_run_writes_every_stage(tmp_path, gpu_train):
         if variant != "transformers+Liger" or liger:
             assert f"| {variant} | " in train, variant
     assert "failed" not in train and "OOM" not in train and "skipped" not in train
-    assert len((out / "train.jsonl").read_text().splitlines()) == 2 * (6 + bool(liger))
+    runs = len(gpu_train.VARIANTS) - (not liger)
+    assert len((out / "train.jsonl").read_text().splitlines()) == 2 * runs  # two lengths
     longest = (out / "longest.md").read_text()
     assert "| tiny | longqa all | 64 | cap |" in longest  # cap 64 in the dry run
+    assert "| tiny | longqa all + bf16 residual | 64 | cap |" in longest
     report = (out / "gpu_check.md").read_text()
     assert all(s in report for s in ("### Environment", "### RoPE", "### Training step"))
 
@@ -91,13 +93,15 @@ def test_planned_peak_is_the_planner_without_context(gpu_train):
     recipe = load_recipe(
         "llama3-8b-abf128k",
         ["lora.trainable_norms=false", "kernels.tiled_mlp=true", "train.loss_chunk_size=0",
-         "model.attn_implementation=sdpa"],
+         "model.attn_implementation=sdpa", "kernels.lean_rmsnorm=true",
+         "kernels.tiled_mlp_norm=true"],
     )  # fmt: skip
     items = estimate_bytes(recipe, gpu_train.model_shape("llama3-8b"), 65536)
     assert got == pytest.approx((sum(items.values()) - items["CUDA context + slack"]) / GB)
     assert gpu_train.planned_gib("llama3-8b", "transformers+Liger", 65536, env) is None
     plain = gpu_train.planned_gib("llama3-8b", "transformers+peft", 65536, env)
     assert plain > got
+    assert gpu_train.planned_gib("llama3-8b", "longqa all + bf16 residual", 65536, env) < got
 
 
 @pytest.mark.slow
