@@ -28,8 +28,10 @@ temporary and ``dL/dx``. The output ``y`` is excluded (the next layer's stored i
 taken over forward and backward; the per-token coefficient is the slope of the peak between the
 token counts (constants drop out), checked to be constant (linear growth) at every step.
 
-Each of :data:`MODES` (untiled / ``kernels.tiled_mlp``, with and without ``kernels.lean_rmsnorm``)
-is measured. Reported per token, in ``H · 2`` bytes (one bf16 hidden vector): the layer with the
+Each of :data:`MODES` (untiled / ``kernels.tiled_mlp``, with and without ``kernels.lean_rmsnorm``,
+``kernels.tiled_mlp_norm`` and ``memory.bf16_residual``) is measured; at these lengths the peak is
+the backward's, while at long ones the recompute's attention forward can bind (the planner's
+``forward_bytes_per_token``, checked at a small shape by ``tests/test_train_plan_measured.py``). Reported per token, in ``H · 2`` bytes (one bf16 hidden vector): the layer with the
 tiled MLP (attention side, norms, residual and the MLP's input and its gradient), the untiled MLP's
 extra in ``I · 2`` bytes, a tile's working set per tile token (slope over the tile size at fixed
 ``T``), what the lean RMSNorm removes, the planner's items beside them, and the storages alive at the
@@ -156,30 +158,40 @@ def slopes(runs: list[dict[str, Any]]) -> list[float]:
     ]
 
 
-MODES = {  # name: (kernels.tiled_mlp, kernels.lean_rmsnorm)
-    "untiled": (False, False),
-    "tiled": (True, False),
-    "untiled, lean RMSNorm": (False, True),
-    "tiled, lean RMSNorm": (True, True),
+MODES = {  # name: (kernels.tiled_mlp, kernels.lean_rmsnorm, kernels.tiled_mlp_norm, bf16_residual)
+    "untiled": (False, False, False, False),
+    "tiled": (True, False, False, False),
+    "untiled, lean RMSNorm": (False, True, False, False),
+    "tiled, lean RMSNorm": (True, True, False, False),
+    "tiled + norm inside, lean RMSNorm": (True, True, True, False),
+    "tiled, bf16 residual": (True, True, False, True),
+    "tiled + norm inside, bf16 residual": (True, True, True, True),
 }
 
 
 def layer_coefficients(recipe: Any, dims: dict[str, int], tokens: list[int], tile: int,
                        base: str = "nf4", fused_rope: bool = True) -> dict[str, Any]:  # fmt: skip
     """Measure the layer in each of :data:`MODES` at ``tokens``; per-token coefficients."""
+    import longqa.ops.rmsnorm as rmsnorm
+    from longqa.patch.residual import apply_bf16_residual, revert_bf16_residual
     from longqa.patch.rmsnorm import apply_lean_rmsnorm, revert_lean_rmsnorm
     from longqa.patch.tiled_mlp import apply_tiled_mlp, revert_tiled_mlp
 
     h2, i2 = dims["hidden"] * 2, dims["inter"] * 2
     model = build_layer_model(recipe, dims, base)
     out: dict[str, Any] = {"dims": dims, "tokens": tokens, "tile": tile, "base": base}
-    for mode, (tiled, lean) in MODES.items():
-        revert_tiled_mlp(model)
+    # the lean norm runs over 2,048-token pieces; at these lengths, pieces as many as at ~32K
+    rmsnorm.BACKWARD_CHUNK = max(16, min(tokens) // 16)
+    for mode, (tiled, lean, norm, bf16) in MODES.items():
+        revert_tiled_mlp(model)  # the reverse order of apply_kernels
+        revert_bf16_residual(model)
         revert_lean_rmsnorm(model)
-        if tiled:
-            apply_tiled_mlp(model, tile)
         if lean:
             apply_lean_rmsnorm(model)
+        if bf16:
+            apply_bf16_residual(model, torch.bfloat16)
+        if tiled:
+            apply_tiled_mlp(model, tile, with_norm=norm)
         runs = []
         for t in tokens:
             runs.append(measure(model, t, fused_rope=fused_rope))
@@ -196,8 +208,9 @@ def layer_coefficients(recipe: Any, dims: dict[str, int], tokens: list[int], til
             "contributors_h2": contributors(runs[-1]["at_peak"], tokens[-1], h2)[:16],
         }
     # tiled MLP per tile token: the peak's slope over the tile size at the largest length
-    revert_lean_rmsnorm(model)
     revert_tiled_mlp(model)
+    revert_bf16_residual(model)
+    revert_lean_rmsnorm(model)
     apply_tiled_mlp(model, 2 * tile)
     big = measure(model, tokens[-1], fused_rope=fused_rope)
     revert_tiled_mlp(model)
@@ -262,7 +275,7 @@ def _table(res: dict[str, Any], command: str, recipe: Any = None) -> str:
         + " | slopes (B/token) | per token |",
         "|---|" + "---|" * len(res["tokens"]) + "---|---|",
     ]  # fmt: skip
-    for name in MODES:
+    for name in [m for m in MODES if m in res]:  # results saved before a mode existed lack it
         r = res[name]
         peaks = " | ".join(f"{p / 2**20:.1f}" for p in r["peak_bytes"])
         s = ", ".join(f"{x:,.0f}" for x in r["slopes"])
@@ -274,7 +287,7 @@ def _table(res: dict[str, Any], command: str, recipe: Any = None) -> str:
         f"* tiled MLP per tile token: **{_num(res['tile_per_token_i2'])} × tile·I·2** bytes",
         f"* ``kernels.lean_rmsnorm`` removes **{res['lean_rmsnorm_saves_h2']:.2f} × T·H·2** bytes "
         f"(tiled layer: {t['per_token_h2']:.2f} → {lean['per_token_h2']:.2f}); every mode grows "
-        f"linearly: {all(res[m]['linear'] for m in MODES)}",
+        f"linearly: {all(res[m]['linear'] for m in MODES if m in res)}",
         "",
     ]
     if recipe is not None:

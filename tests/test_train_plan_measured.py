@@ -77,7 +77,7 @@ def test_layer_and_mlp_items_match_the_measured_layer(bench):
     assert saved == 2 * 4 * 64  # two trained norms' fp32 normalised values
     assert tiled - lean == pytest.approx(saved, rel=TOLERANCE)
     # kernels.tiled_mlp_norm: the post-attention norm inside the tiles (with lean RMSNorm). The
-    # backward loses two [T, H] fp32 tensors; the recompute's attention forward is then the peak
+    # backward loses one [T, H] fp32 tensor; the recompute's attention forward is then the peak
     revert_tiled_mlp(model)
     apply_tiled_mlp(model, 32, with_norm=True)
     fused_recipe = load_recipe(
@@ -85,7 +85,7 @@ def test_layer_and_mlp_items_match_the_measured_layer(bench):
     )
     lean_planned = sum(layer_bytes_per_token(lean_recipe, SHAPE).values())
     planned = sum(layer_bytes_per_token(fused_recipe, SHAPE).values())
-    assert lean_planned - planned == 2 * 4 * 64  # the MLP's saved norm output, one fp32 gradient
+    assert lean_planned - planned == 4 * 64  # the MLP's saved fp32 norm output
     forward = sum(forward_bytes_per_token(fused_recipe, SHAPE).values())
     assert forward > planned
     assert _slope(bench, model, (512, 1024)) == pytest.approx(forward, rel=TOLERANCE)
@@ -112,8 +112,9 @@ def _bf16_residual_model(bench, monkeypatch):
 
 def test_bf16_residual_layer_matches_its_planned_items(bench, monkeypatch):
     """``memory.bf16_residual``: the layer's backward peak as the planner itemises it (bf16
-    gradients, stored input and projections; no autocast copies; norms lean)."""
-    from longqa.patch.tiled_mlp import apply_tiled_mlp
+    gradients, stored input and projections; no autocast copies; norms lean), with and without
+    the norm inside the MLP's tiles."""
+    from longqa.patch.tiled_mlp import apply_tiled_mlp, revert_tiled_mlp
 
     model = _bf16_residual_model(bench, monkeypatch)
     apply_tiled_mlp(model, 32)
@@ -121,6 +122,14 @@ def test_bf16_residual_layer_matches_its_planned_items(bench, monkeypatch):
     planned = sum(layer_bytes_per_token(recipe, SHAPE).values())
     assert planned < sum(forward_bytes_per_token(recipe, SHAPE).values())  # the peak, later on
     assert _slope(bench, model, (256, 512)) == pytest.approx(planned, rel=TOLERANCE)
+    revert_tiled_mlp(model)
+    apply_tiled_mlp(model, 32, with_norm=True)  # minus the MLP's saved norm output (bf16)
+    fused = load_recipe(
+        "llama3-8b-abf128k", ["memory.bf16_residual=true", "kernels.tiled_mlp_norm=true"]
+    )
+    planned_fused = sum(layer_bytes_per_token(fused, SHAPE).values())
+    assert planned - planned_fused == 2 * 64
+    assert _slope(bench, model, (256, 512)) == pytest.approx(planned_fused, rel=TOLERANCE)
 
 
 @pytest.mark.slow

@@ -22,8 +22,8 @@ through, and the MLP computes ``mlp(norm(h))`` tile by tile with the norm's forw
 pass-through (peft's ``modules_to_save`` copy when the norms are trained; the lean or bf16-residual
 forward when those are on). RMSNorm acts on each token, so the output is
 the same; the tiled function then saves the residual ``h`` (which the norm saved anyway) instead of
-the norm's output, and the norm's output gradient exists for one tile only: two fewer
-``[B, T, H]`` tensors in a layer's backward (``benchmarks/results/layer_memory.md``).
+the norm's output, and the norm's output and its gradient exist for one tile at a time: one
+``[B, T, H]`` tensor fewer at a layer's backward peak (``tests/test_train_plan_measured.py``).
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ The estimate (bytes) adds, for one micro-batch of ``B × T`` tokens:
   https://arxiv.org/abs/2506.13996); the tile defaults to ``H`` tokens. ``kernels.lean_rmsnorm``
   removes the trained norms' fp32 normalised values; the recompute's attention forward
   (:func:`forward_bytes_per_token`) counts where it exceeds that; ``kernels.tiled_mlp_norm`` moves the
-  post-attention norm into the MLP's tiles (its output, the MLP's saved input and one fp32 gradient
-  go from the layer's items to the tile's).
+  post-attention norm into the MLP's tiles (its output, which the MLP saved, goes from the layer's
+  items to the tile's).
 * attention: flash/SDPA kernels keep O(T) state (in the layer's items); eager attention holds
   ``B·heads·T²`` scores+probs.
 * loss (:func:`loss_bytes`): chunked cross-entropy holds ``chunk × V`` fp32 logits and their
@@ -260,6 +260,9 @@ def plan_memory(recipe: Recipe, gpu_mem_gb: float = 80.0, seq_len: int | None = 
         plan.notes.append(f"tiled MLP: {tile:,}-token tiles")
     if norm_in_tiles(recipe):
         plan.notes.append("post-attention RMSNorm inside the MLP's tiles")
+    if recipe.memory.bf16_residual:
+        stream = "bf16" if residual_bytes(recipe) == 2 else "fp32 (bf16_residual needs bf16)"
+        plan.notes.append(f"residual stream: {stream}")
     if recipe.kernels.lean_rmsnorm:
         plan.notes.append("lean RMSNorm: norms save their input and 1/rms, not fp32 values")
     loss = loss_bytes(recipe, shape, recipe.train.micro_batch_size * length)

@@ -110,7 +110,7 @@ def layer_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dict[str, float]
     h, r = shape.hidden, residual_bytes(recipe)
     if norm_in_tiles(recipe):  # the MLP saves the residual the norm saved; norm output per tile
         return {
-            "gradients: layer output, residual sum": 2 * r * h,
+            "gradients: layer output, MLP path, residual sum": 3 * r * h,
             "trained input RMSNorm's fp32 normalised values": _norm_saved(recipe) * h,
             **_attention_side(recipe, shape),
         }
