@@ -43,6 +43,7 @@ VARIANTS = {  # name -> recipe overrides / runtime switches for the longqa train
     "plain": None,
     "longqa": [],
     "longqa tiled MLP": ["kernels.tiled_mlp=true"],
+    "longqa lean dropout": ["kernels.lean_lora_dropout=true"],
     "longqa no norms": ["lora.trainable_norms=false"],
     "longqa full logits": ["kernels.chunked_ce=false"],
     "longqa glibc default": ["memory.cpu_return_freed=false"],  # no fixed mmap threshold

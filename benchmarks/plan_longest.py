@@ -35,7 +35,7 @@ ROWS = [  # name, --set overrides (every row starts from the recipe with these s
       "kernels.tiled_mlp_norm=true", "memory.bf16_residual=true"]),
 ]  # fmt: skip
 RECIPES = ("llama3-8b-abf128k", "qwen14b-yarn32k")
-FORWARD = "recompute's attention forward, beyond"
+FORWARD = "recompute's attention forward/backward, beyond"
 
 
 def rows(gpu_mem: float) -> list[str]:

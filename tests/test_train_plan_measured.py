@@ -179,3 +179,62 @@ def test_whole_step_peak_is_stored_inputs_plus_one_layer_not_plus_the_loss(bench
     assert loss_bytes(recipe, SHAPE, 512) > 0
     assert measured == pytest.approx((planned(512) - planned(256)) / 256, rel=TOLERANCE)
     assert llama.apply_rotary_pos_emb is rope  # the stand-ins are gone
+
+
+@pytest.mark.parametrize(("bf16", "fused"), [(False, False), (True, True)])
+def test_lean_lora_dropout_layer_matches_its_planned_items(bench, monkeypatch, bf16, fused):
+    """``kernels.lean_lora_dropout``: q/k/v keep their one input, o_proj SDPA's output, all four a
+    bit-packed mask: the backward peak as itemised (fp32 stream; bf16 stream + norm in tiles)."""
+    import longqa.ops.lora_dropout as lora_dropout
+    from longqa.patch.lora_dropout import apply_lean_lora_dropout
+    from longqa.patch.rmsnorm import apply_lean_rmsnorm
+    from longqa.patch.tiled_mlp import apply_tiled_mlp
+
+    monkeypatch.setattr(lora_dropout, "CHUNK", 64)  # pieces as at long lengths
+    if bf16:
+        model = _bf16_residual_model(bench, monkeypatch)
+    else:
+        recipe = load_recipe("llama3-8b-abf128k", ["kernels.tiled_mlp=false"])
+        model = bench.build_layer_model(recipe, DIMS)
+        apply_lean_rmsnorm(model)
+    assert apply_lean_lora_dropout(model) == "lean LoRA dropout on (7 adapted linears)"
+    apply_tiled_mlp(model, 32, with_norm=fused)
+    sets = ["kernels.lean_lora_dropout=true", f"kernels.tiled_mlp_norm={str(fused).lower()}",
+            f"memory.bf16_residual={str(bf16).lower()}"]  # fmt: skip
+    recipe = load_recipe("llama3-8b-abf128k", sets)
+    planned = sum(layer_bytes_per_token(recipe, SHAPE).values())
+    assert _slope(bench, model, (256, 512)) == pytest.approx(planned, rel=TOLERANCE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bf16", [False, True])
+def test_lean_lora_dropout_long_sequences_peak_within_the_planned_bound(bench, monkeypatch, bf16):
+    """At long lengths the layer's peak is the attention's backward: the planner's bound matches
+    it with the bf16 stream and is above it (conservative) with the fp32 one."""
+    import longqa.ops.lora_dropout as lora_dropout
+    from longqa.patch.lora_dropout import apply_lean_lora_dropout
+    from longqa.patch.rmsnorm import apply_lean_rmsnorm
+    from longqa.patch.tiled_mlp import apply_tiled_mlp
+    from longqa.train.plan import attention_backward_bytes_per_token
+
+    monkeypatch.setattr(lora_dropout, "CHUNK", 64)
+    if bf16:
+        model = _bf16_residual_model(bench, monkeypatch)
+    else:
+        import longqa.ops.rmsnorm as rmsnorm
+
+        monkeypatch.setattr(rmsnorm, "BACKWARD_CHUNK", 64)
+        model = bench.build_layer_model(load_recipe("llama3-8b-abf128k"), DIMS)
+        apply_lean_rmsnorm(model)
+    apply_lean_lora_dropout(model)
+    apply_tiled_mlp(model, 32, with_norm=True)
+    sets = ["kernels.lean_lora_dropout=true", "kernels.tiled_mlp_norm=true",
+            f"memory.bf16_residual={str(bf16).lower()}"]  # fmt: skip
+    recipe = load_recipe("llama3-8b-abf128k", sets)
+    bound = max(sum(forward_bytes_per_token(recipe, SHAPE).values()),
+                sum(attention_backward_bytes_per_token(recipe, SHAPE).values()))  # fmt: skip
+    measured = _slope(bench, model, (2048, 4096))
+    if bf16:
+        assert measured == pytest.approx(bound, rel=TOLERANCE)
+    else:
+        assert measured <= bound

@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from longqa.config.switches import CPU_RETURN_FREED_FROM as CPU_RETURN_FREED_FROM
+from longqa.config.switches import KernelsConfig as KernelsConfig
+from longqa.config.switches import MemoryConfig as MemoryConfig
+from longqa.config.switches import StrictModel
 from longqa.core.errors import LongqaError
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+_Strict = StrictModel
 
 
 class ModelConfig(_Strict):
@@ -154,58 +156,6 @@ class TrainConfig(_Strict):
     @property
     def effective_batch(self) -> int:
         return self.micro_batch_size * self.grad_accum
-
-
-class KernelsConfig(_Strict):
-    rope: bool = Field(False, description="fused Triton RoPE (GPU only)")
-    chunked_ce: bool = Field(
-        True, description="training loss through chunked linear cross-entropy (no T x vocab logits)"
-    )
-    tiled_mlp: bool = Field(False, description="MLP over sequence tiles (ALST): O(tile) memory")
-    tiled_mlp_tile: int = Field(0, ge=0, description="tokens per MLP tile; 0 = the hidden size")
-    tiled_mlp_norm: bool = Field(
-        False,
-        description="the post-attention RMSNorm runs inside the tiled MLP's tiles (exact; needs "
-        "tiled_mlp)",
-    )
-    lean_rmsnorm: bool = Field(
-        False, description="RMSNorm saves x and 1/rms, not fp32 normalised values (exact)"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _earlier_key_name(cls, data: Any) -> Any:
-        """``fused_ce``, the key's earlier name (recipes saved in adapter bundles), means
-        ``chunked_ce``; given both (a ``--set`` on a recipe file), the earlier name was set last."""
-        if isinstance(data, dict) and "fused_ce" in data:
-            data = dict(data)
-            data["chunked_ce"] = data.pop("fused_ce")
-        return data
-
-    @model_validator(mode="after")
-    def _norm_needs_tiles(self) -> KernelsConfig:
-        if self.tiled_mlp_norm and not self.tiled_mlp:
-            raise ValueError(
-                "tiled_mlp_norm: true needs tiled_mlp: true (the norm runs in its tiles)"
-            )
-        return self
-
-
-CPU_RETURN_FREED_FROM = 4096  # tokens: below, glibc's heap reuse is faster and its overhead small
-
-
-class MemoryConfig(_Strict):
-    offload_activations: bool = Field(False, description="checkpoint inputs to pinned CPU (GPU)")
-    bf16_residual: bool = Field(
-        False,
-        description="QLoRA in bf16: keep the residual stream in bf16 (frozen embedding and norm "
-        "outputs), not peft's fp32 upcast; halves activations, changes rounding",
-    )
-    cpu_return_freed: bool | Literal["auto"] = Field(
-        "auto",
-        description="CPU: freed blocks go back to the OS (lower RSS, more page faults); auto = "
-        f"from {CPU_RETURN_FREED_FROM:,} tokens on",
-    )
 
 
 class EvalConfig(_Strict):

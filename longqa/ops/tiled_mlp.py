@@ -45,6 +45,20 @@ def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
     return torch.get_rng_state(), cuda
 
 
+def _tiles_into(fn: Callable[[Tensor], Tensor], x: Tensor, tile: int) -> Tensor:
+    """``fn`` over the tiles of ``x``, each written into one preallocated output (a ``cat`` of the
+    tiles would hold the output twice)."""
+    bounds = tile_bounds(x.shape[1], tile)
+    a, b = bounds[0]
+    first = fn(x[:, a:b])  # [B, tile, H_out]: the output's dtype and width
+    out = first.new_empty(x.shape[0], x.shape[1], first.shape[-1])
+    out[:, a:b] = first
+    del first
+    for a, b in bounds[1:]:
+        out[:, a:b] = fn(x[:, a:b])
+    return out
+
+
 class _TiledMLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, fn: Callable[[Tensor], Tensor], tile: int, x: Tensor, *params: Tensor):  # noqa: ANN205
@@ -54,8 +68,7 @@ class _TiledMLP(torch.autograd.Function):
         ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
         ctx.save_for_backward(x, *params)
         # x: [B, S, H] -> out: [B, S, H_out], one [B, tile, I] intermediate at a time
-        parts = [fn(x[:, a:b]) for a, b in tile_bounds(x.shape[1], tile)]
-        return torch.cat(parts, dim=1)
+        return _tiles_into(fn, x, tile)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor):  # noqa: ANN205
@@ -113,5 +126,5 @@ def tiled_mlp(
         x.requires_grad or any(p.requires_grad for p in params)
     )
     if not grad_needed:
-        return torch.cat([fn(x[:, a:b]) for a, b in tile_bounds(x.shape[1], tile)], dim=1)
+        return _tiles_into(fn, x, tile)
     return _TiledMLP.apply(fn, tile, x, *params)

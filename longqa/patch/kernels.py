@@ -21,6 +21,8 @@ Usage::
   each layer's post-attention RMSNorm into those tiles.
 * ``kernels.lean_rmsnorm``: :func:`longqa.patch.rmsnorm.apply_lean_rmsnorm` makes every family
   RMSNorm save its input and ``1/rms`` instead of the fp32 normalised values (CPU and GPU, exact).
+* ``kernels.lean_lora_dropout``: :func:`longqa.patch.lora_dropout.apply_lean_lora_dropout` fuses
+  each LoRA adapter's dropout into its ``lora_A`` (input saved once, bit-packed mask).
 * ``memory.bf16_residual``: :func:`longqa.patch.residual.apply_bf16_residual` keeps a QLoRA
   model's residual stream in the bf16 compute dtype (frozen embeddings, norm outputs).
 * ``memory.offload_activations``: :class:`longqa.ops.offload.ActivationOffloader` on every
@@ -40,6 +42,7 @@ from longqa.config.recipe import KernelsConfig, MemoryConfig
 from longqa.core.errors import LongqaError
 from longqa.ops.offload import ActivationOffloader
 from longqa.patch.families import family_class_of, fused_rope_families
+from longqa.patch.lora_dropout import apply_lean_lora_dropout, revert_lean_lora_dropout
 from longqa.patch.residual import apply_bf16_residual, revert_bf16_residual
 from longqa.patch.rmsnorm import apply_lean_rmsnorm, revert_lean_rmsnorm
 from longqa.patch.tiled_mlp import apply_tiled_mlp, revert_tiled_mlp
@@ -178,6 +181,8 @@ def apply_kernels(
         notes.append(
             apply_tiled_mlp(model, kernels.tiled_mlp_tile, with_norm=kernels.tiled_mlp_norm)
         )
+    if kernels.lean_lora_dropout:
+        notes.append(apply_lean_lora_dropout(model))
     if memory.offload_activations:
         off = offloader or ActivationOffloader()
         if not (on_cuda or off.simulate):
@@ -201,6 +206,7 @@ def revert_kernels(model: nn.Module) -> None:
     if not state:
         return
     _uninstall_rope(state)
+    revert_lean_lora_dropout(model)
     revert_tiled_mlp(model)  # the reverse order of apply_kernels
     revert_bf16_residual(model)
     revert_lean_rmsnorm(model)

@@ -26,7 +26,8 @@ The estimate (bytes) adds, for one micro-batch of ``B × T`` tokens:
   ``kernels.tiled_mlp`` the MLP's items exist for one tile of tokens (ALST,
   https://arxiv.org/abs/2506.13996); the tile defaults to ``H`` tokens. ``kernels.lean_rmsnorm``
   removes the trained norms' fp32 normalised values; the recompute's attention forward
-  (:func:`forward_bytes_per_token`) counts where it exceeds that; ``kernels.tiled_mlp_norm`` moves the
+  (:func:`forward_bytes_per_token`), or with ``kernels.lean_lora_dropout`` the attention's backward
+  (:func:`attention_backward_bytes_per_token`), counts where it exceeds that; ``kernels.tiled_mlp_norm`` moves the
   post-attention norm into the MLP's tiles (its output, which the MLP saved, goes from the layer's
   items to the tile's).
 * attention: flash/SDPA kernels keep O(T) state (in the layer's items); eager attention holds
@@ -55,6 +56,7 @@ from longqa.train.plan_terms import (
     NORM_FP32_BYTES,
     TILED_MLP_EXTRA,
     ModelShape,
+    attention_backward_bytes_per_token,
     forward_bytes_per_token,
     layer_bytes_per_token,
     lean_norms_by_residual,
@@ -66,6 +68,7 @@ from longqa.train.plan_terms import (
 __all__ = [
     "TILED_MLP_EXTRA",
     "MemoryPlan",
+    "attention_backward_bytes_per_token",
     "ModelShape",
     "estimate_bytes",
     "forward_bytes_per_token",
@@ -195,7 +198,10 @@ def estimate_bytes(
     if not tc.gradient_checkpointing:  # every layer keeps what one recompute would hold
         stored = shape.layers * (tokens * shape.hidden * res + layer + mlp)
     # the recompute's attention forward peaks apart from the backward: only its excess counts
-    forward = tokens * sum(forward_bytes_per_token(recipe, shape).values())
+    forward = tokens * max(
+        sum(forward_bytes_per_token(recipe, shape).values()),
+        sum(attention_backward_bytes_per_token(recipe, shape).values()),
+    )
     forward_excess = max(0.0, forward - layer - mlp) if tc.gradient_checkpointing else 0.0
     if recipe.model.attn_implementation == "eager":
         attn = 2 * tc.micro_batch_size * shape.heads * seq_len * seq_len * act
@@ -208,7 +214,7 @@ def estimate_bytes(
         "checkpointed activations": stored,
         "layer recompute": layer,
         "MLP recompute (tiled)" if recipe.kernels.tiled_mlp else "MLP recompute": mlp,
-        "recompute's attention forward, beyond": forward_excess,
+        "recompute's attention forward/backward, beyond": forward_excess,
         "attention": attn,
         # the loss runs after the last layer's forward and is freed before its recompute: the
         # step's peak holds one of the two, so only the loss's excess over the layer counts

@@ -95,8 +95,18 @@ def lean_norms_by_residual(recipe: Recipe) -> bool:
     return recipe.model.quantization == "nf4" and residual_bytes(recipe) == 2
 
 
-def _lora_inputs(recipe: Recipe, h: int, q: int) -> float:
-    """q, k, v, o's saved LoRA inputs: bf16 dropout outputs (or autocast copies) and masks."""
+def lean_dropout(recipe: Recipe) -> bool:
+    """Whether LoRA's dropout runs inside ``lora_A`` (``kernels.lean_lora_dropout``)."""
+    return recipe.kernels.lean_lora_dropout and recipe.lora.dropout > 0
+
+
+def _lora_inputs(recipe: Recipe, h: int, q: int, *, saved_input: bool = True) -> float:
+    """q, k, v, o's saved LoRA inputs: bf16 dropout outputs (or autocast copies) and masks.
+    With the lean dropout: bit-packed masks, and q/k/v's one shared input (``saved_input``: in
+    the backward; in the forward it is the norm output the layer holds anyway); ``o_proj``'s
+    input is SDPA's saved output."""
+    if lean_dropout(recipe):
+        return (3 * h + q) / 8 + (residual_bytes(recipe) * h if saved_input else 0)
     if recipe.lora.dropout > 0:
         return (LORA_INPUT_BYTES + DROPOUT_MASK_BYTES) * (3 * h + q)
     if residual_bytes(recipe) == LORA_INPUT_BYTES:  # no dropout, no cast: q/k/v share the input
@@ -148,8 +158,33 @@ def forward_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dict[str, floa
         "SDPA's bf16 copies of q, k, v": 2 * (q + 2 * kv) if r > 2 else 0,
         "SDPA output (bf16), log-sum-exp": 2 * q + 4 * shape.heads,
         "rotary cos/sin": 2 * d * r,
-        "LoRA inputs of q, k, v, o (+ dropout masks)": _lora_inputs(recipe, h, q),
+        "LoRA inputs of q, k, v, o (+ dropout masks)": _lora_inputs(
+            recipe, h, q, saved_input=False
+        ),
         "o_proj: base output copy, LoRA output, scaled (bf16)": 3 * 2 * h,
+        "LoRA A outputs of q, k, v, o (bf16, rank r)": 4 * 2 * recipe.lora.r,
+    }
+
+
+def attention_backward_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dict[str, float]:
+    """Bytes per token alive in the attention's backward, when the gradient of q/k/v's shared
+    input is summed from its parts. It binds only when the LoRA inputs are small
+    (``kernels.lean_lora_dropout``; otherwise they are freed as q, k, v back-propagate and the
+    forward peak is higher, measured); empty otherwise. Measured at the small shape of
+    ``tests/test_train_plan_measured.py``: 1,349–1,364 B/token against 1,344 planned with the bf16
+    stream; 2,140 against 2,432 with the fp32 stream (the bound is conservative there)."""
+    if not lean_dropout(recipe):
+        return {}
+    h, d = shape.hidden, shape.head_dim
+    q, kv = shape.heads * d, shape.kv_heads * d
+    r = residual_bytes(recipe)
+    return {
+        "gradients: layer output, residual sum": 2 * r * h,
+        "gradient of q/k/v's input, in three parts": 3 * r * h,
+        "LoRA inputs (the norm output, packed masks)": _lora_inputs(recipe, h, q),
+        "q, k, v (or their gradients)": r * (q + 2 * kv),
+        "SDPA output (bf16), log-sum-exp": 2 * q + 4 * shape.heads,
+        "rotary cos/sin": 2 * d * r,
         "LoRA A outputs of q, k, v, o (bf16, rank r)": 4 * 2 * recipe.lora.r,
     }
 
@@ -163,6 +198,13 @@ def mlp_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dict[str, float]:
     norm: dict[str, float] = {}
     if norm_in_tiles(recipe):  # the post-attention norm's output and gradient, per tile token
         norm = {"post-attention norm output, its gradient": (2 * r + _norm_saved(recipe)) * h}
+    if lean_dropout(recipe):  # inputs kept anyway (the tile's input, the product); packed masks
+        return {
+            **norm,
+            "gate, up, act(gate), act(gate)·up": 4 * r * i,
+            "gate/up/down dropout masks (bit-packed)": (2 * h + i) / 8,
+            "LoRA A outputs of gate, up, down (bf16, rank r)": 3 * 2 * recipe.lora.r,
+        }
     return {
         **norm,
         "gate, up, act(gate), act(gate)·up": 4 * r * i,
