@@ -10,7 +10,8 @@ Usage::
   Liger-Kernel's RoPE, with effective GB/s against a measured device-to-device copy; the LM-head
   loss (plain logits + ``F.cross_entropy``) vs longqa's chunked linear cross-entropy vs Liger's
   fused linear cross-entropy: time and peak memory (``kernels.md``).
-* ``train`` / ``longest``: see ``gpu_train.py`` (``train.md``, ``train.jsonl``, ``longest.md``).
+* ``train`` / ``longest``: see ``gpu_train.py`` (``train.md``, ``train.jsonl``) and
+  ``gpu_longest.py`` (``longest.md``).
 * ``report``: joins what the stages left into ``gpu_check.md`` (a stage that died leaves a line).
 
 ``--dry-run`` runs the same code on CPU with tiny shapes, Triton kernels in the interpreter
@@ -228,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.dry_run:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
-    from gpu_train import VARIANTS, Env, run_longest_stage, run_train_stage
+    from gpu_longest import run_longest_stage
+    from gpu_train import VARIANTS, Env, run_train_stage
 
     if not a.dry_run and not torch.cuda.is_available():
         print(

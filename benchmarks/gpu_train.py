@@ -2,8 +2,9 @@
 
 Usage (normally through ``benchmarks/gpu_check.py train|longest``)::
 
-    from gpu_train import run_train_stage, run_longest_stage
+    from gpu_train import run_train_stage
     run_train_stage(env, out_dir, models=["llama3-8b"], lengths=[16384, 32768], budget_s=240)
+    # the longest-length stage: gpu_longest.py
 
 Random-initialised models with real shapes (Llama-3-8B; Qwen-14B's dims in the Qwen2 layout that
 ``longqa`` converts it to), decoder linears in bitsandbytes NF4, LoRA r=16 on all projections,
@@ -40,31 +41,17 @@ SHAPES = {  # public configs; weights random
 }  # fmt: skip
 VARIANTS: dict[str, dict[str, bool]] = {  # longqa switches; "hf"/"liger" use the model's loss
     "transformers+peft": {"hf": True},
-    "longqa all": {
-        "ce": True,
-        "rope": True,
-        "offload": True,
-        "tiled": True,
-        "auto_chunk": True,
-        "lean": True,
-        "norm": True,
-    },
-    "longqa all + bf16 residual": {
-        "ce": True,
-        "rope": True,
-        "offload": True,
-        "tiled": True,
-        "auto_chunk": True,
-        "lean": True,
-        "norm": True,
-        "bf16": True,
-    },
+    "longqa all": {"ce": True, "rope": True, "offload": True, "tiled": True, "auto_chunk": True,
+                   "lean": True, "norm": True, "dropout": True},
+    "longqa all + bf16 residual": {"ce": True, "rope": True, "offload": True, "tiled": True,
+                                   "auto_chunk": True, "lean": True, "norm": True,
+                                   "dropout": True, "bf16": True},
     "transformers+Liger": {"liger": True},
     "longqa fused CE": {"ce": True},
     "longqa tiled MLP": {"tiled": True},
     "longqa fused RoPE": {"rope": True},
     "longqa offload": {"offload": True},
-}
+}  # fmt: skip
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -151,6 +138,7 @@ def apply_variant(env: Env, model: Any, name: str, variant: str) -> list[str]:
         rope=flags.get("rope", False), chunked_ce=flags.get("ce", False),
         tiled_mlp=flags.get("tiled", False), tiled_mlp_tile=8 if env.dry_run else 0,
         tiled_mlp_norm=flags.get("norm", False), lean_rmsnorm=flags.get("lean", False),
+        lean_lora_dropout=flags.get("dropout", False),
     )  # fmt: skip
     offloader = ActivationOffloader(simulate=env.dry_run, min_bytes=0 if env.dry_run else 1 << 20)
     memory = MemoryConfig(offload_activations=flags.get("offload", False),
@@ -223,12 +211,13 @@ def model_shape(name: str) -> Any:
 def plan_overrides(variant: str) -> list[str]:
     """The recipe settings that make the planner model this variant's benchmark model."""
     flags = VARIANTS[variant]
-    on = {k: str(bool(flags.get(k))).lower() for k in ("ce", "tiled", "offload", "lean", "norm",
-                                                         "bf16")}  # fmt: skip
+    on = {k: str(bool(flags.get(k))).lower()
+          for k in ("ce", "tiled", "offload", "lean", "norm", "dropout", "bf16")}  # fmt: skip
     return [
         "model.attn_implementation=sdpa", "lora.trainable_norms=false", "lora.dropout=0.1",
         f"kernels.chunked_ce={on['ce']}", f"kernels.tiled_mlp={on['tiled']}",
         f"kernels.lean_rmsnorm={on['lean']}", f"kernels.tiled_mlp_norm={on['norm']}",
+        f"kernels.lean_lora_dropout={on['dropout']}",
         f"memory.offload_activations={on['offload']}", f"memory.bf16_residual={on['bf16']}",
         f"train.loss_chunk_size={0 if flags.get('auto_chunk') else 4096}",
     ]  # fmt: skip
@@ -337,81 +326,3 @@ def run_train_stage(env: Env, out: Path, models: list[str], lengths: list[int],
         del model
         gc.collect()
     return records
-
-
-def find_longest(fits: Any, start: int, resolution: int, cap: int) -> tuple[int, str]:
-    """Largest multiple of ``resolution`` for which ``fits(n)`` is True (doubling, then bisection).
-
-    ``fits`` returns True, False, or None when the time box stops the search; returns the length and
-    why the search ended ("OOM bracket", "cap", "time box").
-    """
-    ok = fits(start)
-    if not ok:
-        return 0, "time box" if ok is None else "OOM at start"
-    good, bad = start, None
-    while bad is None:
-        if good * 2 > cap:
-            return good, "cap"
-        ok = fits(good * 2)
-        if ok is None:
-            return good, "time box"
-        good, bad = (good * 2, None) if ok else (good, good * 2)
-    while bad - good > resolution:
-        mid = (good + bad) // 2 // resolution * resolution
-        if mid <= good:
-            break
-        ok = fits(mid)
-        if ok is None:
-            return good, "time box"
-        good, bad = (mid, bad) if ok else (good, mid)
-    return good, "OOM bracket"
-
-
-def run_longest_stage(env: Env, out: Path, models: list[str], variants: list[str], start: int,
-                      resolution: int, cap: int) -> list[list[Any]]:  # fmt: skip
-    """Longest trainable length per (model, variant) within the time box, beside the planner's."""
-    import torch
-
-    from longqa.config.recipe import load_recipe
-    from longqa.train.plan import GB, longest_fitting_length
-
-    rows: list[list[Any]] = []
-    gpu_gb = torch.cuda.get_device_properties(0).total_memory / GB if env.device == "cuda" else 80.0
-    for name in models:
-        model = build_model(env, name)
-        for variant in variants:
-            apply_variant(env, model, name, variant)
-            timing: dict[int, float] = {}
-
-            def fits(n: int, variant: str = variant, timing: dict = timing, model: Any = model,
-                     name: str = name) -> bool | None:  # fmt: skip
-                if timing:
-                    k = max(timing)
-                    if timing[k] * (n / k) ** 2 > env.left:
-                        return None
-                res = try_step(env, model, variant, n)
-                if res is not None:
-                    timing[n] = res[1]
-                print(f"[{name} / {variant}] {n:,}: {'fits' if res else 'OOM'}", flush=True)
-                return res is not None
-
-            if not env.dry_run:
-                try_step(env, model, variant, start)  # warm-up
-            n, why = find_longest(fits, start, resolution, cap)
-            plan_len = None
-            if not VARIANTS[variant].get("liger"):
-                recipe = load_recipe(SHAPES[name]["recipe"], plan_overrides(variant))
-                plan_len = longest_fitting_length(recipe, model_shape(name), gpu_gb)
-            err = f"{100 * (plan_len - n) / n:+.0f}%" if plan_len and why == "OOM bracket" else ""
-            rows.append([name, variant, f"{n:,}", why, f"{plan_len:,}" if plan_len else "—", err])
-            from longqa.patch.kernels import revert_kernels
-
-            revert_kernels(model.get_base_model())
-            title = f"### Longest trainable length (doubling from {start:,}, then bisection to "
-            title += f"{resolution:,}; cap {cap:,}; planner for {gpu_gb:.0f} GB)"
-            head = ["model", "variant", "longest measured", "search ended by", "planner",
-                    "planner error"]  # fmt: skip
-            (out / "longest.md").write_text(f"{title}\n\n{table(head, rows)}\n")
-        del model
-        gc.collect()
-    return rows

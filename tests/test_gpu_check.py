@@ -69,19 +69,21 @@ def test_dry_run_writes_every_stage(tmp_path, gpu_train):
 
 
 def test_find_longest_stops_on_time_box(gpu_train):
+    gpu_longest = _load("gpu_longest")
     seen: list[int] = []
 
     def fits(n: int):
         seen.append(n)
         return None if n > 40000 else True
 
-    assert gpu_train.find_longest(fits, 16384, 4096, 1 << 20) == (32768, "time box")
-    assert gpu_train.find_longest(lambda n: n <= 100_000, 16384, 4096, 1 << 20) == (
+    assert gpu_longest.find_longest(fits, 16384, 4096, 1 << 20) == (32768, "time box")
+    assert gpu_longest.find_longest(lambda n: n <= 100_000, 16384, 4096, 1 << 20) == (
         98304,
         "OOM bracket",
     )
-    assert gpu_train.find_longest(lambda n: True, 16, 16, 64) == (64, "cap")
-    assert gpu_train.find_longest(lambda n: False, 16, 16, 64) == (0, "OOM at start")
+    assert gpu_longest.find_longest(lambda n: True, 16, 16, 64) == (64, "cap")
+    assert gpu_longest.find_longest(lambda n: False, 16, 16, 64) == (0, "OOM at start")
+    sys.modules.pop("gpu_longest", None)
 
 
 def test_planned_peak_is_the_planner_without_context(gpu_train):
@@ -94,7 +96,7 @@ def test_planned_peak_is_the_planner_without_context(gpu_train):
         "llama3-8b-abf128k",
         ["lora.trainable_norms=false", "kernels.tiled_mlp=true", "train.loss_chunk_size=0",
          "model.attn_implementation=sdpa", "kernels.lean_rmsnorm=true",
-         "kernels.tiled_mlp_norm=true"],
+         "kernels.tiled_mlp_norm=true", "kernels.lean_lora_dropout=true"],
     )  # fmt: skip
     items = estimate_bytes(recipe, gpu_train.model_shape("llama3-8b"), 65536)
     assert got == pytest.approx((sum(items.values()) - items["CUDA context + slack"]) / GB)
