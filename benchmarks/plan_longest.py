@@ -6,8 +6,8 @@ Usage::
     .venv/bin/python benchmarks/plan_longest.py --gpu-mem 141 --out /tmp/h200.md
 
 For ``llama3-8b-abf128k`` and ``qwen14b-yarn32k`` with their switches off, then added one by one
-(tiled MLP with the loss chunk from memory, lean RMSNorm, the norm inside the MLP's tiles, the bf16
-residual stream): the planner's items at the recipe's length and its longest length that fits
+(tiled MLP with the loss chunk from memory, lean RMSNorm, lean LoRA dropout, the norm inside the
+MLP's tiles, the bf16 residual stream): the planner's items at the recipe's length and its longest length that fits
 (:func:`longqa.train.plan.longest_fitting_length`). The same numbers as
 ``longqa train --recipe R --plan --gpu-mem 80 --set ...``.
 """
@@ -19,20 +19,18 @@ import sys
 from pathlib import Path
 
 ON = ["kernels.chunked_ce=true", "kernels.rope=true", "memory.offload_activations=true"]
-ROWS = [  # name, --set overrides (every row starts from the recipe with these switches)
+TILED = [*ON, "kernels.tiled_mlp=true", "train.loss_chunk_size=0"]
+LEAN = [*TILED, "kernels.lean_rmsnorm=true"]
+DROP = [*LEAN, "kernels.lean_lora_dropout=true"]
+ROWS = [  # name, --set overrides (each on the recipe as shipped)
     ("MLP untiled", [*ON, "kernels.tiled_mlp=false", "kernels.lean_rmsnorm=false"]),
-    ("+ tiled MLP, loss chunk from memory",
-     [*ON, "kernels.tiled_mlp=true", "train.loss_chunk_size=0", "kernels.lean_rmsnorm=false"]),
-    ("+ lean RMSNorm", [*ON, "kernels.tiled_mlp=true", "train.loss_chunk_size=0",
-                        "kernels.lean_rmsnorm=true"]),
-    ("+ norm inside the MLP's tiles", [*ON, "kernels.tiled_mlp=true", "train.loss_chunk_size=0",
-                                       "kernels.lean_rmsnorm=true", "kernels.tiled_mlp_norm=true"]),
-    ("+ bf16 residual stream (no norm in tiles)",
-     [*ON, "kernels.tiled_mlp=true", "train.loss_chunk_size=0", "kernels.lean_rmsnorm=true",
-      "memory.bf16_residual=true"]),
-    ("+ norm in tiles + bf16 residual stream",
-     [*ON, "kernels.tiled_mlp=true", "train.loss_chunk_size=0", "kernels.lean_rmsnorm=true",
-      "kernels.tiled_mlp_norm=true", "memory.bf16_residual=true"]),
+    ("+ tiled MLP, loss chunk from memory", [*TILED, "kernels.lean_rmsnorm=false"]),
+    ("+ lean RMSNorm", LEAN),
+    ("+ lean LoRA dropout", DROP),
+    ("+ norm inside the MLP's tiles", [*DROP, "kernels.tiled_mlp_norm=true"]),
+    ("+ bf16 residual stream (all)",
+     [*DROP, "kernels.tiled_mlp_norm=true", "memory.bf16_residual=true"]),
+    ("lean RMSNorm + bf16 residual stream (no lean dropout)", [*LEAN, "memory.bf16_residual=true"]),
 ]  # fmt: skip
 RECIPES = ("llama3-8b-abf128k", "qwen14b-yarn32k")
 FORWARD = "recompute's attention forward/backward, beyond"
@@ -44,7 +42,7 @@ def rows(gpu_mem: float) -> list[str]:
 
     out = [
         "| recipe | switches | at its length | layer backward | MLP (tiled: one tile) | "
-        "attention forward beyond it | total | longest that fits |",
+        "attention forward/backward beyond it | total | longest that fits |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in RECIPES:
