@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
 
 from longqa.config.recipe import KernelsConfig, MemoryConfig, load_recipe
-from longqa.models.load import peft_wrapping
 from longqa.ops.lora_dropout import draw_mask, dropout_linear, pack_mask, unpack_mask
 from longqa.patch.kernels import apply_kernels, revert_kernels
 from longqa.patch.lora_dropout import (
@@ -16,7 +14,7 @@ from longqa.patch.lora_dropout import (
     lora_dropout_pairs,
     revert_lean_lora_dropout,
 )
-from tests.tiny import tiny_llama_config
+from tests.tiny import tiny_llama_config, with_lora
 
 
 @pytest.mark.parametrize("shape", [(3, 8), (2, 5, 64), (1, 7, 24)])
@@ -99,13 +97,7 @@ def _model(dropout: float):
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(tiny_llama_config(attn_implementation="eager"))
-    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear")
-    with peft_wrapping():
-        model = get_peft_model(model, cfg)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.02)
-    return model
+    return with_lora(model, r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear")
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 
 from longqa.config.recipe import KernelsConfig, MemoryConfig, load_recipe
 from longqa.core.errors import LongqaError
-from longqa.models.load import peft_wrapping
 from longqa.ops.tiled_mlp import tile_bounds, tiled_mlp
 from longqa.patch.kernels import applied_kernels, apply_kernels, revert_kernels
 from longqa.patch.tiled_mlp import apply_tiled_mlp, mlp_modules, revert_tiled_mlp, tiled_mlp_tile
-from tests.tiny import tiny_llama_config
+from tests.tiny import tiny_llama_config, with_lora
 
 LORA_MLP = ["gate_proj", "up_proj", "down_proj"]
 
@@ -22,13 +20,7 @@ def _lora_model(dtype=torch.float64, dropout=0.0, targets=LORA_MLP, seed=0):
 
     torch.manual_seed(seed)
     model = LlamaForCausalLM(tiny_llama_config(attn_implementation="eager")).to(dtype)
-    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=targets)
-    with peft_wrapping():
-        model = get_peft_model(model, cfg)
-    for name, p in model.named_parameters():  # non-zero B so every LoRA path carries gradient
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.02)
-    return model
+    return with_lora(model, r=4, lora_alpha=8, lora_dropout=dropout, target_modules=targets)
 
 
 def _lora_grads(model) -> dict[str, torch.Tensor]:
@@ -230,13 +222,8 @@ def test_norm_inside_tiles_matches_unpatched_loss_and_grads(trained_norms, lean,
         for name, p in model.named_parameters():  # norms away from 1 so their gradient matters
             if "norm" in name:
                 torch.nn.init.uniform_(p, 0.5, 1.5)
-        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=targets,
-                         modules_to_save=NORMS if trained_norms else None)  # fmt: skip
-        with peft_wrapping():
-            model = get_peft_model(model, cfg)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(p, std=0.02)
+        model = with_lora(model, r=4, lora_alpha=8, target_modules=targets,
+                          modules_to_save=NORMS if trained_norms else None)  # fmt: skip
         base = model.get_base_model()
         if checkpointing:
             base.activation_checkpointing_enable({"use_reentrant": False})

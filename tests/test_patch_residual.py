@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from peft import prepare_model_for_kbit_training
 
 from longqa.config.recipe import KernelsConfig, MemoryConfig, load_recipe
-from longqa.models.load import peft_wrapping
 from longqa.patch.kernels import apply_kernels, revert_kernels
 from longqa.patch.residual import apply_bf16_residual, revert_bf16_residual
 from longqa.train.plan import ModelShape, estimate_bytes, residual_bytes
-from tests.tiny import tiny_llama_config
+from tests.tiny import tiny_llama_config, with_lora
 
 NORMS = ["input_layernorm", "post_attention_layernorm", "norm"]
 
@@ -24,14 +23,8 @@ def _prepared_model():
     torch.manual_seed(0)
     model = LlamaForCausalLM(tiny_llama_config(attn_implementation="sdpa")).to(torch.bfloat16)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, modules_to_save=NORMS,
-                     target_modules=["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"])  # fmt: skip
-    with peft_wrapping():
-        model = get_peft_model(model, cfg)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.02)
-    return model
+    targets = ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]
+    return with_lora(model, r=4, lora_alpha=8, modules_to_save=NORMS, target_modules=targets)
 
 
 def _step(model, ids):

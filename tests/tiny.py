@@ -21,3 +21,19 @@ def tiny_llama_config(**overrides: Any) -> Any:
     fields: dict[str, Any] = {**TINY_SHAPE, "rope_theta": 10000.0}
     fields.update(overrides)
     return LlamaConfig(**fields)
+
+
+def with_lora(model: Any, **lora: Any) -> Any:
+    """``model`` wrapped by peft LoRA (``lora``: ``LoraConfig`` fields) with a non-zero ``lora_B``,
+    so that every LoRA path carries gradient from the first step."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from longqa.models.load import peft_wrapping
+
+    with peft_wrapping():
+        model = get_peft_model(model, LoraConfig(**lora))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    return model
