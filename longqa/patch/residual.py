@@ -13,7 +13,7 @@ transformers' RMSNorm (``weight · n.to(x.dtype)``) returns fp32 when its weight
 layer input, saved checkpoint, boundary gradient and q/k/v projection (a 4-bit linear returns its
 input's dtype) is fp32 — twice what the same model trained in bf16 holds
 (``benchmarks/results/layer_memory.md``). This switch puts the stream back in the training dtype,
-as training the model in bf16 does (Unsloth, ALST keep bf16 activations):
+as training the model itself in bf16 does:
 
 * the frozen input embedding and (untied) LM head weights go back to ``dtype``; they were loaded in
   it, so the round trip through fp32 is lossless;
