@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -98,6 +99,19 @@ def kill_all(proc: subprocess.Popen) -> None:
         child.send_signal(signal.SIGKILL)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def kill_at_checkpoint(
+    proc: subprocess.Popen, ckpt: Path, unfinished: Path, wait: float = 240
+) -> None:
+    """Wait for ``ckpt`` to appear, then SIGKILL the launch; the checkpoint must exist and
+    ``unfinished`` (the last phase's adapter) must not: the kill came before the end."""
+    deadline = time.monotonic() + wait
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kill_all(proc)
+    assert ckpt.exists(), "no checkpoint before the kill"
+    assert not unfinished.exists(), "finished before the kill"
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> str:

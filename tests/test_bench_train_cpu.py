@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from bench_modules import bench_fixture
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_cpu.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_train_cpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+bench = bench_fixture("bench_train_cpu")
 
 
 def _rec(variant, s, cpu, rss, length=2048, quant="none"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,27 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_modules import bench_fixture, load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 
 
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-@pytest.fixture(scope="module")
-def gpu_train():
-    yield _load("gpu_train")
-    sys.modules.pop("gpu_train", None)
+gpu_train = bench_fixture("gpu_train", name="gpu_train")
 
 
 def _env():
@@ -69,7 +54,7 @@ def test_dry_run_writes_every_stage(tmp_path, gpu_train):
 
 
 def test_find_longest_stops_on_time_box(gpu_train):
-    gpu_longest = _load("gpu_longest")
+    gpu_longest = load_bench("gpu_longest")
     seen: list[int] = []
 
     def fits(n: int):

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from dist_fixtures import assert_same_run, finish, kill_all, launch, write_recipe
+from dist_fixtures import assert_same_run, finish, kill_at_checkpoint, launch, write_recipe
 from train_fixtures import tiny_model_dir, toy_sft_rows, write_jsonl
 
 from longqa.config.recipe import load_recipe
@@ -92,13 +91,9 @@ def test_zero3_two_processes_match_one_process_and_resume_after_a_kill(setup):
     tmp, model, data, config = setup
     two = write_recipe(tmp, model, data, "two", micro=2, accum=1, steps=PHASES)
     proc = launch(two, config=config)
-    ckpt = tmp / "out-two/sft2/checkpoint-3/trainer_state.json"
-    deadline = time.monotonic() + 240
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    kill_all(proc)  # kill -9 the launcher and every rank, three steps before the end
-    assert ckpt.exists(), "no checkpoint before the kill"
-    assert not (tmp / "out-two/sft2/adapter").exists(), "finished before the kill"
+    # kill -9 the launcher and every rank, three steps before the end
+    kill_at_checkpoint(proc, tmp / "out-two/sft2/checkpoint-3/trainer_state.json",
+                       tmp / "out-two/sft2/adapter")  # fmt: skip
     # the Trainer checkpointed through DeepSpeed: each rank wrote its partition
     step3 = tmp / "out-two/sft1/checkpoint-3/global_step3"
     assert len(list(step3.glob("zero_pp_rank_*_optim_states.pt"))) == 2

@@ -8,11 +8,8 @@ and the planner's items for that shape must agree within 6 %, so neither can dri
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from bench_modules import bench_fixture
 
 from longqa.config.recipe import load_recipe
 from longqa.train.plan import (
@@ -25,20 +22,12 @@ from longqa.train.plan import (
     mlp_bytes_per_token,
 )
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_layer_memory.py"
 DIMS = {"hidden": 64, "inter": 224, "heads": 4, "kv_heads": 2}
 SHAPE = ModelShape(hidden=64, layers=2, heads=4, kv_heads=2, inter=224, vocab=256)
 TOLERANCE = 0.06
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_layer_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+bench = bench_fixture("bench_layer_memory")
 
 
 def _slope(bench, model, tokens=(128, 256)) -> float:
