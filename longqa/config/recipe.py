@@ -26,10 +26,8 @@ from longqa.config.switches import MemoryConfig as MemoryConfig
 from longqa.config.switches import StrictModel
 from longqa.core.errors import LongqaError
 
-_Strict = StrictModel
 
-
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """Which base model to load and how."""
 
     name: str = Field(
@@ -45,7 +43,7 @@ class ModelConfig(_Strict):
     trust_remote_code: bool = False
 
 
-class RopeConfig(_Strict):
+class RopeConfig(StrictModel):
     """A RoPE scaling spec. ``method`` names an entry of ``longqa.ops.rope_scaling``'s registry.
 
     Unset values fall back to the model config (base, original window) or the method's defaults.
@@ -91,7 +89,7 @@ class RopeConfig(_Strict):
         return v
 
 
-class LoraConfig(_Strict):
+class LoraConfig(StrictModel):
     r: int = Field(16, ge=1)
     alpha: int = Field(64, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
@@ -99,7 +97,7 @@ class LoraConfig(_Strict):
     trainable_norms: bool = True
 
 
-class DatasetSpec(_Strict):
+class DatasetSpec(StrictModel):
     path: str
     weight: float = Field(1.0, gt=0)
     format: Literal["auto", "messages", "openai", "sharegpt", "alpaca", "text"] = Field(
@@ -107,7 +105,7 @@ class DatasetSpec(_Strict):
     )
 
 
-class PhaseConfig(_Strict):
+class PhaseConfig(StrictModel):
     """One training phase; each phase starts from the previous phase's adapter."""
 
     name: str
@@ -125,7 +123,7 @@ class PhaseConfig(_Strict):
         return self
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     packing: bool = False
     group_by_length: bool = True
     overlength: Literal["truncate", "drop", "error"] = Field(
@@ -134,7 +132,7 @@ class DataConfig(_Strict):
     num_proc: int = Field(1, ge=1)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     lr: float = Field(5e-5, gt=0)
     schedule: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_ratio: float = Field(0.01, ge=0, le=1)
@@ -158,7 +156,7 @@ class TrainConfig(_Strict):
         return self.micro_batch_size * self.grad_accum
 
 
-class EvalConfig(_Strict):
+class EvalConfig(StrictModel):
     """Long-context probes run on the model being trained (``longqa.train.eval_callback``)."""
 
     enabled: bool = False
@@ -188,11 +186,11 @@ class EvalConfig(_Strict):
         return sorted(set(v))
 
 
-class OutputConfig(_Strict):
+class OutputConfig(StrictModel):
     dir: str = "runs/{name}"
 
 
-class Recipe(_Strict):
+class Recipe(StrictModel):
     name: str
     description: str = ""
     model: ModelConfig

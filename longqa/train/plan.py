@@ -197,12 +197,12 @@ def estimate_bytes(
         stored = 2 * tokens * shape.hidden * res  # two layers in flight on the GPU
     if not tc.gradient_checkpointing:  # every layer keeps what one recompute would hold
         stored = shape.layers * (tokens * shape.hidden * res + layer + mlp)
-    # the recompute's attention forward peaks apart from the backward: only its excess counts
+    # the attention forward (or, lean dropout, backward) peaks apart from the backward: its excess
     forward = tokens * max(
         sum(forward_bytes_per_token(recipe, shape).values()),
         sum(attention_backward_bytes_per_token(recipe, shape).values()),
     )
-    forward_excess = max(0.0, forward - layer - mlp) if tc.gradient_checkpointing else 0.0
+    attention_excess = max(0.0, forward - layer - mlp) if tc.gradient_checkpointing else 0.0
     if recipe.model.attn_implementation == "eager":
         attn = 2 * tc.micro_batch_size * shape.heads * seq_len * seq_len * act
     else:
@@ -214,12 +214,12 @@ def estimate_bytes(
         "checkpointed activations": stored,
         "layer recompute": layer,
         "MLP recompute (tiled)" if recipe.kernels.tiled_mlp else "MLP recompute": mlp,
-        "recompute's attention forward/backward, beyond": forward_excess,
+        "recompute's attention forward/backward, beyond": attention_excess,
         "attention": attn,
         # the loss runs after the last layer's forward and is freed before its recompute: the
         # step's peak holds one of the two, so only the loss's excess over the layer counts
         "loss, beyond the layer peak": max(
-            0.0, loss_bytes(recipe, shape, tokens) - layer - mlp - forward_excess - attn
+            0.0, loss_bytes(recipe, shape, tokens) - layer - mlp - attention_excess - attn
         ),
     }
     subtotal = sum(items.values())
