@@ -158,21 +158,27 @@ def slopes(runs: list[dict[str, Any]]) -> list[float]:
     ]
 
 
-MODES = {  # name: (kernels.tiled_mlp, kernels.lean_rmsnorm, kernels.tiled_mlp_norm, bf16_residual)
-    "untiled": (False, False, False, False),
-    "tiled": (True, False, False, False),
-    "untiled, lean RMSNorm": (False, True, False, False),
-    "tiled, lean RMSNorm": (True, True, False, False),
-    "tiled + norm inside, lean RMSNorm": (True, True, True, False),
-    "tiled, bf16 residual": (True, True, False, True),
-    "tiled + norm inside, bf16 residual": (True, True, True, True),
+MODES = {  # name: (tiled_mlp, lean_rmsnorm, tiled_mlp_norm, bf16_residual, lean_lora_dropout)
+    "untiled": (False, False, False, False, False),
+    "tiled": (True, False, False, False, False),
+    "untiled, lean RMSNorm": (False, True, False, False, False),
+    "tiled, lean RMSNorm": (True, True, False, False, False),
+    "tiled + norm inside, lean RMSNorm": (True, True, True, False, False),
+    "tiled, lean RMSNorm, lean dropout": (True, True, False, False, True),
+    "tiled, bf16 residual": (True, True, False, True, False),
+    "tiled + norm inside, bf16 residual": (True, True, True, True, False),
+    "tiled + norm inside, bf16 residual, lean dropout": (True, True, True, True, True),
 }
 
 
 def layer_coefficients(recipe: Any, dims: dict[str, int], tokens: list[int], tile: int,
-                       base: str = "nf4", fused_rope: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Measure the layer in each of :data:`MODES` at ``tokens``; per-token coefficients."""
+                       base: str = "nf4", fused_rope: bool = True,
+                       modes: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Measure the layer in each of ``modes`` (default :data:`MODES`) at ``tokens``; per-token
+    coefficients, and the derived ones when the modes they need were measured."""
+    import longqa.ops.lora_dropout as lora_dropout
     import longqa.ops.rmsnorm as rmsnorm
+    from longqa.patch.lora_dropout import apply_lean_lora_dropout, revert_lean_lora_dropout
     from longqa.patch.residual import apply_bf16_residual, revert_bf16_residual
     from longqa.patch.rmsnorm import apply_lean_rmsnorm, revert_lean_rmsnorm
     from longqa.patch.tiled_mlp import apply_tiled_mlp, revert_tiled_mlp
@@ -181,8 +187,10 @@ def layer_coefficients(recipe: Any, dims: dict[str, int], tokens: list[int], til
     model = build_layer_model(recipe, dims, base)
     out: dict[str, Any] = {"dims": dims, "tokens": tokens, "tile": tile, "base": base}
     # the lean norm runs over 2,048-token pieces; at these lengths, pieces as many as at ~32K
-    rmsnorm.BACKWARD_CHUNK = max(16, min(tokens) // 16)
-    for mode, (tiled, lean, norm, bf16) in MODES.items():
+    rmsnorm.BACKWARD_CHUNK = lora_dropout.CHUNK = max(16, min(tokens) // 16)
+    for mode in modes or list(MODES):
+        tiled, lean, norm, bf16, drop = MODES[mode]
+        revert_lean_lora_dropout(model)
         revert_tiled_mlp(model)  # the reverse order of apply_kernels
         revert_bf16_residual(model)
         revert_lean_rmsnorm(model)
@@ -192,6 +200,8 @@ def layer_coefficients(recipe: Any, dims: dict[str, int], tokens: list[int], til
             apply_bf16_residual(model, torch.bfloat16)
         if tiled:
             apply_tiled_mlp(model, tile, with_norm=norm)
+        if drop:
+            apply_lean_lora_dropout(model)
         runs = []
         for t in tokens:
             runs.append(measure(model, t, fused_rope=fused_rope))
@@ -207,8 +217,11 @@ def layer_coefficients(recipe: Any, dims: dict[str, int], tokens: list[int], til
             "grad_x_norm": runs[-1]["grad_x_norm"],
             "contributors_h2": contributors(runs[-1]["at_peak"], tokens[-1], h2)[:16],
         }
-    # tiled MLP per tile token: the peak's slope over the tile size at the largest length
+    revert_lean_lora_dropout(model)
     revert_tiled_mlp(model)
+    if not {"untiled", "tiled", "tiled, lean RMSNorm"} <= out.keys():
+        return out
+    # tiled MLP per tile token: the peak's slope over the tile size at the largest length
     revert_bf16_residual(model)
     revert_lean_rmsnorm(model)
     apply_tiled_mlp(model, 2 * tile)
@@ -222,6 +235,39 @@ def layer_coefficients(recipe: Any, dims: dict[str, int], tokens: list[int], til
         out["tiled"]["slopes"][-1] - out["tiled, lean RMSNorm"]["slopes"][-1]
     ) / h2
     return out
+
+
+def mode_overrides(mode: str) -> list[str]:
+    """The recipe settings of a :data:`MODES` entry, for the planner."""
+    tiled, lean, norm, bf16, drop = (str(v).lower() for v in MODES[mode])
+    return [f"kernels.tiled_mlp={tiled}", f"kernels.lean_rmsnorm={lean}",
+            f"kernels.tiled_mlp_norm={norm}", f"memory.bf16_residual={bf16}",
+            f"kernels.lean_lora_dropout={drop}"]  # fmt: skip
+
+
+def modes_table(res: dict[str, Any], recipe_name: str, command: str) -> str:
+    """Measured per-token slope of each mode beside the planner's backward items (tiled modes)."""
+    from longqa.config.recipe import load_recipe
+    from longqa.train.plan import ModelShape, layer_bytes_per_token
+
+    d = res["dims"]
+    shape = ModelShape(hidden=d["hidden"], layers=1, heads=d["heads"], kv_heads=d["kv_heads"],
+                       inter=d["inter"], vocab=256)  # fmt: skip
+    h2 = d["hidden"] * 2
+    lines = [f"## Layer working set per mode (hidden {d['hidden']}, intermediate {d['inter']}, "
+             f"{d['heads']}/{d['kv_heads']} heads)", "", f"Command: `{command}`", "",
+             "| mode | " + " | ".join(f"peak at T={n:,} (MB)" for n in res["tokens"])
+             + " | measured | planned (backward items) |",
+             "|---|" + "---|" * len(res["tokens"]) + "---|---|"]  # fmt: skip
+    for mode in [m for m in MODES if m in res]:
+        r = res[mode]
+        plan = load_recipe(recipe_name, mode_overrides(mode))
+        planned = sum(layer_bytes_per_token(plan, shape).values()) / h2 if MODES[mode][0] else None
+        peaks = " | ".join(f"{p / 2**20:.1f}" for p in r["peak_bytes"])
+        lines.append(
+            f"| {mode} | {peaks} | {r['per_token_h2']:.2f} × H·2 | {_num(planned)} × H·2 |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _num(x: float | None) -> str:
@@ -314,12 +360,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", choices=("nf4", "bf16"), default="nf4")
     p.add_argument("--out", default=str(RESULTS / "layer_memory"))
     p.add_argument("--from-json", default=None, help="re-render the tables of a saved result")
+    p.add_argument("--modes", default="", help="MODES to measure, separated by ; (own table)")
     a = p.parse_args(argv)
     recipe = load_recipe(a.recipe)
+    dims = {k: KNOWN_SHAPES[a.shape][k] for k in ("hidden", "inter", "heads", "kv_heads")}
+    if a.modes:
+        modes = [m.strip() for m in a.modes.split(";") if m.strip()]
+        if unknown := [m for m in modes if m not in MODES]:
+            p.error(f"unknown mode(s) {unknown}; known: {list(MODES)}")
+        res = layer_coefficients(recipe, dims, sorted(a.tokens), a.tile, a.base,
+                                 recipe.kernels.rope, modes)  # fmt: skip
+        command = (f"python benchmarks/bench_layer_memory.py --recipe {a.recipe} --shape {a.shape}"
+                   f" --tokens {' '.join(map(str, res['tokens']))} --tile {res['tile']}"
+                   f' --modes "{a.modes}"')  # fmt: skip
+        text = modes_table(res, a.recipe, command)
+        print(text)
+        Path(a.out + "_modes.md").write_text(text)
+        Path(a.out + "_modes.json").write_text(json.dumps(res, indent=1) + "\n")
+        return 0
     if a.from_json:
         res = json.loads(Path(a.from_json).read_text())
     else:
-        dims = {k: KNOWN_SHAPES[a.shape][k] for k in ("hidden", "inter", "heads", "kv_heads")}
         res = layer_coefficients(recipe, dims, sorted(a.tokens), a.tile, a.base,
                                  recipe.kernels.rope)  # fmt: skip
     command = (f"python benchmarks/bench_layer_memory.py --recipe {a.recipe} --tokens "
