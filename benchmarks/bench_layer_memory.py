@@ -2,8 +2,7 @@
 
 Usage::
 
-    nice -n 10 .venv/bin/python benchmarks/bench_layer_memory.py \
-        [--recipe llama3-8b-abf128k] [--shape llama-3-8b] [--tokens 256 512 1024] [--tile 128]
+    nice -n 10 .venv/bin/python benchmarks/bench_layer_memory.py [--tokens 256 512 1024] [--tile 128]
     python benchmarks/bench_layer_memory.py --from-json benchmarks/results/layer_memory.json
 
 What the memory planner (:mod:`longqa.train.plan`) calls "layer recompute" is what one decoder layer
@@ -35,7 +34,7 @@ the backward's, while at long ones the recompute's attention forward can bind (t
 tiled MLP (attention side, norms, residual and the MLP's input and its gradient), the untiled MLP's
 extra in ``I · 2`` bytes, a tile's working set per tile token (slope over the tile size at fixed
 ``T``), what the lean RMSNorm removes, the planner's items beside them, and the storages alive at the
-peak. Results go to ``benchmarks/results/layer_memory.{md,json}``.
+peak, to ``results/layer_memory.{md,json}``; ``--modes`` measures a subset (``…_modes.{md,json}``).
 """
 
 from __future__ import annotations
@@ -246,9 +245,11 @@ def mode_overrides(mode: str) -> list[str]:
 
 
 def modes_table(res: dict[str, Any], recipe_name: str, command: str) -> str:
-    """Measured per-token slope of each mode beside the planner's backward items (tiled modes)."""
+    """Each mode's measured slope beside the planner's backward items and attention peak."""
     from longqa.config.recipe import load_recipe
     from longqa.train.plan import ModelShape, layer_bytes_per_token
+    from longqa.train.plan_terms import attention_backward_bytes_per_token as backward_attn
+    from longqa.train.plan_terms import forward_bytes_per_token as forward_attn
 
     d = res["dims"]
     shape = ModelShape(hidden=d["hidden"], layers=1, heads=d["heads"], kv_heads=d["kv_heads"],
@@ -257,16 +258,16 @@ def modes_table(res: dict[str, Any], recipe_name: str, command: str) -> str:
     lines = [f"## Layer working set per mode (hidden {d['hidden']}, intermediate {d['inter']}, "
              f"{d['heads']}/{d['kv_heads']} heads)", "", f"Command: `{command}`", "",
              "| mode | " + " | ".join(f"peak at T={n:,} (MB)" for n in res["tokens"])
-             + " | measured | planned (backward items) |",
-             "|---|" + "---|" * len(res["tokens"]) + "---|---|"]  # fmt: skip
+             + " | measured | planned: backward | attention peak |",
+             "|---|" + "---|" * len(res["tokens"]) + "---|---|---|"]  # fmt: skip
     for mode in [m for m in MODES if m in res]:
         r = res[mode]
         plan = load_recipe(recipe_name, mode_overrides(mode))
         planned = sum(layer_bytes_per_token(plan, shape).values()) / h2 if MODES[mode][0] else None
+        attn = max(sum(f(plan, shape).values()) for f in (forward_attn, backward_attn)) / h2
         peaks = " | ".join(f"{p / 2**20:.1f}" for p in r["peak_bytes"])
-        lines.append(
-            f"| {mode} | {peaks} | {r['per_token_h2']:.2f} × H·2 | {_num(planned)} × H·2 |"
-        )
+        lines.append(f"| {mode} | {peaks} | {r['per_token_h2']:.2f} × H·2 | {_num(planned)} × H·2 "
+                     f"| {attn:.2f} × H·2 |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -372,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                                  recipe.kernels.rope, modes)  # fmt: skip
         command = (f"python benchmarks/bench_layer_memory.py --recipe {a.recipe} --shape {a.shape}"
                    f" --tokens {' '.join(map(str, res['tokens']))} --tile {res['tile']}"
-                   f' --modes "{a.modes}"')  # fmt: skip
+                   + (f" --out {a.out}" if a.out != p.get_default("out") else "")
+                   + f' --modes "{a.modes}"')  # fmt: skip
         text = modes_table(res, a.recipe, command)
         print(text)
         Path(a.out + "_modes.md").write_text(text)
