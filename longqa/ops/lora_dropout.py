@@ -13,9 +13,9 @@ input is already kept by SDPA. This function draws the same Bernoulli(1 − p) m
 ambient autocast, and saves ``x`` itself (one storage shared by every caller with the same input)
 and the mask packed 8 values to a byte: 1/8 byte per value. The backward rebuilds ``x · mask ·
 scale`` to form ``A``'s gradient. Forward and backward run over :data:`CHUNK` tokens at a time, so
-their full-precision temporaries do not grow with the sequence. Masks come from torch's generator, so activation checkpointing
-(which restores the RNG state) redraws the same ones in the recompute; they are a different draw
-from the one ``nn.Dropout`` would make, not a different law.
+their full-precision temporaries do not grow with the sequence. Masks come from torch's
+generator, so activation checkpointing (which restores the RNG state) redraws the same ones in the
+recompute; they are a different draw from the one ``nn.Dropout`` would make, not a different law.
 """
 
 from __future__ import annotations

@@ -53,6 +53,12 @@ def revert_forward(modules: Iterable[nn.Module], attr: str) -> int:
     return n
 
 
+def pass_through(self: nn.Module, x: Any, *args: Any, **kwargs: Any) -> Any:
+    """A forward that returns its input: for a module whose work another patched module does
+    (a norm inside the tiled MLP, a dropout inside ``lora_A``)."""
+    return x
+
+
 def underlying_forward(module: nn.Module, attr: str) -> Callable[..., Any]:
     """The forward beneath the patch ``attr`` of ``module``: the previous patch's, else the
     class's own (bound to ``module``)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from longqa.ops.lora_dropout import dropout_linear
-from longqa.patch.forward import patch_forward, revert_forward
+from longqa.patch.forward import pass_through, patch_forward, revert_forward
 
 _ATTR = "_longqa_lean_lora_dropout"  # on lora_A: its dropout module; on the dropout: True
 
@@ -46,10 +46,6 @@ def _lean_a_forward(self: nn.Module, x: Tensor) -> Tensor:
     return dropout_linear(x, self.weight, drop.p, drop.training)
 
 
-def _pass_through(self: nn.Module, x: Tensor) -> Tensor:
-    return x  # lora_A applies this dropout itself
-
-
 def apply_lean_lora_dropout(model: nn.Module) -> str:
     """Fuse every adapter's dropout into its ``lora_A``; returns a one-line note."""
     pairs = lora_dropout_pairs(model)
@@ -57,7 +53,7 @@ def apply_lean_lora_dropout(model: nn.Module) -> str:
         return "lean LoRA dropout skipped: no LoRA adapter with dropout"
     for drop, a in pairs:
         patch_forward([a], _ATTR, drop, _lean_a_forward)
-        patch_forward([drop], _ATTR, True, _pass_through)
+        patch_forward([drop], _ATTR, True, pass_through)  # lora_A applies the dropout
     return f"lean LoRA dropout on ({len(pairs)} adapted linears)"
 
 

@@ -20,10 +20,10 @@ intermediate]`` block is the size of one MLP weight matrix). Library source is n
 ``post_attention_layernorm`` into its MLP's tiles: the norm's instance ``forward`` passes its input
 through, and the MLP computes ``mlp(norm(h))`` tile by tile with the norm's forward beneath that
 pass-through (peft's ``modules_to_save`` copy when the norms are trained; the lean or bf16-residual
-forward when those are on). RMSNorm acts on each token, so the output is
-the same; the tiled function then saves the residual ``h`` (which the norm saved anyway) instead of
-the norm's output, and the norm's output and its gradient exist for one tile at a time: one
-``[B, T, H]`` tensor fewer at a layer's backward peak (``tests/test_train_plan_measured.py``).
+forward when those are on). RMSNorm acts on each token, so the output is the same; the tiled
+function then saves the residual ``h`` (which the norm saved anyway) instead of the norm's output,
+and the norm's output and its gradient exist for one tile at a time: one ``[B, T, H]`` tensor fewer
+at a layer's backward peak (``tests/test_train_plan_measured.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from longqa.core.errors import LongqaError
 from longqa.ops.tiled_mlp import tiled_mlp
-from longqa.patch.forward import patch_forward, revert_forward, underlying_forward
+from longqa.patch.forward import pass_through, patch_forward, revert_forward, underlying_forward
 
 _ATTR = "_longqa_tiled_mlp"
 _NORM_ATTR = "_longqa_tiled_mlp_norm"  # on an MLP: the norm it applies inside its tiles
@@ -89,10 +89,6 @@ def _tiled_forward(self: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> Ten
     return tiled_mlp(fn, x, self.__dict__[_ATTR], params)
 
 
-def _pass_through(self: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-    return x  # the layer's MLP applies this norm inside its tiles
-
-
 def apply_tiled_mlp(model: nn.Module, tile: int = 0, *, with_norm: bool = False) -> str:
     """Tile every gated MLP of ``model`` over the sequence (with each layer's post-attention norm
     inside the tiles when ``with_norm``); returns a one-line note."""
@@ -111,7 +107,7 @@ def apply_tiled_mlp(model: nn.Module, tile: int = 0, *, with_norm: bool = False)
     patch_forward(mlps, _ATTR, tile, _tiled_forward)
     for norm, mlp in pairs:
         mlp.__dict__[_NORM_ATTR] = norm  # a plain reference: not registered as a submodule
-    patch_forward([norm for norm, _ in pairs], _PASS_ATTR, True, _pass_through)
+    patch_forward([norm for norm, _ in pairs], _PASS_ATTR, True, pass_through)  # MLP applies it
     fused = ", post-attention norm inside" if pairs else ""
     return f"tiled MLP on ({len(mlps)} layers, {tile}-token tiles{fused})"
 
