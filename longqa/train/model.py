@@ -104,20 +104,34 @@ def load_base(recipe: Recipe, rt: Runtime) -> tuple[Any, list[str]]:
     )
     model.config.use_cache = False
     if rt.quantization == "nf4":
-        # 4-bit matmuls compute in the training dtype (float32 on CPU, bf16/fp16 on GPU).
-        import bitsandbytes as bnb
-
-        compute = getattr(torch, rt.dtype)
-        for m in model.modules():
-            if isinstance(m, bnb.nn.Linear4bit):
-                m.compute_dtype = compute
-                m.compute_type_is_set = True
+        keep_4bit_trainable(model, getattr(torch, rt.dtype))
         notes.append(f"weights: 4-bit NF4 (bitsandbytes), compute {rt.dtype}")
     else:
         notes.append(f"weights: {rt.dtype}, not quantized")
     if spec is not None:
         notes.append(f"rope: {spec.method} factor {spec.factor}")
     return model, notes
+
+
+def keep_4bit_trainable(model: Any, compute: Any) -> int:
+    """Make every 4-bit linear of a model that will train compute in ``compute`` (float32 on CPU,
+    bf16/fp16 on GPU) and keep its weights in the layout that back-propagates; returns the count.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.49+) repacks a ``Linear4bit``'s weight for its
+    inference kernel the first time the layer runs in eval mode without gradients (an evaluation
+    probe while training, a held-out loss before it), and from then on the layer's forward calls
+    that kernel, which has no autograd formula: the gradient of the layer's input is silently
+    dropped (PyTorch only warns), so every layer below trains on the LoRA paths' gradient alone.
+    A model that will train keeps the trainable layout."""
+    import bitsandbytes as bnb
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.compute_dtype, m.compute_type_is_set = compute, True
+            m.support_avx512bf16_for_cpu = False  # read by Linear4bit.forward before repacking
+            n += 1
+    return n
 
 
 def build_trainable_model(
