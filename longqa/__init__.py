@@ -11,3 +11,7 @@ Library entry points (the CLI in ``longqa.cli`` is a thin layer over these):
 """
 
 __version__ = "0.1.0"
+
+from longqa.core.quiet import quiet_library_notices as _quiet
+
+_quiet()
