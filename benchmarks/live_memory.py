@@ -123,7 +123,8 @@ class LiveStorageTracker(TorchDispatchMode):
 
 
 def _rope_stand_in(tracker: LiveStorageTracker) -> Any:
-    """``apply_rotary_pos_emb`` with the fused kernel's storage behaviour (in place, saves cos/sin)."""
+    """``apply_rotary_pos_emb`` with the fused kernel's storage behaviour (in place, saves cos/sin)
+    and the ``kernels.rope`` dispatcher's cast to the attention's dtype under autocast."""
     from transformers.models.llama.modeling_llama import rotate_half
 
     def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -150,7 +151,11 @@ def _rope_stand_in(tracker: LiveStorageTracker) -> Any:
             return dq_out, dk_out, None, None
 
     def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):  # noqa: ANN001, ANN202
-        return InPlaceRope.apply(q, k, cos, sin)
+        from longqa.patch.kernels import attention_dtype
+
+        dtype = attention_dtype(q)  # as longqa's dispatcher: fp32 q, k handed over in bf16
+        q, k = InPlaceRope.apply(q, k, cos, sin)
+        return (q, k) if dtype is None else (q.to(dtype), k.to(dtype))
 
     return apply_rotary_pos_emb
 

@@ -150,3 +150,56 @@ def test_unsupported_head_dim_is_a_clear_error():
         apply_kernels(model, ALL_ON, MemoryConfig(), force_triton=True)
     assert modeling_llama.apply_rotary_pos_emb.__name__ == "apply_rotary_pos_emb"
     assert not hasattr(modeling_llama.apply_rotary_pos_emb, "_longqa_fused")
+
+
+class _Fp32Out(torch.nn.Linear):
+    """A projection that returns fp32 under autocast, as a QLoRA model's 4-bit q/k/v do."""
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        with torch.autocast("cpu", enabled=False):
+            return torch.nn.functional.linear(x.float(), self.weight)
+
+
+def _qlora_like(seed: int):
+    model = _model("llama", seed=seed).train()
+    for layer in model.model.layers:
+        for name in ("q_proj", "k_proj", "v_proj"):
+            getattr(layer.self_attn, name).__class__ = _Fp32Out
+    model.activation_checkpointing_enable()
+    return model
+
+
+def test_under_autocast_fp32_q_k_leave_rope_in_the_attention_dtype_same_numbers():
+    ids = _ids(seed=6)
+    ref = _qlora_like(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_loss = ref(input_ids=ids, labels=ids).loss
+    ref_loss.backward()
+    model = _qlora_like(0)
+    apply_kernels(model, KernelsConfig(rope=True, chunked_ce=False), MemoryConfig(),
+                  force_triton=True)  # fmt: skip
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q = torch.randn(1, 4, 3, 16)  # the dispatcher alone: fp32 in, the attention's dtype out
+        kernels_patch._local.depth = 1
+        try:
+            q_out, k_out = modeling_llama.apply_rotary_pos_emb(q, q * 1, *_cos_sin(3, 16))
+        finally:
+            kernels_patch._local.depth = 0
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert q_out.dtype == k_out.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-6)
+    for (name, p), r in zip(model.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-3, atol=1e-6, msg=name)
+    revert_kernels(model)
+    with torch.no_grad():  # without autocast the rotation stays in place, in fp32
+        q = torch.randn(1, 4, 3, 16)
+        assert kernels_patch.attention_dtype(q) is None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert kernels_patch.attention_dtype(q) == torch.bfloat16
+            assert kernels_patch.attention_dtype(q.bfloat16()) is None
+
+
+def _cos_sin(s: int, d: int):
+    angle = torch.arange(s).float()[:, None] * torch.ones(d)[None, :] * 0.1
+    return angle.cos()[None], angle.sin()[None]

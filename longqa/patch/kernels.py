@@ -13,7 +13,10 @@ Usage::
   with :func:`longqa.ops.rope_triton.fused_rope`, and otherwise calls the original function, so other
   models in the process are untouched. The original is restored when the last patched model is
   reverted. Library source is never edited. Needs CUDA (or ``force_triton=True`` with
-  ``TRITON_INTERPRET=1``, used by the tests).
+  ``TRITON_INTERPRET=1``, used by the tests). Under autocast, fp32 q and k (a QLoRA model's) leave
+  the dispatcher already in the attention's dtype (:func:`attention_dtype`): the cast SDPA would
+  make, moved before the attention call, so transformers' attention drops the fp32 tensors instead
+  of holding them beside their copies until ``o_proj`` has run (same values and gradients).
 * ``kernels.chunked_ce`` is not a patch: it selects the chunked path of the training loss,
   :func:`longqa.ops.causal_lm.causal_lm_loss`.
 * ``kernels.tiled_mlp``: :func:`longqa.patch.tiled_mlp.apply_tiled_mlp` runs every gated MLP over
@@ -65,15 +68,31 @@ def _make_dispatcher(original: Any) -> Any:
             from longqa.ops._triton_util import interpreting
             from longqa.ops.rope_triton import fused_rope
 
+            dtype = attention_dtype(q)
             if q.is_cuda or interpreting():
                 FUSED_ROPE_CALLS["fused"] += 1
-                return fused_rope(q, k, cos, sin)
+                q, k = fused_rope(q, k, cos, sin)
+            else:
+                FUSED_ROPE_CALLS["fallback"] += 1
+                q, k = original(q, k, cos, sin, *args, **kwargs)
+            # autocast's cast before attention, done here: the caller then drops fp32 q and k
+            return (q, k) if dtype is None else (q.to(dtype), k.to(dtype))
         FUSED_ROPE_CALLS["fallback"] += 1
         return original(q, k, cos, sin, *args, **kwargs)
 
     apply_rotary_pos_emb.__wrapped__ = original  # type: ignore[attr-defined]
     apply_rotary_pos_emb._longqa_fused = True  # type: ignore[attr-defined]
     return apply_rotary_pos_emb
+
+
+def attention_dtype(q: torch.Tensor) -> torch.dtype | None:
+    """The dtype the attention will read q and k in, when autocast lowers it (fp32 q under bf16
+    autocast: SDPA, flash-attention and eager matmuls all cast first); else None (in place)."""
+    device = q.device.type
+    if not q.is_floating_point() or not torch.is_autocast_enabled(device):
+        return None
+    dtype = torch.get_autocast_dtype(device)
+    return dtype if torch.finfo(dtype).bits < torch.finfo(q.dtype).bits else None
 
 
 def _enter(module: nn.Module, args: Any) -> None:
