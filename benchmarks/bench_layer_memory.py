@@ -164,6 +164,7 @@ MODES = {  # name: (tiled_mlp, lean_rmsnorm, tiled_mlp_norm, bf16_residual, lean
     "tiled, lean RMSNorm": (True, True, False, False, False),
     "tiled + norm inside, lean RMSNorm": (True, True, True, False, False),
     "tiled, lean RMSNorm, lean dropout": (True, True, False, False, True),
+    "tiled + norm inside, lean RMSNorm, lean dropout": (True, True, True, False, True),
     "tiled, bf16 residual": (True, True, False, True, False),
     "tiled + norm inside, bf16 residual": (True, True, True, True, False),
     "tiled + norm inside, bf16 residual, lean dropout": (True, True, True, True, True),

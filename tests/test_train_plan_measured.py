@@ -77,7 +77,7 @@ def test_layer_and_mlp_items_match_the_measured_layer(bench):
     assert lean_planned - planned == 4 * 64  # the MLP's saved fp32 norm output
     forward = sum(forward_bytes_per_token(fused_recipe, SHAPE).values())
     assert forward > planned
-    assert _slope(bench, model, (512, 1024)) == pytest.approx(forward, rel=TOLERANCE)
+    assert _slope(bench, model, (2048, 4096)) == pytest.approx(forward, rel=TOLERANCE)
     revert_tiled_mlp(model)
 
 
@@ -198,8 +198,8 @@ def test_lean_lora_dropout_layer_matches_its_planned_items(bench, monkeypatch, b
 @pytest.mark.slow
 @pytest.mark.parametrize("bf16", [False, True])
 def test_lean_lora_dropout_long_sequences_peak_within_the_planned_bound(bench, monkeypatch, bf16):
-    """At long lengths the layer's peak is the attention's backward: the planner's bound matches
-    it with the bf16 stream and is above it (conservative) with the fp32 one."""
+    """At long lengths the layer's peak is the attention's backward, as planned: ``o_proj``'s
+    moment with the bf16 stream, q/k/v's with the fp32 one."""
     import longqa.ops.lora_dropout as lora_dropout
     from longqa.patch.lora_dropout import apply_lean_lora_dropout
     from longqa.patch.rmsnorm import apply_lean_rmsnorm
@@ -222,8 +222,8 @@ def test_lean_lora_dropout_long_sequences_peak_within_the_planned_bound(bench, m
     recipe = load_recipe("llama3-8b-abf128k", sets)
     bound = max(sum(forward_bytes_per_token(recipe, SHAPE).values()),
                 sum(attention_backward_bytes_per_token(recipe, SHAPE).values()))  # fmt: skip
-    measured = _slope(bench, model, (2048, 4096))
-    if bf16:
-        assert measured == pytest.approx(bound, rel=TOLERANCE)
-    else:
-        assert measured <= bound
+    backward = attention_backward_bytes_per_token(recipe, SHAPE)
+    assert sum(backward.values()) == bound
+    moment = "o_proj: gradient of SDPA's output" if bf16 else "q/k/v: gradient of their input"
+    assert any(k.startswith(moment) for k in backward)
+    assert _slope(bench, model, (2048, 4096)) == pytest.approx(bound, rel=TOLERANCE)

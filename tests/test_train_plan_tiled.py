@@ -85,16 +85,25 @@ def test_lean_rmsnorm_removes_the_trained_norms_fp32_values():
         load_recipe("llama3-8b-abf128k", [*ALL_ON, "kernels.lean_rmsnorm=true"])
     )
     without = plan_memory(load_recipe("llama3-8b-abf128k", ALL_ON))
-    # +11 %: then the recompute's attention forward, not the backward, sets the peak
-    assert with_lean.max_fit_len > 1.1 * without.max_fit_len
-    assert with_lean.items["recompute's attention forward/backward, beyond"] > 0
+    # +19 %; the backward still sets the peak (q and k reach SDPA in bf16 from the fused RoPE)
+    assert with_lean.max_fit_len > 1.15 * without.max_fit_len
+    assert with_lean.items["recompute's attention forward/backward, beyond"] == 0
     assert without.items["recompute's attention forward/backward, beyond"] == 0
+    # with the fp32 q and k held until o_proj (no fused RoPE), the attention forward binds first
+    no_rope = plan_memory(
+        load_recipe(
+            "llama3-8b-abf128k", [*ALL_ON, "kernels.lean_rmsnorm=true", "kernels.rope=false"]
+        )
+    )
+    assert no_rope.items["recompute's attention forward/backward, beyond"] > 0
+    assert no_rope.max_fit_len < with_lean.max_fit_len
 
 
 def test_bf16_residual_reaches_512k_and_the_norm_in_tiles_lowers_only_the_backward():
     """benchmarks/results/plan_longest.md: Llama-3-8B on 80 GB reaches 512K (524,288) on paper
     only with the bf16 residual stream; the norm inside the MLP's tiles lowers the backward's
-    items, but the recompute's attention forward binds at these shapes."""
+    items, which lengthens Llama-3-8B's fp32-stream context (its backward binds) but not
+    Qwen-14B's or the bf16 stream's (the recompute's attention forward binds there)."""
     lean = [*ALL_ON, "kernels.lean_rmsnorm=true"]
     fused = [*lean, "kernels.tiled_mlp_norm=true"]
     for name, goal in (("llama3-8b-abf128k", 524_288), ("qwen14b-yarn32k", 400_000)):
@@ -103,7 +112,10 @@ def test_bf16_residual_reaches_512k_and_the_norm_in_tiles_lowers_only_the_backwa
             ("both", [*fused, "memory.bf16_residual=true"]))}  # fmt: skip
         assert plan["lean"].max_fit_len < goal <= plan["bf16"].max_fit_len, name
         assert plan["fused"].items["layer recompute"] < plan["lean"].items["layer recompute"]
-        assert plan["fused"].max_fit_len == plan["lean"].max_fit_len, name
+        if name.startswith("llama3"):
+            assert plan["fused"].max_fit_len > 1.04 * plan["lean"].max_fit_len, name
+        else:
+            assert plan["fused"].max_fit_len == plan["lean"].max_fit_len, name
         assert plan["both"].max_fit_len == plan["bf16"].max_fit_len, name
         assert plan["both"].total_gb <= plan["bf16"].total_gb  # lower where the backward binds
         assert any("inside the MLP's tiles" in n for n in plan["fused"].notes)

@@ -147,15 +147,18 @@ def _attention_side(recipe: Recipe, shape: ModelShape) -> dict[str, float]:
 def forward_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dict[str, float]:
     """Bytes per token alive in the recompute's attention forward, at o_proj's LoRA (the frame of
     transformers' attention still holds q, k, v and the decoder layer the norm's output), beside
-    the incoming gradient; itemised like :func:`layer_bytes_per_token`."""
+    the incoming gradient; itemised like :func:`layer_bytes_per_token`. With ``kernels.rope`` an
+    fp32 q and k leave the RoPE dispatcher already in bf16 (:func:`longqa.patch.kernels.
+    attention_dtype`), so the frame holds those instead of fp32 tensors plus SDPA's copies."""
     h, d = shape.hidden, shape.head_dim
     q, kv = shape.heads * d, shape.kv_heads * d
     r = residual_bytes(recipe)
+    rotated = 2 if recipe.kernels.rope else r  # the fused RoPE hands q, k over in bf16
     return {
         "incoming gradient (layer output)": r * h,
         "input norm output (+ its saved values)": (r + _norm_saved(recipe)) * h,
-        "q, k, v projections": r * (q + 2 * kv),
-        "SDPA's bf16 copies of q, k, v": 2 * (q + 2 * kv) if r > 2 else 0,
+        "q, k (after RoPE), v projections": rotated * (q + kv) + r * kv,
+        "SDPA's bf16 copies of q, k, v": 2 * (q + kv) * (rotated > 2) + 2 * kv * (r > 2),
         "SDPA output (bf16), log-sum-exp": 2 * q + 4 * shape.heads,
         "rotary cos/sin": 2 * d * r,
         "LoRA inputs of q, k, v, o (+ dropout masks)": _lora_inputs(
@@ -167,26 +170,43 @@ def forward_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dict[str, floa
 
 
 def attention_backward_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dict[str, float]:
-    """Bytes per token alive in the attention's backward, when the gradient of q/k/v's shared
-    input is summed from its parts. It binds only when the LoRA inputs are small
+    """Bytes per token alive in the attention's backward, where a gradient is summed from three
+    parts (a base linear's, the LoRA path's, their running sum) beside the incoming and residual
+    gradients: the larger of two moments. It binds only when the LoRA inputs are small
     (``kernels.lean_lora_dropout``; otherwise they are freed as q, k, v back-propagate and the
-    forward peak is higher, measured); empty otherwise. Measured at the small shape of
-    ``tests/test_train_plan_measured.py``: 1,349–1,364 B/token against 1,344 planned with the bf16
-    stream; 2,140 against 2,432 with the fp32 stream (the bound is conservative there)."""
+    forward peak is higher, measured); empty otherwise.
+
+    * ``o_proj``'s backward: the gradient of SDPA's output in parts, SDPA's saved q, k, v, output
+      and log-sum-exp still alive (its backward comes next);
+    * q/k/v's backward, after SDPA's: the gradient of their shared input in parts, beside the
+      gradients of q and k (v's is consumed first), in the stream's dtype after RoPE.
+
+    Measured at the small shape of ``tests/test_train_plan_measured.py`` (T 2,048 → 4,096): fp32
+    stream 2,106 B/token against 2,144 planned (q/k/v's moment), bf16 stream 1,333 against 1,392
+    (``o_proj``'s); at Llama-3-8B's shape 14.63 and 8.78 H·2 against 14.89 and 8.86."""
     if not lean_dropout(recipe):
         return {}
     h, d = shape.hidden, shape.head_dim
     q, kv = shape.heads * d, shape.kv_heads * d
     r = residual_bytes(recipe)
-    return {
+    common = {
         "gradients: layer output, residual sum": 2 * r * h,
-        "gradient of q/k/v's input, in three parts": 3 * r * h,
         "LoRA inputs (the norm output, packed masks)": _lora_inputs(recipe, h, q),
-        "q, k, v (or their gradients)": r * (q + 2 * kv),
-        "SDPA output (bf16), log-sum-exp": 2 * q + 4 * shape.heads,
         "rotary cos/sin": 2 * d * r,
+    }
+    o_proj = {
+        **common,
+        "o_proj: gradient of SDPA's output, in three parts (bf16)": 3 * 2 * q,
+        "SDPA's saved q, k, v (bf16), output, log-sum-exp": 2 * (2 * q + 2 * kv) + 4 * shape.heads,
         "LoRA A outputs of q, k, v, o (bf16, rank r)": 4 * 2 * recipe.lora.r,
     }
+    qkv = {
+        **common,
+        "q/k/v: gradient of their input, in three parts": 3 * r * h,
+        "gradients of q and k (after RoPE)": r * (q + kv),
+        "LoRA A outputs of q, k (bf16, rank r)": 2 * 2 * recipe.lora.r,
+    }
+    return max(o_proj, qkv, key=lambda items: sum(items.values()))
 
 
 def mlp_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dict[str, float]:
