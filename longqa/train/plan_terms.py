@@ -182,8 +182,9 @@ def attention_backward_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dic
       gradients of q and k (v's is consumed first), in the stream's dtype after RoPE.
 
     Measured at the small shape of ``tests/test_train_plan_measured.py`` (T 2,048 → 4,096): fp32
-    stream 2,106 B/token against 2,144 planned (q/k/v's moment), bf16 stream 1,333 against 1,392
-    (``o_proj``'s); at Llama-3-8B's shape 14.63 and 8.78 H·2 against 14.89 and 8.86."""
+    stream 2,106–2,140 B/token against 2,144 planned (q/k/v's moment), bf16 stream 1,333–1,364
+    against 1,392 (``o_proj``'s); at Llama-3-8B's shape with every switch 14.76 and 8.78 H·2
+    against 14.88 and 8.84 (``benchmarks/results/layer_memory_long_modes.md``)."""
     if not lean_dropout(recipe):
         return {}
     h, d = shape.hidden, shape.head_dim
