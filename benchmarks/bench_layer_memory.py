@@ -111,21 +111,34 @@ def build_layer_model(
     return model
 
 
+def layer_input(model: Any, tokens: int, g: torch.Generator) -> torch.Tensor:
+    """The first layer's stored input ``x [1, T, H]`` in the residual stream's dtype (fp32 after
+    peft's prepare, bf16 with the bf16 stream), requiring grad."""
+    lm = model.get_base_model()
+    x = torch.randn(1, tokens, lm.config.hidden_size, generator=g)
+    return x.to(lm.model.embed_tokens.weight.dtype).requires_grad_(True)
+
+
+def layer_forward(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """The first decoder layer on ``x`` under bf16 autocast (rotary cos/sin included), as the
+    Trainer's ``bf16=True`` runs it."""
+    lm = model.get_base_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pos = torch.arange(x.shape[1]).unsqueeze(0)
+        cos, sin = lm.model.rotary_emb(x, pos)
+        return lm.model.layers[0](
+            x, attention_mask=None, position_ids=pos, position_embeddings=(cos, sin)
+        )
+
+
 def measure(model: Any, tokens: int, *, fused_rope: bool = True, seed: int = 0) -> dict[str, Any]:
     """Peak bytes over one checkpointed layer's forward + backward at ``tokens`` tokens."""
-    lm = model.get_base_model()
-    layer, rotary = lm.model.layers[0], lm.model.rotary_emb
-    hidden = lm.config.hidden_size
-    dtype = lm.model.embed_tokens.weight.dtype  # residual stream dtype (fp32 after prepare)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, tokens, hidden, generator=g).to(dtype).requires_grad_(True)
+    x = layer_input(model, tokens, g)
     tracker = LiveStorageTracker()
     start = time.perf_counter()
-    with gpu_like(tracker, fused_rope), tracker, tracker.module_names(lm):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            pos = torch.arange(tokens).unsqueeze(0)
-            cos, sin = rotary(x, pos)
-            y = layer(x, attention_mask=None, position_ids=pos, position_embeddings=(cos, sin))
+    with gpu_like(tracker, fused_rope), tracker, tracker.module_names(model.get_base_model()):
+        y = layer_forward(model, x)
         tracker.forget(y)
         dy = torch.randn(y.shape, generator=g, dtype=y.dtype)  # dL/dy from the layer above
         y.backward(dy)

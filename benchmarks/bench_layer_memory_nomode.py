@@ -88,18 +88,12 @@ def profiled_peak(model: Any, tokens: int, *, mode: bool) -> int:
     """Peak bytes allocated by torch over the layer's forward + backward, minus its output."""
     from torch.profiler import ProfilerActivity, profile
 
-    lm = model.get_base_model()
-    layer, rotary = lm.model.layers[0], lm.model.rotary_emb
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, tokens, lm.config.hidden_size, generator=g)
-    x = x.to(lm.model.embed_tokens.weight.dtype).requires_grad_(True)
+    x = bench.layer_input(model, tokens, g)
     outer = CallThrough() if mode else contextlib.nullcontext()
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     with gpu_like(LiveStorageTracker(), fused_rope=False), prof, outer:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            pos = torch.arange(tokens).unsqueeze(0)
-            cos, sin = rotary(x, pos)
-            y = layer(x, attention_mask=None, position_ids=pos, position_embeddings=(cos, sin))
+        y = bench.layer_forward(model, x)
         y.backward(torch.randn(y.shape, generator=g, dtype=y.dtype))
         output = y.untyped_storage().nbytes()
         del y
