@@ -228,3 +228,36 @@ def test_from_nf4_merges_into_dequantised_weights(tmp_path):
     want = deq + (16 / 4) * b @ a
     torch.testing.assert_close(merged[f"{name}.weight"], want, atol=1e-5, rtol=1e-5)
     assert (merged[f"{name}.weight"] - (w + 4 * b @ a)).abs().max() > 1e-4  # not the fp weights
+
+
+def test_merged_export_files_keep_the_umask_mode(tmp_path):
+    """Under umask 022 every exported file is 644 (a server running as another user can read it)
+    and config.json carries no GGUF loader leftovers."""
+    import os
+    import stat
+
+    from longqa.core.paths import atomic_write_text
+    from longqa.models.export import export_adapter
+
+    adapter = make_bundle(tmp_path, {"method": "linear", "factor": 2.0}, 128)
+    cfg_file = tmp_path / "base" / "config.json"  # as a GGUF-converted base writes it
+    cfg = json.loads(cfg_file.read_text())
+    cfg_file.write_text(json.dumps({**cfg, "_model_name_or_path": "Smollm2 135M"}))
+    old = os.umask(0o022)
+    try:
+        export_adapter(adapter, tmp_path / "merged", merge=True)
+        written = atomic_write_text(tmp_path / "plain.txt", "x")
+        os.umask(0o077)
+        private = atomic_write_text(tmp_path / "private.txt", "x")
+    finally:
+        os.umask(old)
+    out = tmp_path / "merged"
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()}
+    for name in ("config.json", "model.safetensors", "longqa_export.json"):
+        assert modes[name] == 0o644, (name, oct(modes[name]))
+    assert set(modes.values()) == {0o644}, modes
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert "_model_name_or_path" not in json.loads((out / "config.json").read_text())
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE((adapter / "adapter_model.safetensors").stat().st_mode) == 0o644

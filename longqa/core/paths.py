@@ -1,7 +1,10 @@
 """Filesystem helpers shared by every module: user cache dir and atomic writes.
 
 Atomic writes go to a temporary file in the same directory and are renamed into place, so a killed
-process never leaves a half-written output behind.
+process never leaves a half-written output behind. The temporary file gets the mode an ordinary
+``open()`` would give (``0o666`` less the process umask: 644 under umask 022), not ``mkstemp``'s
+private 600; :func:`keep_umask` does the same for files other libraries write privately (safetensors
+writes 600) before a folder is renamed into place.
 """
 
 from __future__ import annotations
@@ -24,12 +27,38 @@ def cache_dir() -> Path:
     return path
 
 
+def current_umask() -> int:
+    """The process umask (read from ``/proc`` where it can be, without changing it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def keep_umask(path: str | os.PathLike[str]) -> Path:
+    """Give ``path`` (a file, or a folder and everything in it) the modes ``open()`` and
+    ``mkdir()`` give under the process umask: files ``0o666 & ~umask``, folders ``0o777 & ~umask``."""
+    path, mask = Path(path), current_umask()
+    items = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in items:
+        if not item.is_symlink():
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temp file + rename)."""
+    """Write ``text`` to ``path`` atomically (temp file + rename), with the umask's file mode."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp creates 600
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()

@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from longqa.core.paths import keep_umask
+
 
 def pyplot() -> Any:
     """``matplotlib.pyplot``, on the Agg backend outside notebooks."""
@@ -37,6 +39,7 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        keep_umask(tmp)  # mkstemp creates 600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

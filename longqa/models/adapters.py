@@ -22,7 +22,7 @@ from typing import Any
 
 from longqa.config.recipe import Recipe, RopeConfig, dump_recipe, recipe_max_length
 from longqa.core.errors import LongqaError
-from longqa.core.paths import atomic_write_json, atomic_write_text
+from longqa.core.paths import atomic_write_json, atomic_write_text, keep_umask
 
 INFO_FILE = "longqa.json"
 ROPE_FILE = "rope_spec.json"
@@ -52,6 +52,9 @@ def save_adapter_bundle(
     model.save_pretrained(str(out), safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
+    for f in out.iterdir():  # safetensors writes 600: give the files the umask's mode
+        if f.is_file():
+            keep_umask(f)
     atomic_write_text(out / RECIPE_FILE, dump_recipe(recipe))
     atomic_write_json(out / ROPE_FILE, recipe.rope.model_dump(mode="json"))
     info = {"base_model": recipe.model.name, "max_length": recipe_max_length(recipe)}

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from longqa.core.errors import LongqaError
-from longqa.core.paths import atomic_write_json
+from longqa.core.paths import atomic_write_json, keep_umask
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ def write_rope_config(config_file: Path, params: dict[str, Any], window: int) ->
     else:  # transformers 5 reads rope_scaling first when present: keep it identical
         cfg["rope_scaling"] = {**params, "type": params["rope_type"]}
     cfg["max_position_embeddings"] = int(window)
+    cfg.pop("_model_name_or_path", None)  # the GGUF loader's note of the file's model name
     atomic_write_json(config_file, cfg)
     return cfg
 
@@ -205,6 +206,7 @@ def export_adapter(
             "warnings": warnings,
         }
         atomic_write_json(tmp / EXPORT_INFO, summary)
+        keep_umask(tmp)  # readable by whoever the umask allows (safetensors writes 600)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

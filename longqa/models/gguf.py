@@ -96,6 +96,8 @@ def _drop_gguf_marker(model: Any) -> None:
                 pass
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    if hasattr(model.config, "_model_name_or_path"):  # general.name, not a config key
+        del model.config._model_name_or_path
 
 
 def convert_gguf(

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from longqa.core.errors import LongqaError
-from longqa.core.paths import atomic_write_json, cache_dir
+from longqa.core.paths import atomic_write_json, cache_dir, keep_umask
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +286,7 @@ def convert_checkpoint(src: str | Path, out: str | Path, progress: bool = True) 
             "original": {k: original[k] for k in ORIGINAL_KEYS if k in original},
         },
     )
+    keep_umask(tmp)  # safetensors writes 600
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
