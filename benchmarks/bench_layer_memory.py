@@ -5,7 +5,7 @@ Usage::
     nice -n 10 .venv/bin/python benchmarks/bench_layer_memory.py [--tokens 256 512 1024] [--tile 128]
     python benchmarks/bench_layer_memory.py --from-json benchmarks/results/layer_memory.json
 
-What the memory planner (:mod:`longqa.train.plan`) calls "layer recompute" is what one decoder layer
+What the memory planner (:mod:`longqa.plan.memory`) calls "layer recompute" is what one decoder layer
 holds on top of the stored checkpoints while gradient checkpointing recomputes it and back-propagates
 through it. This script builds ONE decoder layer of the real shape (``LlamaForCausalLM`` with one
 layer from a ``LlamaConfig``; random weights) the way ``build_trainable_model`` prepares the model
@@ -30,7 +30,7 @@ token counts (constants drop out), checked to be constant (linear growth) at eve
 Each of :data:`MODES` (untiled / ``kernels.tiled_mlp``, with and without ``kernels.lean_rmsnorm``,
 ``kernels.tiled_mlp_norm`` and ``memory.bf16_residual``) is measured; at these lengths the peak is
 the backward's, while at long ones the recompute's attention forward can bind (the planner's
-``forward_bytes_per_token``, checked at a small shape by ``tests/test_train_plan_measured.py``). Reported per token, in ``H · 2`` bytes (one bf16 hidden vector): the layer with the
+``forward_bytes_per_token``, checked at a small shape by ``tests/test_plan_measured.py``). Reported per token, in ``H · 2`` bytes (one bf16 hidden vector): the layer with the
 tiled MLP (attention side, norms, residual and the MLP's input and its gradient), the untiled MLP's
 extra in ``I · 2`` bytes, a tile's working set per tile token (slope over the tile size at fixed
 ``T``), what the lean RMSNorm removes, the planner's items beside them, and the storages alive at the
@@ -261,9 +261,9 @@ def mode_overrides(mode: str) -> list[str]:
 def modes_table(res: dict[str, Any], recipe_name: str, command: str) -> str:
     """Each mode's measured slope beside the planner's backward items and attention peak."""
     from longqa.config.recipe import load_recipe
-    from longqa.train.plan import ModelShape, layer_bytes_per_token
-    from longqa.train.plan_terms import attention_backward_bytes_per_token as backward_attn
-    from longqa.train.plan_terms import forward_bytes_per_token as forward_attn
+    from longqa.plan.memory import ModelShape, layer_bytes_per_token
+    from longqa.plan.terms import attention_backward_bytes_per_token as backward_attn
+    from longqa.plan.terms import forward_bytes_per_token as forward_attn
 
     d = res["dims"]
     shape = ModelShape(hidden=d["hidden"], layers=1, heads=d["heads"], kv_heads=d["kv_heads"],
@@ -291,7 +291,7 @@ def _num(x: float | None) -> str:
 
 def planner_comparison(res: dict[str, Any], recipe: Any) -> list[str]:
     """The planner's itemised terms at the measured shape beside the measurement (× H·2 / I·2)."""
-    from longqa.train.plan import (
+    from longqa.plan.memory import (
         TILED_MLP_EXTRA,
         ModelShape,
         layer_bytes_per_token,
@@ -304,7 +304,7 @@ def planner_comparison(res: dict[str, Any], recipe: Any) -> list[str]:
     h2, i2 = d["hidden"] * 2, d["inter"] * 2
     layer = layer_bytes_per_token(recipe, shape)
     mlp = sum(mlp_bytes_per_token(recipe, shape).values())
-    lines = ["| planner item (`longqa/train/plan.py`) | per token |", "|---|---|"]
+    lines = ["| planner item (`longqa/plan/memory.py`) | per token |", "|---|---|"]
     lines += [f"| {k} | {v / h2:.2f} × H·2 |" for k, v in layer.items()]
     lines += [
         f"| **layer, planned / measured** | **{sum(layer.values()) / h2:.2f} / "
@@ -365,7 +365,7 @@ def _table(res: dict[str, Any], command: str, recipe: Any = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from longqa.config.recipe import load_recipe
-    from longqa.train.plan import KNOWN_SHAPES
+    from longqa.plan.memory import KNOWN_SHAPES
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="llama3-8b-abf128k")

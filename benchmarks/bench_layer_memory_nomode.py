@@ -8,7 +8,7 @@ Usage::
 ``live_memory.LiveStorageTracker`` is a ``TorchDispatchMode``; under any dispatch mode PyTorch's
 autograd engine sums a gradient's parts out of place, while a plain run (a GPU training step)
 accumulates in place where it can. This script measures the same small layer as
-``tests/test_train_plan_measured.py`` (hidden 64, intermediate 224, 4/2 heads, NF4, LoRA r16
+``tests/test_plan_measured.py`` (hidden 64, intermediate 224, 4/2 heads, NF4, LoRA r16
 dropout 0.1, trained norms, bf16 autocast, SDPA) with every memory switch on, three ways:
 
 * **no mode**: the profiler's CPU allocation events (``profile_memory=True``), summed in time order;
@@ -110,13 +110,13 @@ def profiled_peak(model: Any, tokens: int, *, mode: bool) -> int:
 
 
 def _shape() -> Any:
-    from longqa.train.plan_terms import ModelShape
+    from longqa.plan.terms import ModelShape
 
     return ModelShape(**SHAPE_ARGS)
 
 
 def slopes(name: str, tokens: tuple[int, int]) -> dict[str, float]:
-    from longqa.train.plan_terms import attention_backward_bytes_per_token, forward_bytes_per_token
+    from longqa.plan.terms import attention_backward_bytes_per_token, forward_bytes_per_token
 
     model, recipe = build(name)
     d = tokens[1] - tokens[0]

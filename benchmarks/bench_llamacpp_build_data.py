@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/bench_llamacpp_build_data.py [--samples 6] [--corpus DIR]``
 (needs the ``serve`` extra). One ``python -m llama_cpp.server`` (one thread) serves SmolLM2-135M
-as float16 GGUF (see tests/llama_server.py for why not the shipped Q4_1) to both arms, in turn:
+as float16 GGUF (see longqa/testing/llama_server.py for why not the shipped Q4_1) to both arms, in turn:
 
 - baseline ``--response-format none``: the plain prompt, the JSON parsed leniently (what a server
   without structured output gets);
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def _build(corpus: Path, out: Path, url: str, n: int, fmt: str, args) -> dict:  # noqa: ANN001
@@ -69,9 +68,8 @@ def _build(corpus: Path, out: Path, url: str, n: int, fmt: str, args) -> dict:  
 
 
 def main() -> None:
-    from llama_server import LlamaCppServer, smollm2_f16_gguf
-
     from longqa.core.paths import shared_essays
+    from longqa.testing.llama_server import LlamaCppServer, smollm2_f16_gguf
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=6)

@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/bench_llm_client.py [--requests 2000] [--concurrency 32]``
 
-1. A stub OpenAI-compatible server (tests/stub_openai_server.py, in its own process so it does not
+1. A stub OpenAI-compatible server (longqa/testing/openai_stub.py, in its own process so it does not
    share the client's GIL) answers every request after ``--latency`` seconds. With ``concurrency``
    requests in flight the best possible throughput is ``concurrency / latency`` requests/s (the
    "concurrency bound"); we report the measured rate and its share of that bound (goal >= 80 %).
@@ -17,17 +17,12 @@ import asyncio
 import multiprocessing as mp
 import os
 import platform
-import sys
 import tempfile
 import time
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def _serve(latency: float, port_queue: mp.Queue, stop: mp.Event) -> None:  # type: ignore[type-arg]
-    from stub_openai_server import StubOpenAIServer, StubReply
+    from longqa.testing.openai_stub import StubOpenAIServer, StubReply
 
     with StubOpenAIServer(
         lambda body, n: StubReply(content='{"answer": "ok"}'), latency=latency

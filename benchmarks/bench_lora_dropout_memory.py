@@ -32,7 +32,7 @@ NORMS = ["input_layernorm", "post_attention_layernorm", "norm"]
 def build() -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.tiny import with_lora
+    from longqa.testing.tiny import with_lora
 
     cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                       num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,

@@ -65,7 +65,7 @@ def run_longest_stage(env: Env, out: Path, models: list[str], variants: list[str
     import torch
 
     from longqa.config.recipe import load_recipe
-    from longqa.train.plan import GB, longest_fitting_length
+    from longqa.plan.memory import GB, longest_fitting_length
 
     rows: list[list[Any]] = []
     gpu_gb = torch.cuda.get_device_properties(0).total_memory / GB if env.device == "cuda" else 80.0

@@ -199,8 +199,8 @@ def try_step(env: Env, model: Any, variant: str, seq: int) -> tuple[float, float
 
 
 def model_shape(name: str) -> Any:
-    """The planner's :class:`~longqa.train.plan.ModelShape` of a benchmark model."""
-    from longqa.train.plan import ModelShape
+    """The planner's :class:`~longqa.plan.memory.ModelShape` of a benchmark model."""
+    from longqa.plan.memory import ModelShape
 
     s = SHAPES[name]
     return ModelShape(hidden=s["hidden_size"], layers=s["num_hidden_layers"],
@@ -226,7 +226,7 @@ def plan_overrides(variant: str) -> list[str]:
 def planned_gib(name: str, variant: str, seq: int, env: Env) -> float | None:
     """The planner's peak for this cell, without its CUDA-context + slack item (GiB)."""
     from longqa.config.recipe import load_recipe
-    from longqa.train.plan import GB, estimate_bytes
+    from longqa.plan.memory import GB, estimate_bytes
 
     if VARIANTS[variant].get("liger"):
         return None

@@ -21,7 +21,7 @@ CUDA's ``native_dropout`` (bool mask; torch's CPU path keeps a mask in the input
 ``torch.is_autocast_enabled()`` (CUDA's flag) answered with the CPU autocast state, and
 bitsandbytes' dequantised 4-bit weights left out of the count (``[out, in]``, constant in the
 sequence length; at short lengths they would move the peak away from where it is at long ones).
-Used by ``benchmarks/bench_layer_memory.py`` and ``tests/test_train_plan_measured.py``.
+Used by ``benchmarks/bench_layer_memory.py`` and ``tests/test_plan_measured.py``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Usage::
 For ``llama3-8b-abf128k`` and ``qwen14b-yarn32k`` with their switches off, then added one by one
 (tiled MLP with the loss chunk from memory, lean RMSNorm, lean LoRA dropout, the norm inside the
 MLP's tiles, the bf16 residual stream): the planner's items at the recipe's length and its longest length that fits
-(:func:`longqa.train.plan.longest_fitting_length`). The same numbers as
+(:func:`longqa.plan.memory.longest_fitting_length`). The same numbers as
 ``longqa train --recipe R --plan --gpu-mem 80 --set ...``.
 """
 
@@ -38,7 +38,7 @@ FORWARD = "recompute's attention forward/backward, beyond"
 
 def rows(gpu_mem: float) -> list[str]:
     from longqa.config.recipe import load_recipe, recipe_max_length
-    from longqa.train.plan import GB, estimate_bytes, longest_fitting_length, model_shape
+    from longqa.plan.memory import GB, estimate_bytes, longest_fitting_length, model_shape
 
     out = [
         "| recipe | switches | at its length | layer backward | MLP (tiled: one tile) | "

@@ -73,7 +73,7 @@ def test_find_longest_stops_on_time_box(gpu_train):
 
 def test_planned_peak_is_the_planner_without_context(gpu_train):
     from longqa.config.recipe import load_recipe
-    from longqa.train.plan import GB, estimate_bytes
+    from longqa.plan.memory import GB, estimate_bytes
 
     env = gpu_train.Env("cuda", dry_run=False)
     got = gpu_train.planned_gib("llama3-8b", "longqa all", 65536, env)

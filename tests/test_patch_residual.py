@@ -9,7 +9,7 @@ from peft import prepare_model_for_kbit_training
 from longqa.config.recipe import KernelsConfig, MemoryConfig, load_recipe
 from longqa.patch.kernels import apply_kernels, revert_kernels
 from longqa.patch.residual import apply_bf16_residual, revert_bf16_residual
-from longqa.train.plan import ModelShape, estimate_bytes, residual_bytes
+from longqa.plan.memory import ModelShape, estimate_bytes, residual_bytes
 from tests.tiny import tiny_llama_config, with_lora
 
 NORMS = ["input_layernorm", "post_attention_layernorm", "norm"]

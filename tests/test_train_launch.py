@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 from longqa.cli.app import app
 from longqa.config.recipe import load_recipe
 from longqa.core.errors import LongqaError
+from longqa.plan.memory import plan_memory
+from longqa.plan.parallel import per_gpu_bytes, plan_parallel
 from longqa.train.launch import (
     LAUNCH_MODES,
     check_can_launch,
@@ -18,8 +20,6 @@ from longqa.train.launch import (
     launch_config_path,
     strip_launch_flags,
 )
-from longqa.train.plan import plan_memory
-from longqa.train.plan_parallel import per_gpu_bytes, plan_parallel
 
 
 @pytest.mark.parametrize("mode", sorted(LAUNCH_MODES))
@@ -90,7 +90,7 @@ def test_parallel_plan_divides_what_each_mode_shards():
     assert rows["ulysses"].max_fit_len > 4 * rows["fsdp"].max_fit_len
     # with one GPU there is no sequence to split
     assert "ulysses" not in {r.mode for r in plan_parallel(rec, gpus=1)}
-    from longqa.train.plan import model_shape
+    from longqa.plan.memory import model_shape
 
     shape, _ = model_shape(rec)
     assert per_gpu_bytes(rec, shape, 65536, "ulysses", 2) < per_gpu_bytes(

@@ -63,11 +63,11 @@ def train(
 
     rec = load_recipe(recipe, overrides=set_ or [])
     if plan:
-        from longqa.train.plan import plan_memory, render_plan
+        from longqa.plan.memory import plan_memory, render_plan
 
         render_plan(plan_memory(rec, gpu_mem_gb=gpu_mem), Console())
         if gpus > 1:
-            from longqa.train.plan_parallel import plan_parallel, render_parallel_plan
+            from longqa.plan.parallel import plan_parallel, render_parallel_plan
 
             render_parallel_plan(plan_parallel(rec, gpus, gpu_mem_gb=gpu_mem), Console())
         return

@@ -6,7 +6,7 @@ Usage::
     KernelsConfig(tiled_mlp=True, tiled_mlp_norm=True).tiled_mlp_norm
 
 Each switch is applied by :func:`longqa.patch.kernels.apply_kernels` and modelled by the memory
-planner (:mod:`longqa.train.plan`); :class:`StrictModel` is the base of every recipe section
+planner (:mod:`longqa.plan.memory`); :class:`StrictModel` is the base of every recipe section
 (unknown keys and wrong types are errors).
 """
 

@@ -23,7 +23,7 @@ pass-through (peft's ``modules_to_save`` copy when the norms are trained; the le
 forward when those are on). RMSNorm acts on each token, so the output is the same; the tiled
 function then saves the residual ``h`` (which the norm saved anyway) instead of the norm's output,
 and the norm's output and its gradient exist for one tile at a time: one ``[B, T, H]`` tensor fewer
-at a layer's backward peak (``tests/test_train_plan_measured.py``).
+at a layer's backward peak (``tests/test_plan_measured.py``).
 """
 
 from __future__ import annotations

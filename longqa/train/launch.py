@@ -22,36 +22,11 @@ from __future__ import annotations
 
 import importlib.util
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
+from longqa.config.launch_modes import LAUNCH_MODES, LaunchMode
 from longqa.config.recipe import recipes_dir
 from longqa.core.errors import LongqaError
-
-
-@dataclass(frozen=True)
-class LaunchMode:
-    """One way of spreading training over GPUs."""
-
-    config: str  # file under recipes/launch/
-    needs: str | None  # python package it needs beyond the defaults
-    sequence_parallel: bool  # --gpus also sets the sequence-parallel size
-    summary: str
-
-
-LAUNCH_MODES: dict[str, LaunchMode] = {
-    "ddp": LaunchMode("ddp.yaml", None, False, "data parallel; every GPU holds the 4-bit base"),
-    "fsdp": LaunchMode("fsdp-qlora.yaml", None, False, "FSDP-QLoRA: 4-bit weights sharded"),
-    "deepspeed": LaunchMode(
-        "deepspeed-zero3.yaml",
-        "deepspeed",
-        False,
-        "DeepSpeed ZeRO-3: weights, grads, states sharded",
-    ),
-    "ulysses": LaunchMode(
-        "deepspeed-ulysses.yaml", "deepspeed", True, "one sequence split over the GPUs (ALST)"
-    ),
-}
 
 # flags of `longqa train` that choose the launch, not the training
 _LAUNCH_FLAGS = {"--launch": 1, "--gpus": 1, "--print-command": 0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from longqa.config.recipe import load_recipe
-from longqa.train.plan import (
+from longqa.plan.memory import (
     GB,
     KNOWN_SHAPES,
     ModelShape,

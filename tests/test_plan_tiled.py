@@ -6,7 +6,7 @@ import pytest
 
 from longqa.config.recipe import load_recipe
 from longqa.ops.causal_lm import LOSS_BLOCK_BYTES, loss_chunk_from_memory
-from longqa.train.plan import (
+from longqa.plan.memory import (
     GB,
     KNOWN_SHAPES,
     TILED_MLP_EXTRA,

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from longqa.train.plan import plan_memory, render_plan
+    from longqa.plan.memory import plan_memory, render_plan
     plan = plan_memory(recipe, gpu_mem_gb=80)      # MemoryPlan: items (GB), total, fits, max_fit
     render_plan(plan, console)
 
@@ -18,7 +18,7 @@ The estimate (bytes) adds, for one micro-batch of ``B × T`` tokens:
   offloading is on: two layers' inputs stay in flight), in the residual stream's dtype: fp32 for a
   4-bit model, whose embedding ``prepare_model_for_kbit_training`` upcasts, unless
   ``memory.bf16_residual`` (:func:`residual_bytes`).
-* one layer's recompute + backward peak, *measured* (the terms: :mod:`longqa.train.plan_terms`) (``benchmarks/bench_layer_memory.py``, results
+* one layer's recompute + backward peak, *measured* (the terms: :mod:`longqa.plan.terms`) (``benchmarks/bench_layer_memory.py``, results
   in ``benchmarks/results/layer_memory.md``) and itemised per token by :func:`layer_bytes_per_token`
   (boundary gradients, norms' fp32 values, LoRA inputs and dropout masks, SDPA's q/k/v/output,
   rotary tables: ≈ 20.7 × ``H·2`` bytes a token for Llama-3-8B, not counting the MLP) and
@@ -52,7 +52,7 @@ from typing import Any
 from longqa.config.recipe import Recipe, recipe_max_length
 from longqa.core.errors import LongqaError
 from longqa.ops.causal_lm import loss_chunk_from_memory
-from longqa.train.plan_terms import (
+from longqa.plan.terms import (
     NORM_FP32_BYTES,
     TILED_MLP_EXTRA,
     ModelShape,

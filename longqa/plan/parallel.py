@@ -2,11 +2,11 @@
 
 Usage::
 
-    from longqa.train.plan_parallel import plan_parallel, render_parallel_plan
+    from longqa.plan.parallel import plan_parallel, render_parallel_plan
     rows = plan_parallel(recipe, gpus=8, gpu_mem_gb=80)
     render_parallel_plan(rows, console)        # `longqa train --plan --gpus 8`
 
-It reuses the single-GPU estimate (:func:`longqa.train.plan.estimate_bytes`) and changes what
+It reuses the single-GPU estimate (:func:`longqa.plan.memory.estimate_bytes`) and changes what
 each mode divides by N:
 
 - ``ddp``: nothing (every GPU holds the model and a whole sequence); more GPUs, more throughput.
@@ -23,9 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from longqa.config.launch_modes import LAUNCH_MODES
 from longqa.config.recipe import Recipe, recipe_max_length
-from longqa.train.launch import LAUNCH_MODES
-from longqa.train.plan import GB, ModelShape, estimate_bytes, longest_length, model_shape
+from longqa.plan.memory import GB, ModelShape, estimate_bytes, longest_length, model_shape
 
 _SHARDED = {"4-bit weights", "weights", "embeddings + LM head", "LoRA + grads + optimizer"}
 _SLACK = "CUDA context + slack"

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from longqa.train.plan_terms import ModelShape, layer_bytes_per_token, forward_bytes_per_token
+    from longqa.plan.terms import ModelShape, layer_bytes_per_token, forward_bytes_per_token
     items = layer_bytes_per_token(recipe, shape)     # {"gradients: ...": bytes per token, ...}
 
 What one checkpointed decoder layer holds per token while gradient checkpointing recomputes it and
@@ -13,12 +13,12 @@ residual; fp32 LoRA under bf16 autocast; SDPA; fused RoPE) by::
     python benchmarks/bench_layer_memory.py --tokens 256 512 1024 --tile 128
 
 ``benchmarks/results/layer_memory.md`` lists the storages alive at the peak; the items below are
-those storages, and ``tests/test_train_plan_measured.py`` re-measures a small layer against them.
+those storages, and ``tests/test_plan_measured.py`` re-measures a small layer against them.
 The layer has two peaks: the backward one (:func:`layer_bytes_per_token` plus the MLP's
 :func:`mlp_bytes_per_token`, untiled or for one tile) and the recompute's attention forward
 (:func:`forward_bytes_per_token`: the projections and norm outputs that the attention's Python
 frame holds until it returns). Short sequences peak in the backward (a tile's working set is a
-constant); long ones in whichever grows faster per token. :func:`longqa.train.plan.estimate_bytes`
+constant); long ones in whichever grows faster per token. :func:`longqa.plan.memory.estimate_bytes`
 takes the larger.
 """
 
@@ -73,7 +73,7 @@ LORA_INPUT_BYTES = 2  # each adapted linear's bf16 input for lora_A (autocast's 
 DROPOUT_MASK_BYTES = 1  # LoRA dropout's bool mask per input value (CUDA's native_dropout)
 NORM_FP32_BYTES = 4  # a trained RMSNorm saves its fp32 normalised values (not with lean_rmsnorm)
 # a tile's backward gradients beyond its intermediates: 13.57 × I·2 per tile token against 12.57
-# for the items, at the small shape of tests/test_train_plan_measured.py (not yet at Llama-3-8B's)
+# for the items, at the small shape of tests/test_plan_measured.py (not yet at Llama-3-8B's)
 TILED_MLP_EXTRA = 0.1
 
 
@@ -181,7 +181,7 @@ def attention_backward_bytes_per_token(recipe: Recipe, shape: ModelShape) -> dic
     * q/k/v's backward, after SDPA's: the gradient of their shared input in parts, beside the
       gradients of q and k (v's is consumed first), in the stream's dtype after RoPE.
 
-    Measured at the small shape of ``tests/test_train_plan_measured.py`` (T 2,048 → 4,096): fp32
+    Measured at the small shape of ``tests/test_plan_measured.py`` (T 2,048 → 4,096): fp32
     stream 2,106–2,140 B/token against 2,144 planned (q/k/v's moment), bf16 stream 1,333–1,364
     against 1,392 (``o_proj``'s); at Llama-3-8B's shape with every switch 14.76 and 8.78 H·2
     against 14.88 and 8.84 (``benchmarks/results/layer_memory_long_modes.md``)."""

@@ -12,7 +12,7 @@ import pytest
 from bench_modules import bench_fixture
 
 from longqa.config.recipe import load_recipe
-from longqa.train.plan import (
+from longqa.plan.memory import (
     TILED_MLP_EXTRA,
     ModelShape,
     estimate_bytes,
@@ -204,7 +204,7 @@ def test_lean_lora_dropout_long_sequences_peak_within_the_planned_bound(bench, m
     from longqa.patch.lora_dropout import apply_lean_lora_dropout
     from longqa.patch.rmsnorm import apply_lean_rmsnorm
     from longqa.patch.tiled_mlp import apply_tiled_mlp
-    from longqa.train.plan import attention_backward_bytes_per_token
+    from longqa.plan.memory import attention_backward_bytes_per_token
 
     monkeypatch.setattr(lora_dropout, "CHUNK", 64)
     if bf16:
