@@ -1,13 +1,37 @@
-"""Sequence-parallel pieces: global positions, packing boundaries and the dynamic RoPE scale."""
+"""Sequence-parallel pieces: global positions, packing boundaries and the dynamic RoPE scale.
+
+``shard_batch`` is the cut DeepSpeed's ``UlyssesSPDataLoaderAdapter`` makes (``--launch ulysses``),
+written out so that what longqa adds to a batch can be checked on a CPU.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import torch
 
 from longqa.ops.causal_lm import shift_labels
-from longqa.ops.rope_scaling import compute_rope
-from longqa.train.sequence_parallel import sample_lengths, shard_batch
+from longqa.ops.rope_scaling import compute_rope, sample_lengths
+
+
+def shard_batch(batch: dict[str, Any], rank: int, world: int) -> dict[str, Any]:
+    """Piece ``rank`` of ``world`` of a packed batch, as the Ulysses data adapter cuts it.
+
+    ``batch`` holds ``input_ids``, ``position_ids`` and ``labels`` ``[B, T]`` with ``T``
+    divisible by ``world``; the piece holds the same keys (``labels`` replaced by the pre-shifted
+    ``shift_labels``) plus ``sample_lengths``, each ``[B, T / world]``.
+    """
+    t = batch["input_ids"].shape[1]
+    if t % world:
+        raise ValueError(f"sequence length {t} is not divisible by {world} sequence-parallel ranks")
+    full = {k: v for k, v in batch.items() if k != "labels"}
+    full["shift_labels"] = shift_labels(batch["labels"])
+    if "sample_lengths" not in full:  # the collator's, when it emitted them (same values)
+        full["sample_lengths"] = sample_lengths(batch["position_ids"])
+    piece = t // world
+    cut = slice(rank * piece, (rank + 1) * piece)
+    return {k: v[:, cut] if torch.is_tensor(v) and v.dim() >= 2 else v for k, v in full.items()}
 
 
 def _packed_row() -> dict[str, torch.Tensor]:

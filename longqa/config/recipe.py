@@ -129,7 +129,6 @@ class DataConfig(StrictModel):
     overlength: Literal["truncate", "drop", "error"] = Field(
         "truncate", description="an SFT example over max_length: cut its end, drop it, or fail"
     )
-    num_proc: int = Field(1, ge=1)
 
 
 class TrainConfig(StrictModel):

@@ -51,21 +51,6 @@ def filler_text(n_sentences: int, start: int = 0) -> str:
     return " ".join(islice(cycle(FILLER), start, start + n_sentences))
 
 
-def passkey_prompt(passkey: int, n_sentences: int, depth: float) -> str:
-    """The prompt with ``n_sentences`` of filler and the key after ``round(depth·n)`` of them."""
-    if not 0.0 <= depth <= 1.0:
-        raise LongqaError(f"depth must be within [0, 1] (got {depth})")
-    k = round(depth * n_sentences)
-    lines = [
-        TASK_LINE,
-        filler_text(k),
-        info_line(passkey),
-        filler_text(n_sentences - k, start=k),
-        QUESTION,
-    ]
-    return "\n".join(lines)
-
-
 def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

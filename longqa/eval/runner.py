@@ -207,20 +207,6 @@ class GreedyGenerator:
         return [self.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
 
 
-def greedy_generate(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str | Sequence[int]],
-    max_new_tokens: int,
-    *,
-    batch_size: int = 1,
-    rope: RopeConfig | None = None,
-) -> list[str]:
-    """One-shot helper: greedy continuations of ``prompts`` (see :class:`GreedyGenerator`)."""
-    gen = GreedyGenerator(model, tokenizer, rope=rope)
-    return gen.generate(prompts, max_new_tokens, batch_size=batch_size)
-
-
 def chat_prompt(tokenizer: Any, user: str, system: str | None = None) -> str:
     """``user`` wrapped in the tokenizer's chat template (plain text when it has none); encode it
     with :func:`longqa.data.prompting.encode_for_generation` (one BOS)."""

@@ -303,7 +303,7 @@ def sample_lengths(position_ids: Tensor) -> Tensor:
     position + 1 — for a decoding continuation, the whole sequence so far. On the packing
     collator's rows (every sample and the padding run ``0..n-1``) this is each sample's token count.
     It is only right on a *whole* row: a sequence-parallel piece cut inside a sample sees a run that
-    ends early, so its lengths must come from the unsplit row (``longqa.train.sequence_parallel``).
+    ends early, so its lengths must come from the unsplit row (``longqa.train.distributed``).
     """
     pos = position_ids.long()
     if pos.dim() == 1:

@@ -8,7 +8,7 @@ creates the process group. What longqa adds must then hold on every rank:
 - the loss is token-weighted over all ranks and accumulation steps (the trainer scales by the
   number of processes, as ``Trainer.compute_loss`` does, because DDP averages gradients);
 - under ``--launch ulysses`` (``sequence_parallel_size() > 1``) packed batches carry each
-  token's sample length from the whole row (``longqa.train.sequence_parallel``);
+  token's sample length from the whole row (see *Sequence parallel* below);
 - logs, the resolved recipe and the adapter bundle are written by rank 0 alone, the others wait
   (``on_main`` + ``barrier``); checkpoints are the Trainer's own (rank 0 writes, all resume);
 - under FSDP2 / ZeRO-3 each rank holds a slice of every weight: all ranks gather the trainable
@@ -21,6 +21,26 @@ Usage::
     if info.is_main:
         write_files()
     barrier()
+
+Sequence parallel: DeepSpeed's ``UlyssesSPDataLoaderAdapter`` (used by ``--launch ulysses``) cuts
+every ``[B, T, …]`` tensor of a batch into ``world`` contiguous pieces along ``T`` after shifting the labels, so the
+last token of piece r still predicts the first token of piece r + 1. What longqa adds so that
+each piece still trains as the unsplit row would (the cut is checked on a CPU in
+``tests/test_train_sequence_parallel.py``):
+
+- **global positions**: a piece keeps its tokens' position ids from the whole packed row, so the
+  RoPE patch rotates each shard with the positions the unsplit row would have;
+- **packing boundaries**: labels are shifted on the whole row before the cut, and the collator's
+  ``-100`` at each sample's first token keeps a sample from predicting the next one's tokens;
+- **dynamic scale**: a dynamic RoPE method needs each sample's *whole* length, which a piece
+  cannot see (its first sample may have started on another GPU, its last may end on another).
+  ``sample_lengths`` (:func:`longqa.ops.rope_scaling.sample_lengths`, the function the rotary
+  module uses on whole rows) is computed on the whole row and travels with the pieces (the adapter
+  shards every ``[B, T]`` tensor of the batch). Under ``--launch ulysses`` the packing collator
+  emits it (``PackedCollator(sample_lengths=True)``, from ``sequence_parallel_size() > 1``);
+  ``LongqaTrainer.compute_loss`` pops it from the batch (the model's forward never receives it)
+  and runs the forward inside :func:`longqa.patch.rope.sample_lengths_for`, so every dynamic
+  rotary module computes each piece's scale from the unsplit row's lengths.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ next one's first token. Padding tokens form their own segment with labels ``-100
 ``PackedCollator(sample_lengths=True)`` (what ``--launch ulysses`` uses) also emits each token's
 sample length ``[B, T]``, computed here on the whole row: the Ulysses data adapter then cuts it like
 every ``[B, T]`` tensor, and each piece still knows its samples' whole lengths, which a dynamic RoPE
-method needs (``longqa.train.sequence_parallel``). It is not a model input: ``LongqaTrainer``
+method needs (``longqa.train.distributed``). It is not a model input: ``LongqaTrainer``
 pops it and hands it to the rotary modules (``longqa.patch.rope.sample_lengths_for``). It is only
 emitted on request: a plain ``Trainer`` / ``model(**batch)`` would pass it to the forward.
 

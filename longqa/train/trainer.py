@@ -71,7 +71,7 @@ class LongqaTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         # a sequence-parallel piece's sample lengths (from the whole row) go to the rotary
-        # modules, never to the model's forward (see longqa.train.sequence_parallel)
+        # modules, never to the model's forward (see longqa.train.distributed)
         lengths = inputs.get("sample_lengths")
         if lengths is not None:
             inputs = {k: v for k, v in inputs.items() if k != "sample_lengths"}
