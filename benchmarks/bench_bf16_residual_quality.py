@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from longqa.models.loading import load_tokenizer
+    from longqa.models.checkpoints import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
     train, held = essay_rows(tok, args.tokens, args.steps, args.eval_rows)

@@ -110,7 +110,7 @@ def worker(variant: str, length: int, quant: str, steps: int, out_dir: str, thre
     from transformers import TrainingArguments
 
     from longqa.config.recipe import load_recipe
-    from longqa.models.loading import load_tokenizer, resolve_for_loading
+    from longqa.models.checkpoints import load_tokenizer, resolve_for_loading
     from longqa.train.model import build_trainable_model, runtime_for
 
     torch.manual_seed(0)

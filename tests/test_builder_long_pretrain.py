@@ -151,7 +151,7 @@ def test_real_tokenizer_exact_lengths(essays_dir, tmp_path):
     stats = build(opts)
     samples, ids = _all_ids(tmp_path / "o")
     assert samples and all(len(s.meta["input_ids"]) == 8192 for s in samples)
-    from longqa.models.loading import load_tokenizer
+    from longqa.models.checkpoints import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
     assert tok.decode(ids).count("<s>") >= stats["selected_documents"] - 1

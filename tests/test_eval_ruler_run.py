@@ -135,7 +135,7 @@ def test_too_short_length_is_one_line_error():
 @pytest.mark.model
 @pytest.mark.parametrize("length", [8192])
 def test_budget_search_within_one_percent_on_smollm2(length, tmp_path):
-    from longqa.models.loading import load_tokenizer
+    from longqa.models.checkpoints import load_tokenizer
 
     try:
         tok = load_tokenizer("smollm2-135m")

@@ -91,7 +91,7 @@ CASES = {
 def test_merged_export_matches_patched_training_model(tmp_path, case):
     from transformers import AutoModelForCausalLM
 
-    from longqa.models.export import export_adapter
+    from longqa.models.export_hf import export_adapter
     from longqa.models.load import load
     from longqa.patch.rope import LongqaRotaryEmbedding, revert_rope_scaling
 
@@ -134,7 +134,7 @@ def test_dynamic_yarn_differs_below_trained_length(tmp_path):
     """The warning is real: at a short prompt, training-time dynamic yarn used a smaller scale."""
     from transformers import AutoModelForCausalLM
 
-    from longqa.models.export import export_adapter
+    from longqa.models.export_hf import export_adapter
     from longqa.models.load import load
 
     adapter = make_bundle(tmp_path, CASES["dynamic-yarn"][0], 192)
@@ -150,7 +150,7 @@ def test_adapter_only_export_and_bf16_default(tmp_path):
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from longqa.models.export import export_adapter
+    from longqa.models.export_hf import export_adapter
     from longqa.models.load import peft_wrapping
 
     adapter = make_bundle(tmp_path, {"method": "yarn", "factor": 4.0}, 256)
@@ -174,7 +174,7 @@ def test_adapter_only_export_and_bf16_default(tmp_path):
 
 
 def test_bad_input(tmp_path):
-    from longqa.models.export import export_adapter
+    from longqa.models.export_hf import export_adapter
     from longqa.models.load import check_supported_checkpoint
 
     adapter = make_bundle(tmp_path, {"method": "yarn", "factor": 4.0}, 256)
@@ -212,7 +212,7 @@ def test_from_nf4_merges_into_dequantised_weights(tmp_path):
     bnb_f = pytest.importorskip("bitsandbytes.functional")
     from safetensors.torch import load_file
 
-    from longqa.models.export import export_adapter
+    from longqa.models.export_hf import export_adapter
 
     adapter = make_bundle(tmp_path, {"method": "yarn", "factor": 4.0}, 256)
     export_adapter(adapter, tmp_path / "nf4", merge=True, dtype="float32", from_nf4=True)
@@ -237,7 +237,7 @@ def test_merged_export_files_keep_the_umask_mode(tmp_path):
     import stat
 
     from longqa.core.paths import atomic_write_text
-    from longqa.models.export import export_adapter
+    from longqa.models.export_hf import export_adapter
 
     adapter = make_bundle(tmp_path, {"method": "linear", "factor": 2.0}, 128)
     cfg_file = tmp_path / "base" / "config.json"  # as a GGUF-converted base writes it

@@ -63,7 +63,7 @@ def test_export_reloads_silently_with_the_window_and_trained_frequencies(
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from longqa.models.export import hf_rope_parameters, write_rope_config
+    from longqa.models.export_hf import hf_rope_parameters, write_rope_config
     from longqa.ops.rope_scaling import compute_rope, is_dynamic
 
     spec, window = METHODS[name]

@@ -13,7 +13,7 @@ import torch
 
 from longqa.config.recipe import RopeConfig
 from longqa.core.errors import LongqaError
-from longqa.models.gguf_export import check_gguf_rope_spec, gguf_rope_fields
+from longqa.models.export_gguf import check_gguf_rope_spec, gguf_rope_fields
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_export import L0, make_bundle  # noqa: E402

@@ -44,10 +44,10 @@ def engines(tmp_path_factory):
 
     from longqa.config.recipe import RopeConfig
     from longqa.core.errors import LongqaError
-    from longqa.models.export import hf_rope_parameters
-    from longqa.models.gguf_export import tokenizer_source, write_gguf
+    from longqa.models.checkpoints import load_tokenizer, prepare_model
+    from longqa.models.export_gguf import tokenizer_source, write_gguf
+    from longqa.models.export_hf import hf_rope_parameters
     from longqa.models.load import load
-    from longqa.models.loading import load_tokenizer, prepare_model
     from longqa.patch.rope import apply_rope_scaling
 
     try:

@@ -11,8 +11,8 @@ import torch
 
 from longqa.config.recipe import ModelConfig
 from longqa.core.errors import LongqaError
+from longqa.models import checkpoints as models
 from longqa.models import load as loader
-from longqa.models import loading as models
 
 
 @pytest.fixture
@@ -165,6 +165,18 @@ def test_load_model_dtype_and_attention(tiny_llama: tuple[Path, torch.nn.Module]
     assert mbf.config._attn_implementation == "eager"
     with pytest.raises(LongqaError, match="dtype 'int8'"):
         loader.load(str(path), dtype="int8")
+
+
+def test_load_resolves_the_model_name_once(
+    tiny_llama: tuple[Path, torch.nn.Module], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real = loader.resolve_model_path
+    monkeypatch.setattr(loader, "resolve_model_path", lambda n: calls.append(n) or real(n))
+    monkeypatch.setattr(models, "resolve_model_path", lambda n: calls.append(n) or real(n))
+    loaded = loader.load(str(tiny_llama[0]))
+    assert calls == [str(tiny_llama[0])]  # weights, architecture check and tokenizer share it
+    assert loaded.tokenizer is not None
 
 
 def test_attention_auto_choice(monkeypatch: pytest.MonkeyPatch) -> None:

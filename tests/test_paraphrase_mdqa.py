@@ -264,7 +264,7 @@ def test_extractive_with_real_smollm2_tokenizer(tmp_path: Path):
     stats = build(opts)
     assert stats["samples"] == 4
     samples = check_samples(tmp_path / "out", opts)
-    from longqa.models.loading import load_tokenizer
+    from longqa.models.checkpoints import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
     for s in samples:  # the real chat template agrees with the recorded length (+- markup)

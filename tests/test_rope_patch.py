@@ -269,8 +269,8 @@ def test_unsupported_model_is_an_error():
 def test_real_smollm2_yarn_matches_transformers_and_reverts():
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+    from longqa.models.checkpoints import alias_gguf_path
     from longqa.models.load import load
-    from longqa.models.loading import alias_gguf_path
 
     try:
         alias_gguf_path("smollm2-135m")

@@ -46,7 +46,7 @@ def inspect(
         limit = limit or rec.train.max_length
         name = name or rec.model.name
     if name is not None:
-        from longqa.models.loading import load_tokenizer
+        from longqa.models.checkpoints import load_tokenizer
 
         if recipe is not None and tokenizer is None:
             tok = load_tokenizer(

@@ -90,7 +90,7 @@ def _flash_attn() -> list[Check]:
 
 
 def _smollm2() -> list[Check]:
-    from longqa.models.loading import MODEL_ALIASES, is_prepared, models_cache_dir
+    from longqa.models.checkpoints import MODEL_ALIASES, is_prepared, models_cache_dir
 
     spec = importlib.util.find_spec(MODEL_ALIASES["smollm2-135m"].package)
     if spec is None:

@@ -1,7 +1,7 @@
 """`longqa export`: a trained adapter → a folder standard inference engines load with the right RoPE.
 
-Thin wrapper over :func:`longqa.models.export.export_adapter`; ``--gguf out.gguf [--type f16|q8_0]``
-merges and then writes one GGUF file for llama.cpp/Ollama (:mod:`longqa.models.gguf_export`).
+Thin wrapper over :func:`longqa.models.export_hf.export_adapter`; ``--gguf out.gguf [--type f16|q8_0]``
+merges and then writes one GGUF file for llama.cpp/Ollama (:mod:`longqa.models.export_gguf`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def export(
     from rich.console import Console
 
     from longqa.core.errors import LongqaError
-    from longqa.models.export import export_adapter
+    from longqa.models.export_hf import export_adapter
 
     if dtype not in ("bfloat16", "float16", "float32"):
         raise LongqaError(f"--dtype {dtype}: expected bfloat16, float16 or float32")
@@ -49,7 +49,9 @@ def export(
     if gguf is not None:
         _export_gguf(adapter, out, gguf, gguf_type, base=model, dtype=dtype, from_nf4=from_nf4)
         return
-    logging.getLogger("longqa.models.export").setLevel(logging.ERROR)  # warnings are printed below
+    logging.getLogger("longqa.models.export_hf").setLevel(
+        logging.ERROR
+    )  # warnings are printed below
     err = Console(stderr=True)
     with err.status(f"exporting {adapter} → {out}"):
         summary = export_adapter(
@@ -78,19 +80,19 @@ def _export_gguf(
 
     from longqa.core.errors import LongqaError
     from longqa.models.adapters import read_adapter_info, read_rope_spec
-    from longqa.models.export import export_adapter
-    from longqa.models.gguf_export import (
+    from longqa.models.export_gguf import (
         OUT_TYPES,
         check_gguf_rope_spec,
         tokenizer_source,
         write_gguf_from_folder,
     )
+    from longqa.models.export_hf import export_adapter
 
     if gguf_type not in OUT_TYPES:
         raise LongqaError(f"--type {gguf_type}: expected one of {', '.join(OUT_TYPES)}")
     check_gguf_rope_spec(read_rope_spec(adapter))
     base = str(merge_kw.get("base") or read_adapter_info(adapter)["base_model"])
-    logging.getLogger("longqa.models.export").setLevel(logging.ERROR)
+    logging.getLogger("longqa.models.export_hf").setLevel(logging.ERROR)
     err = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix=".longqa-gguf-", dir=gguf.parent) as tmp:
         folder = out or Path(tmp) / "merged"

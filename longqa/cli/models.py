@@ -1,6 +1,6 @@
 """`longqa models list|prepare|convert`: see which base models are ready, convert them once.
 
-Thin wrappers over :mod:`longqa.models.loading` and :mod:`longqa.models.qwen_convert`.
+Thin wrappers over :mod:`longqa.models.checkpoints` and :mod:`longqa.models.qwen_convert`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def list_cmd() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from longqa.models.loading import list_models
+    from longqa.models.checkpoints import list_models
 
     table = Table(title="model aliases")
     for col in ("alias", "prepared", "path", "description"):
@@ -41,7 +41,7 @@ def prepare(
     name: str = typer.Argument(..., help="alias (e.g. smollm2-135m), .gguf file, or local folder"),
 ) -> None:
     """Convert a model once into the cache so later loads are fast and offline."""
-    from longqa.models.loading import is_prepared, prepare_model
+    from longqa.models.checkpoints import is_prepared, prepare_model
 
     already = is_prepared(name)
     path = prepare_model(name, progress=True)

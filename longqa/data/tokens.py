@@ -7,7 +7,7 @@ Usage::
     n = counter.count("some text")
     ids = counter.encode("some text"); text = counter.decode(ids)   # packing exact-length blocks
 
-Real tokenizers load through :func:`longqa.models.loading.load_tokenizer`, so ``--tokenizer`` accepts the
+Real tokenizers load through :func:`longqa.models.checkpoints.load_tokenizer`, so ``--tokenizer`` accepts the
 same names as every other command. The approximation counts one token per CJK character, per
 punctuation mark and per short word, and one extra per 6 further characters of a long word — close
 to a BPE tokenizer on English prose (within ~15 % on essays) and fully deterministic. Its
@@ -106,7 +106,7 @@ def get_token_counter(name: str | None) -> TokenCounter:
     if key.lower() in APPROX_NAMES:
         return ApproxTokenCounter()
     if key not in _CACHE:
-        from longqa.models.loading import load_tokenizer
+        from longqa.models.checkpoints import load_tokenizer
 
         _CACHE[key] = HFTokenCounter(load_tokenizer(key), key)
     return _CACHE[key]

@@ -10,11 +10,12 @@ Usage::
 Every command loads through :func:`load` — training, eval, analyze, generate and export — so they
 share one set of checks: the checkpoint's architecture is in :mod:`longqa.patch.families` (or is
 original Qwen, converted on load), ``dtype`` / ``quantization`` are known, an adapter's ``base``
-names the model it was trained on. The steps, in order: resolve the name
-(:func:`longqa.models.loading.resolve_for_loading`), load the weights (optionally 4-bit NF4,
-QLoRA https://arxiv.org/abs/2305.14314, and optionally de-quantised again), apply the RoPE spec
-(an explicit ``rope`` overrides the adapter's saved one; ``method: none`` means native RoPE), put
-the LoRA weights on, and give the tokenizer the window the spec opened.
+names the model it was trained on. The steps, in order: resolve the name once
+(:func:`longqa.models.checkpoints.resolve_model_path`, then the checkpoint layout), load the
+weights (optionally 4-bit NF4, QLoRA https://arxiv.org/abs/2305.14314, and optionally
+de-quantised again), apply the RoPE spec (an explicit ``rope`` overrides the adapter's saved one;
+``method: none`` means native RoPE), put the LoRA weights on, and give the tokenizer the window
+the spec opened.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from longqa.config.recipe import RopeConfig
 from longqa.core.errors import LongqaError
 from longqa.models.adapters import INFO_FILE, read_adapter_info, read_rope_spec
-from longqa.models.loading import load_tokenizer, resolve_for_loading, resolve_model_path
+from longqa.models.checkpoints import apply_layout, resolve_model_path, tokenizer_at
 from longqa.models.qwen_convert import is_original_qwen
 from longqa.patch.families import supported_model_types
 from longqa.patch.rope import apply_rope_scaling
@@ -55,7 +56,11 @@ class Loaded(NamedTuple):
 
 def check_supported_checkpoint(name: str) -> None:
     """One-line error when a local checkpoint is of an architecture longqa does not support."""
-    path = Path(resolve_model_path(name))
+    _check_supported(resolve_model_path(name))
+
+
+def _check_supported(resolved: str) -> None:
+    path = Path(resolved)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         return  # hub id without a local copy: transformers reports what it finds
@@ -115,11 +120,11 @@ def nf4_config(double_quant: bool = True, quant_storage: str | None = None) -> A
 
 def _weights(
     name: str,
+    path: str,
     *,
     dtype: str,
     quantization: str,
     attn_implementation: str,
-    layout: str,
     device: Any,
     double_quant: bool,
     trust_remote_code: bool,
@@ -128,7 +133,6 @@ def _weights(
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = resolve_for_loading(name, layout)
     kwargs: dict[str, Any] = {
         "dtype": getattr(torch, dtype),
         "attn_implementation": choose_attn_implementation(attn_implementation, device),
@@ -199,10 +203,12 @@ def load(
                 f"(from {Path(adapter) / INFO_FILE})"
             )
         name, spec = model or trained_on, read_rope_spec(adapter)
-    check_supported_checkpoint(name)
+    resolved = resolve_model_path(name)  # the one resolution of the name
+    _check_supported(resolved)
+    path = apply_layout(resolved, layout)
     lm = _weights(
-        name, dtype=dtype, quantization=quantization, attn_implementation=attn_implementation,
-        layout=layout, device=device, double_quant=double_quant,
+        name, path, dtype=dtype, quantization=quantization,
+        attn_implementation=attn_implementation, device=device, double_quant=double_quant,
         trust_remote_code=trust_remote_code, quant_storage=quant_storage,
     )  # fmt: skip
     if dequantize and _is_quantized(lm):
@@ -217,7 +223,7 @@ def load(
     if adapter is not None:
         lm = _with_adapter(lm, adapter, trained_on=name, is_trainable=is_trainable)
     lm.eval()
-    tokenizer = _tokenizer(name, adapter, layout=layout, trust_remote_code=trust_remote_code)
+    tokenizer = _tokenizer(name, path, adapter, trust_remote_code=trust_remote_code)
     _open_tokenizer_window(tokenizer, lm)
     return Loaded(lm, tokenizer, spec)
 
@@ -251,7 +257,7 @@ def _with_adapter(lm: Any, adapter: str | Path, *, trained_on: str, is_trainable
         raise LongqaError(f"{adapter}: cannot load adapter onto {trained_on}: {first}") from None
 
 
-def _tokenizer(model: str, adapter: str | Path | None, **kw: Any) -> Any:
+def _tokenizer(model: str, path: str, adapter: str | Path | None, **kw: Any) -> Any:
     """The adapter's saved tokenizer when it has one, else the base model's."""
     if adapter is not None:
         from transformers import AutoTokenizer
@@ -260,4 +266,4 @@ def _tokenizer(model: str, adapter: str | Path | None, **kw: Any) -> Any:
             return AutoTokenizer.from_pretrained(str(adapter))
         except (OSError, ValueError):
             pass
-    return load_tokenizer(model, **kw)
+    return tokenizer_at(path, model, **kw)

@@ -145,7 +145,7 @@ def _shape_from_config(path: str) -> ModelShape:
 def model_shape(recipe: Recipe) -> tuple[ModelShape, str]:
     """Shape from the model's config on disk (prepared aliases, local folders), else from
     :data:`KNOWN_SHAPES` by name (a GGUF is not converted, nor a hub model fetched, just to plan)."""
-    from longqa.models.loading import cached_hub_snapshot, is_prepared, resolve_for_loading
+    from longqa.models.checkpoints import cached_hub_snapshot, is_prepared, resolve_for_loading
 
     name = recipe.model.name
     on_disk = is_prepared(name) or ("/" in name and cached_hub_snapshot(name) is not None)

