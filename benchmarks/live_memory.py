@@ -151,7 +151,7 @@ def _rope_stand_in(tracker: LiveStorageTracker) -> Any:
             return dq_out, dk_out, None, None
 
     def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):  # noqa: ANN001, ANN202
-        from longqa.patch.kernels import attention_dtype
+        from longqa.patch.fused_rope import attention_dtype
 
         dtype = attention_dtype(q)  # as longqa's dispatcher: fp32 q, k handed over in bf16
         q, k = InPlaceRope.apply(q, k, cos, sin)

@@ -16,7 +16,9 @@ from transformers.models.qwen2 import modeling_qwen2
 from longqa.config.recipe import KernelsConfig, MemoryConfig
 from longqa.core.errors import LongqaError
 from longqa.ops.offload import ActivationOffloader
+from longqa.patch import fused_rope
 from longqa.patch import kernels as kernels_patch
+from longqa.patch.families import private_rope_module
 from longqa.patch.kernels import apply_kernels, revert_kernels
 
 TINY = TINY_SHAPE
@@ -45,11 +47,20 @@ def _restore_library_functions():
         fn = modeling.apply_rotary_pos_emb
         if getattr(fn, "_longqa_fused", False):
             modeling.apply_rotary_pos_emb = fn.__wrapped__
-            kernels_patch._patched_modules.pop(modeling.__name__, None)
+            fused_rope._patched_modules.pop(modeling.__name__, None)
 
 
 def _hook_count(model) -> int:
     return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+def _private_forwards(model, modeling) -> list:
+    """Each attention's own hub-kernel RoPE module's instance ``forward`` (None: the class's)."""
+    out = []
+    for layer in model.model.layers:
+        private = private_rope_module(layer.self_attn, modeling)
+        out.append(None if private is None else private.__dict__.get("forward"))
+    return out
 
 
 def test_cpu_skips_gpu_only_features_with_notes():
@@ -70,9 +81,9 @@ def test_cpu_skips_gpu_only_features_with_notes():
     assert modeling_llama.apply_rotary_pos_emb is original
     assert model.model.layers[0]._gradient_checkpointing_func is checkpoint_fn
     assert _hook_count(model) == hooks
-    calls = dict(kernels_patch.FUSED_ROPE_CALLS)
+    calls = dict(fused_rope.FUSED_ROPE_CALLS)
     assert torch.equal(model(input_ids=ids).logits, want)
-    assert kernels_patch.FUSED_ROPE_CALLS == calls  # the dispatcher never ran
+    assert fused_rope.FUSED_ROPE_CALLS == calls  # the dispatcher never ran
     revert_kernels(model)
     assert kernels_patch.applied_kernels(model) == []
 
@@ -93,19 +104,25 @@ def test_forced_fused_rope_matches_unpatched_model_and_reverts(family):
         model, KernelsConfig(rope=True, chunked_ce=False), MemoryConfig(), force_triton=True
     )
     assert notes == ["fused RoPE on (2 attention layers)"]
-    assert modeling.apply_rotary_pos_emb is not original
-    before = dict(kernels_patch.FUSED_ROPE_CALLS)
+    if private_rope_module(model.model.layers[0].self_attn, modeling) is None:
+        assert modeling.apply_rotary_pos_emb is not original  # plain function: swapped
+    else:  # hub-kernel form: the global stays, each attention's own slot is ours
+        assert modeling.apply_rotary_pos_emb is original
+        assert all(f is not None for f in _private_forwards(model, modeling))
+        assert _private_forwards(other, modeling) == [None, None]
+    before = dict(fused_rope.FUSED_ROPE_CALLS)
     with torch.no_grad():
         got = model(input_ids=ids, position_ids=pos).logits
-    assert kernels_patch.FUSED_ROPE_CALLS["fused"] == before["fused"] + 2  # one per layer
+    assert fused_rope.FUSED_ROPE_CALLS["fused"] == before["fused"] + 2  # one per layer
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         other_got = other(input_ids=ids).logits
-    assert kernels_patch.FUSED_ROPE_CALLS["fused"] == before["fused"] + 2  # other model: eager
+    assert fused_rope.FUSED_ROPE_CALLS["fused"] == before["fused"] + 2  # other model: eager
     torch.testing.assert_close(other_got, other_expected, rtol=0, atol=0)
 
     revert_kernels(model)
     assert modeling.apply_rotary_pos_emb is original
+    assert _private_forwards(model, modeling) == [None, None]
     assert not model._forward_pre_hooks and all(
         not m._forward_pre_hooks and not m._forward_hooks for m in model.modules()
     )
@@ -119,9 +136,9 @@ def test_forced_fused_rope_gradients_match_with_checkpointing():
     model = _model("llama").train()
     model.activation_checkpointing_enable()
     apply_kernels(model, ALL_ON, MemoryConfig(), force_triton=True)
-    before = kernels_patch.FUSED_ROPE_CALLS["fused"]
+    before = fused_rope.FUSED_ROPE_CALLS["fused"]
     model(input_ids=ids, labels=ids).loss.backward()
-    assert kernels_patch.FUSED_ROPE_CALLS["fused"] == before + 4  # forward + recompute, 2 layers
+    assert fused_rope.FUSED_ROPE_CALLS["fused"] == before + 4  # forward + recompute, 2 layers
     revert_kernels(model)
     for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
@@ -148,8 +165,9 @@ def test_unsupported_head_dim_is_a_clear_error():
     model = _model("llama", head_dim=512, num_attention_heads=2, num_key_value_heads=1)
     with pytest.raises(LongqaError, match="head_dim 512 unsupported.*even sizes up to 256"):
         apply_kernels(model, ALL_ON, MemoryConfig(), force_triton=True)
-    assert modeling_llama.apply_rotary_pos_emb.__name__ == "apply_rotary_pos_emb"
-    assert not hasattr(modeling_llama.apply_rotary_pos_emb, "_longqa_fused")
+    assert not hasattr(modeling_llama.apply_rotary_pos_emb, "_longqa_fused")  # nothing swapped
+    assert _private_forwards(model, modeling_llama) == [None, None]
+    assert not fused_rope._patched_modules
 
 
 class _Fp32Out(torch.nn.Linear):
@@ -179,12 +197,8 @@ def test_under_autocast_fp32_q_k_leave_rope_in_the_attention_dtype_same_numbers(
     apply_kernels(model, KernelsConfig(rope=True, chunked_ce=False), MemoryConfig(),
                   force_triton=True)  # fmt: skip
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        q = torch.randn(1, 4, 3, 16)  # the dispatcher alone: fp32 in, the attention's dtype out
-        kernels_patch._local.depth = 1
-        try:
-            q_out, k_out = modeling_llama.apply_rotary_pos_emb(q, q * 1, *_cos_sin(3, 16))
-        finally:
-            kernels_patch._local.depth = 0
+        q = torch.randn(1, 4, 3, 16)  # the rotation alone: fp32 in, the attention's dtype out
+        q_out, k_out = fused_rope._rotate(None, True, q, q * 1, *_cos_sin(3, 16))
         loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     assert q_out.dtype == k_out.dtype == torch.bfloat16
@@ -194,10 +208,10 @@ def test_under_autocast_fp32_q_k_leave_rope_in_the_attention_dtype_same_numbers(
     revert_kernels(model)
     with torch.no_grad():  # without autocast the rotation stays in place, in fp32
         q = torch.randn(1, 4, 3, 16)
-        assert kernels_patch.attention_dtype(q) is None
+        assert fused_rope.attention_dtype(q) is None
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert kernels_patch.attention_dtype(q) == torch.bfloat16
-            assert kernels_patch.attention_dtype(q.bfloat16()) is None
+            assert fused_rope.attention_dtype(q) == torch.bfloat16
+            assert fused_rope.attention_dtype(q.bfloat16()) is None
 
 
 def _cos_sin(s: int, d: int):

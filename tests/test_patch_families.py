@@ -17,6 +17,8 @@ from longqa.patch.families import (
     family_of,
     fused_rope_families,
     gguf_architectures,
+    is_hub_kernel_func,
+    rope_function,
     supported_model_types,
 )
 
@@ -33,9 +35,26 @@ def test_entry_matches_transformers(name):
     assert isinstance(rotary.inv_freq, torch.Tensor) and family_class_of(rotary, "rotary") is fam
     assert family_class_of(rotary, "attention") is None
     assert fam.attention_class().__module__ == fam.modeling_name
-    if fam.fused_rope:  # the kernel swaps this module-level function: its signature must match
-        params = list(inspect.signature(fam.modeling().apply_rotary_pos_emb).parameters)
+    if fam.fused_rope:  # the kernel takes over this call: (q, k, cos, sin) must be its signature
+        # a plain function, or (transformers >= 5.25 with `kernels`) a hub-kernel Func module
+        # whose forward is (*args, **kwargs): read the function it wraps
+        bound = fam.modeling().apply_rotary_pos_emb
+        assert inspect.isfunction(bound) or is_hub_kernel_func(bound), type(bound)
+        params = list(inspect.signature(fam.rope_function()).parameters)
         assert params[:4] == ["q", "k", "cos", "sin"]
+        assert fam.rope_function().__module__ == fam.modeling_name
+
+
+def test_rope_function_reads_both_forms_and_refuses_others():
+    def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):  # noqa: ANN001, ANN202
+        return q, k
+
+    assert rope_function(apply_rotary_pos_emb) is apply_rotary_pos_emb
+    kernels = pytest.importorskip("kernels")
+    func_module = kernels.use_kernel_forward_from_hub("rotary_pos_emb")(apply_rotary_pos_emb)
+    assert is_hub_kernel_func(func_module) and rope_function(func_module) is apply_rotary_pos_emb
+    with pytest.raises(LongqaError, match="neither a function nor a hub-kernel Func module"):
+        rope_function(torch.nn.Identity())
 
 
 def test_gguf_architectures_are_ones_transformers_reads():

@@ -8,7 +8,9 @@ Usage::
     supported_model_types()                  # ("llama", "qwen2", ..., "qwen")
 
 Every consumer reads this table: the RoPE patch finds a family's rotary module by its class, the fused
-RoPE kernel swaps the ``apply_rotary_pos_emb`` of its modeling module, the GGUF converter accepts its
+RoPE kernel takes over the ``apply_rotary_pos_emb`` of its modeling module (a plain function, or the
+hub-kernel ``Func`` module transformers >= 5.25 binds there: :func:`rope_function`,
+:func:`private_rope_module`), the GGUF converter accepts its
 GGUF architecture, and checkpoint checks accept its ``model_type`` (plus original Qwen, which
 ``longqa.models.qwen_convert`` turns into Qwen2 on load). Adding a family is one entry here; the
 tests check each entry against the installed transformers.
@@ -17,6 +19,8 @@ tests check each entry against the installed transformers.
 from __future__ import annotations
 
 import importlib
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -50,6 +54,48 @@ class Family:
 
     def attention_class(self) -> type:
         return getattr(self.modeling(), f"{self.prefix}Attention")
+
+    def rope_function(self) -> Callable:
+        """The Python function behind the modeling file's ``apply_rotary_pos_emb``."""
+        return rope_function(self.modeling().apply_rotary_pos_emb)
+
+
+# Where kernels' ``use_kernelized_func`` keeps an attention instance's private function modules
+_PRIVATE_KERNEL_SLOTS = ("_kernel_funcs", "_hidden_kernels")
+
+
+def is_hub_kernel_func(obj: object) -> bool:
+    """True for the ``Func`` module ``kernels.use_kernel_forward_from_hub`` makes of a function."""
+    return hasattr(obj, "kernel_layer_name") and callable(obj) and not inspect.isfunction(obj)
+
+
+def rope_function(bound: object) -> Callable:
+    """The plain function a modeling file's ``apply_rotary_pos_emb`` runs: the name itself when it
+    is a function, else the function a hub-kernel ``Func`` module wraps (its ``forward``'s ``func``;
+    see ``kernels._internals.layer.layer._create_func_module``)."""
+    if inspect.isfunction(bound):
+        return bound
+    if is_hub_kernel_func(bound):
+        func = inspect.getclosurevars(type(bound).forward).nonlocals.get("func")
+        if inspect.isfunction(func):
+            return func
+    raise LongqaError(
+        f"apply_rotary_pos_emb is a {type(bound).__name__}, neither a function nor a hub-kernel "
+        "Func module: this transformers release is not supported by kernels.rope"
+    )
+
+
+def private_rope_module(attention: object, modeling: ModuleType) -> Any | None:
+    """The attention instance's own copy of the hub-kernel ``apply_rotary_pos_emb`` module, to which
+    the global routes calls while that attention runs; None when the name is a plain function."""
+    bound = getattr(modeling, "apply_rotary_pos_emb", None)
+    if not is_hub_kernel_func(bound):
+        return None
+    for slot in _PRIVATE_KERNEL_SLOTS:
+        for module in (getattr(attention, "__dict__", {}).get(slot) or {}).values():
+            if type(module) is type(bound):
+                return module
+    return None
 
 
 FAMILIES: dict[str, Family] = {
