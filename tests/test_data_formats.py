@@ -214,12 +214,12 @@ def test_openai_weight_zero_turn_is_context_not_target():
     assert ex.input_ids == tokenize_conversation(tok, MESSAGES).input_ids
 
 
-def test_readme_lists_every_format_with_an_example_row_of_that_format():
+def test_data_docs_list_every_format_with_an_example_row_of_that_format():
     from pathlib import Path
 
     from longqa.data.formats import FORMATS
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text(encoding="utf-8")
     rows = {}
     for line in readme.splitlines():
         if line.startswith("| `") and "{" in line:
