@@ -25,7 +25,11 @@ from longqa.cli import (
     rope,
     train,
 )
+from longqa.cli.examples import add_examples
+from longqa.cli.help import install_help_layout
 from longqa.core.errors import LongqaError
+
+install_help_layout()
 
 app = typer.Typer(
     name="longqa",
@@ -47,6 +51,24 @@ app.command("export")(export.export)
 app.command("generate")(generate.generate)
 app.command("doctor")(doctor.doctor)
 app.add_typer(experiment.app, name="experiment")
+add_examples(app)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from longqa import __version__
+
+        print(f"longqa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Turn a short-context open LLM into an accurate long-context one on a single GPU."""
 
 
 def main() -> None:

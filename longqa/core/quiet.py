@@ -4,6 +4,7 @@ Usage::
 
     from longqa.core.quiet import quiet_library_notices
     quiet_library_notices()        # done once when ``longqa`` is imported
+    library_progress_bars(False)   # ``--no-progress``: transformers' and the hub's bars too
 
 * bitsandbytes (0.49+) on a CPU with AVX512-BF16 logs, at import, that it failed to load its CPU
   4-bit inference kernel from the ``kernels-community`` hub repository and asks to
@@ -38,3 +39,18 @@ def quiet_library_notices() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropStartingWith) for f in logger.filters):
             logger.addFilter(_DropStartingWith(prefix))
+
+
+def library_progress_bars(enabled: bool) -> None:
+    """Show or hide the progress bars transformers and huggingface_hub draw themselves (the
+    "Loading weights" bar of every model load, downloads), so ``--no-progress`` silences them
+    too."""
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    if enabled:
+        hf_logging.enable_progress_bar()
+        enable_progress_bars()
+    else:
+        hf_logging.disable_progress_bar()
+        disable_progress_bars()

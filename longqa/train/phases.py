@@ -220,3 +220,19 @@ def describe_phase_data(phase: PhaseConfig, stats: TokenizeStats, rows: int) -> 
         why = ", ".join(f"{k} {v}" for k, v in sorted(s.skipped_rows.items()))
         extra.append(f"{sum(s.skipped_rows.values())} bad rows skipped ({why})")
     return [*s.detected, msg + (f"; {', '.join(extra)}" if extra else "")]
+
+
+def describe_run(recipe: Recipe, world_size: int = 1, sequence_split: int = 1) -> str:
+    """The header line of ``longqa train``: its processes and the global batch of an optimizer step
+    (micro-batch × accumulation × data-parallel processes; under a sequence split, the processes
+    that share one sequence count once)."""
+    t = recipe.train
+    data_parallel = max(1, world_size // max(1, sequence_split))
+    rows = t.micro_batch_size * t.grad_accum * data_parallel
+    procs = "1 process" if world_size == 1 else f"{world_size} processes"
+    if sequence_split > 1:
+        procs += f" (each sequence split over {sequence_split})"
+    factors = f"{t.micro_batch_size} per micro-batch × {t.grad_accum} accumulation"
+    if data_parallel > 1:
+        factors += f" × {data_parallel} processes"
+    return f"training {recipe.name} on {procs}: global batch {factors} = {rows} rows per step"

@@ -32,8 +32,19 @@ from longqa.core.paths import atomic_write_text
 from longqa.models.adapters import is_adapter_dir, read_adapter_info, save_adapter_bundle
 from longqa.ops.causal_lm import causal_lm_loss
 from longqa.patch.rope import sample_lengths_for
-from longqa.train.distributed import barrier, dist_info, full_trainable_state, weights_sharded
-from longqa.train.phases import build_phase_dataset, describe_phase_data, prepare_recipe
+from longqa.train.distributed import (
+    barrier,
+    dist_info,
+    full_trainable_state,
+    sequence_parallel_size,
+    weights_sharded,
+)
+from longqa.train.phases import (
+    build_phase_dataset,
+    describe_phase_data,
+    describe_run,
+    prepare_recipe,
+)
 
 LOG_FILE = "train_log.jsonl"
 
@@ -176,6 +187,7 @@ def run_training(
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "recipe.yaml", dump_recipe(recipe))
     rt = runtime_for(recipe)
+    console.print(describe_run(recipe, rank.world_size, sequence_parallel_size()), highlight=False)
     for n in [*notes, *rt.notices]:
         console.print(f"[yellow]notice:[/] {n}", highlight=False)
     tokenizer = load_tokenizer(
