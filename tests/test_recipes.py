@@ -127,6 +127,10 @@ def test_apply_overrides_returns_a_copy() -> None:
     [
         ("train.lr=abc", "'train.lr': Input should be a valid number"),
         ("train.bogus=1", "'train.bogus': unknown key"),
+        ("data.max_length=512", "'data.max_length': unknown key (did you mean train.max_length?)"),
+        ("train.lrr=1e-4", "unknown key (did you mean train.lr?)"),
+        ("train.phases.0.stepz=5", "unknown key (did you mean train.phases.0.steps?)"),
+        ("kernels.tiled_mpl=true", "unknown key (did you mean kernels.tiled_mlp?)"),
         ("train.grad_accum=1.5", "'train.grad_accum'"),
         ("train.phases.7.steps=5", "'train.phases.7' is not a valid list index"),
         ("train.phases.x.steps=5", "'train.phases.x' is not a valid list index"),
@@ -183,3 +187,20 @@ def test_earlier_chunked_ce_key_name_still_reads() -> None:
     assert KernelsConfig.model_validate({"fused_ce": False}).chunked_ce is False
     recipe = load_recipe("qwen14b-yarn32k", ["kernels.fused_ce=false"])  # set last: it wins
     assert recipe.kernels.chunked_ce is False and "fused_ce" not in recipe.kernels.model_dump()
+
+
+def test_an_unknown_key_far_from_every_key_gets_no_suggestion() -> None:
+    with pytest.raises(LongqaError) as err:
+        load_recipe("smollm2-135m-yarn16k", ["zebra.stripes=3"])
+    assert str(err.value).endswith("'zebra': unknown key")
+
+
+def test_set_suggestion_on_the_command_line() -> None:
+    from typer.testing import CliRunner
+
+    from longqa.cli.app import app
+
+    result = CliRunner().invoke(
+        app, ["recipes", "show", "smollm2-135m-yarn16k", "--set", "data.max_length=512"]
+    )
+    assert "did you mean train.max_length?" in str(result.exception)

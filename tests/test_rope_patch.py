@@ -8,6 +8,7 @@ from tiny import TINY_SHAPE
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from longqa.config.recipe import RopeConfig
+from longqa.config.rope_spec import rope_spec_from_options
 from longqa.core.errors import LongqaError
 from longqa.patch.rope import (
     NO_FIXED_WINDOW,
@@ -16,7 +17,6 @@ from longqa.patch.rope import (
     apply_rope_scaling,
     get_rope_spec,
     revert_rope_scaling,
-    rope_spec_from_options,
 )
 
 L0 = 32

@@ -11,7 +11,7 @@ from longqa.core.errors import LongqaError
 from longqa.models.adapters import read_adapter_info
 from longqa.models.load import load
 from longqa.train.metrics import read_log
-from longqa.train.phases import prepare_recipe
+from longqa.train.phases import RunInputs, prepare_recipe
 from longqa.train.trainer import run_training
 
 
@@ -154,7 +154,10 @@ def test_prepare_recipe_data_out_and_max_steps(setup, tmp_path):
     phases = [_phase(tmp_path / "missing-text", 100, "pre", "pretrain"), _phase("x.jsonl", 50)]
     recipe = tiny_recipe(model_dir, data, tmp_path / "o", phases=phases)
     new, notes = prepare_recipe(
-        recipe, data=str(data), out=str(tmp_path / "z"), max_steps=3, pretrain_on_sft_text=True
+        recipe,
+        RunInputs(
+            data=[str(data)], out=str(tmp_path / "z"), max_steps=3, pretrain_on_sft_text=True
+        ),
     )
     assert [p.steps for p in new.train.phases] == [3, 3]
     assert all(p.datasets[0].path == str(data) for p in new.train.phases)
@@ -182,9 +185,9 @@ def test_skipped_bad_rows_and_skipped_pretraining_are_in_the_run_summary(setup, 
     phases = [_phase(tmp_path / "no-text", 1, "pre", "pretrain"), _phase("gone.jsonl", 1)]
     recipe = tiny_recipe(model_dir, data, tmp_path / "s", phases=phases)
     with pytest.raises(LongqaError, match=r"with-bad\.jsonl:17: field 'messages\.0\.role'"):
-        run_training(recipe, data=[str(bad)])
+        run_training(recipe, RunInputs(data=[str(bad)]))
     console = Console(record=True, width=200)
-    run_training(recipe, data=[str(bad)], skip_bad_rows=True, console=console)
+    run_training(recipe, RunInputs(data=[str(bad)]), skip_bad_rows=True, console=console)
     text = console.export_text()
     assert "phase 'pre' (pretrain) skipped: dataset not found" in text
     assert "data: with-bad.jsonl → messages, 16 rows" in text

@@ -10,7 +10,7 @@ from longqa.config.recipe import DatasetSpec
 from longqa.core.errors import LongqaError
 from longqa.data.conversation import IGNORE_INDEX
 from longqa.train.data import tokenize_conversation
-from longqa.train.phases import parse_data_arg, prepare_recipe
+from longqa.train.phases import RunInputs, parse_data_arg, prepare_recipe
 
 
 def _phase(path, name, kind, steps=5):
@@ -34,7 +34,7 @@ def test_pretraining_without_data_is_skipped_never_silently_replaced(tmp_path):
     recipe = tiny_recipe(tmp_path, chat, tmp_path / "o", phases=phases)
     data = [str(chat), f"{other}:0.5"]
 
-    new, notes = prepare_recipe(recipe, data=data, data_format="messages")
+    new, notes = prepare_recipe(recipe, RunInputs(data=data, data_format="messages"))
     assert [p.name for p in new.train.phases] == ["sft"]
     assert new.train.phases[0].datasets == [
         DatasetSpec(path=str(chat), format="messages"),
@@ -45,9 +45,9 @@ def test_pretraining_without_data_is_skipped_never_silently_replaced(tmp_path):
     assert "--pretrain-on-sft-text" in skipped[0]
 
     with pytest.raises(LongqaError, match="pretraining phase 'pre' has no data: .*no-text"):
-        prepare_recipe(recipe, data=data, strict=True)
+        prepare_recipe(recipe, RunInputs(data=data, strict=True))
 
-    new, notes = prepare_recipe(recipe, data=data, pretrain_on_sft_text=True)
+    new, notes = prepare_recipe(recipe, RunInputs(data=data, pretrain_on_sft_text=True))
     assert [p.name for p in new.train.phases] == ["pre", "sft"]
     assert new.train.phases[0].datasets == new.train.phases[1].datasets
     assert any("--pretrain-on-sft-text" in n and "instead" in n for n in notes)
@@ -55,7 +55,9 @@ def test_pretraining_without_data_is_skipped_never_silently_replaced(tmp_path):
     # a pretraining phase whose text exists keeps it: --data replaces the sft phases only
     text = write_jsonl(tmp_path / "text.jsonl", [{"text": "the cat sat"}])
     phases[0] = _phase(text, "pre", "pretrain")
-    new, _ = prepare_recipe(tiny_recipe(tmp_path, chat, tmp_path / "o", phases=phases), data=data)
+    new, _ = prepare_recipe(
+        tiny_recipe(tmp_path, chat, tmp_path / "o", phases=phases), RunInputs(data=data)
+    )
     assert new.train.phases[0].datasets == [DatasetSpec(path=str(text))]
 
 

@@ -20,6 +20,7 @@ def test_recipe_trains_one_step_per_phase_and_saves_bundle(tmp_path):
     from longqa.config.recipe import load_recipe
     from longqa.models.adapters import read_adapter_info
     from longqa.train.metrics import read_log
+    from longqa.train.phases import RunInputs
     from longqa.train.trainer import run_training
 
     rows = [
@@ -37,10 +38,12 @@ def test_recipe_trains_one_step_per_phase_and_saves_bundle(tmp_path):
     recipe = load_recipe("smollm2-135m-yarn16k", ["train.max_length=256"])
     out = run_training(
         recipe,
-        data=str(data),
-        out=str(tmp_path / "run"),
-        max_steps=1,
-        pretrain_on_sft_text=True,  # the recipe's long-pretrain text is not built here
+        RunInputs(
+            data=[str(data)],
+            out=str(tmp_path / "run"),
+            max_steps=1,
+            pretrain_on_sft_text=True,  # the recipe's long-pretrain text is not built here
+        ),
     )
     log = read_log(out / "train_log.jsonl")
     assert [r["phase"] for r in log] == [p.name for p in recipe.train.phases]

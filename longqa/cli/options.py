@@ -125,7 +125,7 @@ def rope_config_from_flags(values: dict[str, Any]) -> RopeConfig | None:
     No ``--rope``: ``None`` (the model's or the adapter's RoPE), or an error naming the flags that
     were given anyway. Invalid values: one-line errors naming the flag.
     """
-    from longqa.patch.rope import rope_spec_from_options
+    from longqa.config.rope_spec import rope_spec_from_options
 
     method = values.get("method")
     given = {k: v for k, v in values.items() if k != "method" and v is not None}

@@ -75,20 +75,20 @@ def train(
         _launch(launch, gpus, print_command)
         return
     from longqa.train.cpu_memory import restart_for_cpu_training
+    from longqa.train.phases import RunInputs
     from longqa.train.trainer import run_training
 
     restart_for_cpu_training(rec, notice=Console(stderr=True).print)
-    final = run_training(
-        rec,
-        data=data or None,
+    inputs = RunInputs(
+        data=tuple(data or ()),
         data_format=data_format,
-        strict=strict,
-        pretrain_on_sft_text=pretrain_on_sft_text,
-        skip_bad_rows=skip_bad_rows,
         out=str(out) if out is not None else None,
         max_steps=max_steps,
-        resume=resume,
-        console=Console(stderr=True),
+        strict=strict,
+        pretrain_on_sft_text=pretrain_on_sft_text,
+    )
+    final = run_training(
+        rec, inputs, resume=resume, skip_bad_rows=skip_bad_rows, console=Console(stderr=True)
     )
     print(final)
 

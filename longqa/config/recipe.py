@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from longqa.config.keys import nearest_key
 from longqa.config.switches import CPU_RETURN_FREED_FROM as CPU_RETURN_FREED_FROM
 from longqa.config.switches import KernelsConfig as KernelsConfig
 from longqa.config.switches import MemoryConfig as MemoryConfig
@@ -311,7 +312,8 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            near = nearest_key(Recipe, loc)
+            msg = "unknown key" + (f" (did you mean {near}?)" if near else "")
         parts.append(f"'{loc}': {msg}")
     return f"{source}: " + "; ".join(parts)
 

@@ -53,9 +53,10 @@ def arm_recipe(exp: Experiment, prof: Profile, data: Path, out: Path) -> Any:
 
 def _train(recipe: Any, folder: Path) -> dict[str, Any]:
     from longqa.train.metrics import read_log
+    from longqa.train.phases import RunInputs
     from longqa.train.trainer import LOG_FILE, run_training
 
-    run_training(recipe, out=str(folder), resume=True)
+    run_training(recipe, RunInputs(out=str(folder)), resume=True)
     log = read_log(folder / LOG_FILE)
     losses = [r["loss"] for r in log]
     rates = [r["tokens_per_s"] for r in log if r.get("tokens_per_s")]

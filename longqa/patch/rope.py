@@ -2,7 +2,8 @@
 
 Usage::
 
-    from longqa.patch.rope import apply_rope_scaling, revert_rope_scaling, rope_spec_from_options
+    from longqa.config.rope_spec import rope_spec_from_options   # validated in config/
+    from longqa.patch.rope import apply_rope_scaling, revert_rope_scaling
     spec = rope_spec_from_options("yarn", factor=4.0)
     apply_rope_scaling(model, spec)      # also works through a peft wrapper
     ...
@@ -35,23 +36,18 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch import Tensor, nn
 
 from longqa.config.recipe import RopeConfig
+from longqa.config.rope_spec import as_rope_spec
 from longqa.core.errors import LongqaError
-from longqa.ops.rope_scaling import check_params, compute_rope, is_dynamic, sample_lengths
+from longqa.ops.rope_scaling import compute_rope, is_dynamic, sample_lengths
 from longqa.patch.families import FAMILIES, family_class_of, family_of
 from longqa.patch.logn import apply_logn_attention, logn_factors, revert_logn_attention
 
 # config.max_position_embeddings of a model patched with a method that sets no limit (the config
 # field must be an int; int32's maximum is beyond any sequence a position tensor holds)
 NO_FIXED_WINDOW = 2**31 - 1
-
-_OPTION_ALIASES = {
-    "original_length": "original_max_position_embeddings",
-    "target_length": "max_position_embeddings",
-}
 
 
 class LongqaRotaryEmbedding(nn.Module):
@@ -201,25 +197,6 @@ def sample_lengths_for(model: nn.Module, lengths: Tensor | None) -> Iterator[int
             m.given_lengths = before
 
 
-def _as_spec(spec: RopeConfig | dict[str, Any]) -> RopeConfig:
-    if isinstance(spec, RopeConfig):
-        out = spec
-    else:
-        try:
-            check_params(dict(spec))  # clearest messages for the common mistakes
-        except (TypeError, ValueError):
-            pass  # wrong types: reported by the schema below
-        try:
-            out = RopeConfig.model_validate(dict(spec))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "rope"
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            raise LongqaError(f"rope spec: '{loc}': {msg}") from None
-    check_params(out.model_dump())
-    return out
-
-
 def _rotary_modules(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
     """(parent, attribute, module) for every rotary embedding module inside ``model``."""
     found = []
@@ -268,7 +245,7 @@ def apply_rope_scaling(model: nn.Module, spec: RopeConfig | dict[str, Any]) -> n
     Frequencies are computed from the model's base RoPE (``rope_theta``) and its original window
     (``original_max_position_embeddings`` or ``max_position_embeddings``) unless the spec sets them.
     """
-    rope = _as_spec(spec)
+    rope = as_rope_spec(spec)
     revert_rope_scaling(model)
     if rope.method == "none" and rope.attention_factor is None and rope.base is None:
         if not rope.logn:
@@ -344,27 +321,6 @@ def get_rope_spec(model: nn.Module) -> RopeConfig | None:
     return None
 
 
-def rope_spec_from_options(method: str | None, **kw: Any) -> RopeConfig | None:
-    """CLI flags → spec. ``None`` method → ``None`` (not set); ``"none"`` → explicit no scaling.
-
-    Keyword names are :class:`RopeConfig` fields, plus ``original_length`` and ``target_length``
-    (aliases of ``original_max_position_embeddings`` / ``max_position_embeddings``); ``None`` values
-    are ignored. Errors (unknown method, factor < 1, missing factor) are one-line LongqaErrors.
-    """
-    if method is None or method == "":
-        return None
-    fields = set(RopeConfig.model_fields)
-    values: dict[str, Any] = {"method": method}
-    for key, value in kw.items():
-        if value is None:
-            continue
-        name = _OPTION_ALIASES.get(key, key)
-        if name not in fields:
-            raise LongqaError(f"unknown rope option '{key}'; known: {', '.join(sorted(fields))}")
-        values[name] = value
-    return _as_spec(values)
-
-
 def addressable_length(model_config: Any, spec: RopeConfig | dict[str, Any] | None) -> int | None:
     """Longest context ``spec`` is meant to address on a model with ``model_config``.
 
@@ -375,7 +331,7 @@ def addressable_length(model_config: Any, spec: RopeConfig | dict[str, Any] | No
     native = getattr(model_config, "max_position_embeddings", None)
     if spec is None:
         return int(native) if native else None
-    rope = _as_spec(spec)
+    rope = as_rope_spec(spec)
     if rope.max_position_embeddings is not None:
         return int(rope.max_position_embeddings)
     if rope.method == "none":

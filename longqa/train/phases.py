@@ -2,8 +2,9 @@
 
 Usage::
 
-    from longqa.train.phases import prepare_recipe, build_phase_dataset
-    recipe, notes = prepare_recipe(recipe, data=["chat.jsonl", "alpaca.json:0.5"], max_steps=3)
+    from longqa.train.phases import RunInputs, build_phase_dataset, prepare_recipe
+    inputs = RunInputs(data=["chat.jsonl", "alpaca.json:0.5"], max_steps=3)
+    recipe, notes = prepare_recipe(recipe, inputs)
     dataset, collator, stats = build_phase_dataset(recipe, recipe.train.phases[0], tokenizer)
 
 ``--data PATH[:WEIGHT]`` (repeatable) replaces the datasets of every ``sft`` phase, each path read in
@@ -15,6 +16,7 @@ trains on the text of the ``--data`` conversations only when asked (``pretrain_o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,21 +68,28 @@ def _missing(phase: PhaseConfig) -> list[str]:
     return out
 
 
-def prepare_recipe(
-    recipe: Recipe,
-    *,
-    data: Sequence[str] | str | None = None,
-    data_format: str = "auto",
-    out: str | None = None,
-    max_steps: int | None = None,
-    strict: bool = False,
-    pretrain_on_sft_text: bool = False,
-) -> tuple[Recipe, list[str]]:
-    """Apply ``--data`` (see the module docstring), ``--out`` and ``--max-steps`` (caps every
-    phase) to a copy of the recipe; returns it and the notices to print."""
-    specs = [
-        parse_data_arg(d, data_format) for d in ([data] if isinstance(data, str) else data or [])
-    ]
+@dataclass(frozen=True)
+class RunInputs:
+    """What one ``longqa train`` run changes in its recipe: ``--data`` (``PATH[:WEIGHT]`` items),
+    ``--data-format``, ``--out``, ``--max-steps`` (caps every phase), ``--strict``,
+    ``--pretrain-on-sft-text``."""
+
+    data: Sequence[str] = ()
+    data_format: str = "auto"
+    out: str | None = None
+    max_steps: int | None = None
+    strict: bool = False
+    pretrain_on_sft_text: bool = False
+
+
+def prepare_recipe(recipe: Recipe, inputs: RunInputs | None = None) -> tuple[Recipe, list[str]]:
+    """Apply a run's inputs (see :class:`RunInputs` and the module docstring) to a copy of the
+    recipe; returns it and the notices to print."""
+    inputs = inputs or RunInputs()
+    data, data_format = inputs.data, inputs.data_format
+    out, max_steps = inputs.out, inputs.max_steps
+    strict, pretrain_on_sft_text = inputs.strict, inputs.pretrain_on_sft_text
+    specs = [parse_data_arg(d, data_format) for d in ([data] if isinstance(data, str) else data)]
     notes: list[str] = []
     phases = [p.model_copy(deep=True) for p in recipe.train.phases]
     if not phases:

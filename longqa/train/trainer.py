@@ -4,7 +4,9 @@ Usage::
 
     from longqa.config.recipe import load_recipe
     from longqa.train.trainer import run_training
-    adapter_dir = run_training(load_recipe("smollm2-135m-yarn16k"), data="runs/data", max_steps=3)
+    from longqa.train.phases import RunInputs
+    inputs = RunInputs(data=["runs/data"], max_steps=3)
+    adapter_dir = run_training(load_recipe("smollm2-135m-yarn16k"), inputs)
 
 Each phase (``pretrain``: causal LM on raw text; ``sft``: loss on assistant tokens only) trains the
 same LoRA adapter, starting from the previous phase's weights. Outputs under the recipe's output
@@ -40,6 +42,7 @@ from longqa.train.distributed import (
     weights_sharded,
 )
 from longqa.train.phases import (
+    RunInputs,
     build_phase_dataset,
     describe_phase_data,
     describe_run,
@@ -157,17 +160,16 @@ def _phase_done(adapter: Path) -> bool:
 
 def run_training(
     recipe: Recipe,
+    inputs: RunInputs | None = None,
     *,
     resume: bool = False,
     skip_bad_rows: bool = False,
     console: Any = None,
     callbacks: Sequence[Any] = (),
-    **prepare: Any,
 ) -> Path:
-    """Train every phase of ``recipe``; return the final adapter folder. ``prepare`` holds the
-    keywords of :func:`longqa.train.phases.prepare_recipe` (``data`` as ``PATH`` or
-    ``PATH:WEIGHT`` items, ``data_format``, ``out``, ``max_steps``, ``strict``,
-    ``pretrain_on_sft_text``); ``skip_bad_rows`` skips bad rows and counts them in the summary."""
+    """Train every phase of ``recipe`` with a run's ``inputs`` (:class:`RunInputs`: ``--data``,
+    ``--out``, ``--max-steps``, …) applied; return the final adapter folder. ``skip_bad_rows``
+    skips bad rows and counts them in the summary."""
     from rich.console import Console
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -181,7 +183,7 @@ def run_training(
     console = console or Console(stderr=True)
     if not rank.is_main:  # one console, one log, one adapter: rank 0 speaks and writes
         console = Console(stderr=True, quiet=True)
-    recipe, notes = prepare_recipe(recipe, **prepare)
+    recipe, notes = prepare_recipe(recipe, inputs)
     out_dir = recipe.output_dir
     if rank.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
