@@ -27,9 +27,14 @@ from torch import nn
 def patch_forward(
     modules: Iterable[nn.Module], attr: str, value: Any, forward: Callable[..., Any]
 ) -> int:
-    """Set ``attr = value`` and bind ``forward`` on every module; returns how many."""
+    """Set ``attr = value`` and bind ``forward`` on every module; returns how many. Idempotent: a
+    module that already carries ``attr`` only takes the new value (one revert still undoes it)."""
     n = 0
     for m in modules:
+        if attr in m.__dict__:
+            m.__dict__[attr] = value
+            n += 1
+            continue
         if "forward" in m.__dict__:  # another patch's forward: restored by revert_forward
             m.__dict__[attr + "_previous"] = m.__dict__["forward"]
         m.__dict__[attr] = value  # never registered as a submodule, whatever the value is
