@@ -185,7 +185,13 @@ def test_bad_rows_are_one_line_errors_or_skipped_and_counted(tmp_path):
         "bad_alpaca": 1,
         "no_answer": 1,
     }
-    assert "skipped 5 bad rows" in loaded.describe()[-1]
+    lines = loaded.describe()
+    summary = next(i for i, line in enumerate(lines) if "skipped 5 bad rows" in line)
+    firsts = lines[summary + 1 :]
+    assert len(firsts) == 5 and all(line.startswith("  first ") for line in firsts)
+    assert any(f"first bad_line: {path}:2: invalid JSON" in line for line in firsts)
+    assert any(f"first no_answer: {path}:6: field 'messages'" in line for line in firsts)
+    assert [s.split(": ")[0].rsplit(":", 1)[1] for s in loaded.skips] == ["2", "3", "4", "5", "6"]
 
 
 def test_overlength_error_names_the_row_or_is_skipped_and_counted(tmp_path):

@@ -38,6 +38,25 @@ def tiny_tokenizer() -> Any:
     return fast
 
 
+def byte_tokenizer(template: str = CHATML) -> Any:
+    """A byte-level tokenizer (one token per byte, ChatML specials) that encodes any text."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    tok = Tokenizer(BPE(vocab, [], fuse_unk=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    fast.chat_template = template
+    return fast
+
+
 def tiny_model_dir(tmp: Path, *, vocab: int = 128, seed: int = 0) -> Path:
     """Save a random 2-layer Llama (hidden 64) plus the tiny tokenizer as an HF folder."""
     import torch

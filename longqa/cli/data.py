@@ -31,6 +31,9 @@ def inspect(
         None, "--max-length", min=1, help="length to compare with (default: the recipe's)"
     ),
     data_format: str = typer.Option("auto", "--format", help="force the row format"),
+    data_columns: str | None = typer.Option(
+        None, "--data-columns", help="USER,ASSISTANT[,SYSTEM] column names of prompt/response rows"
+    ),
     skip_bad_rows: bool = typer.Option(
         False, "--skip-bad-rows", help="count unusable rows instead of failing on the first"
     ),
@@ -61,5 +64,6 @@ def inspect(
         max_length=limit,
         fmt=data_format,
         skip_bad_rows=skip_bad_rows,
+        columns=data_columns,
     )
     typer.echo("\n".join(report.lines()))

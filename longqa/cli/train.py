@@ -4,6 +4,8 @@ Examples::
 
     longqa train --recipe smollm2-135m-yarn16k --max-steps 3 --data runs/data/mix
     longqa train --recipe smollm2-135m-yarn16k --data chat.jsonl --data alpaca.json:0.5
+    longqa train --recipe smollm2-135m-yarn16k --data qa.csv --data-columns question,answer
+    longqa train --recipe smollm2-135m-yarn16k --pretrain-data my_texts/ --data chat.jsonl
     longqa train --recipe qwen14b-yarn32k --plan --gpu-mem 80
     longqa train --recipe my.yaml --resume --set train.lr=1e-4
 """
@@ -25,10 +27,26 @@ def train(
     data_format: str = typer.Option(
         "auto",
         "--data-format",
-        help="force the row format of --data: messages, openai, sharegpt, alpaca, text",
+        help="force the row format of --data: messages, openai, sharegpt, alpaca, columns, text",
     ),  # fmt: skip
+    data_columns: str | None = typer.Option(
+        None,
+        "--data-columns",
+        help="USER,ASSISTANT[,SYSTEM] column names of --data rows (CSV/TSV/Parquet/JSON), when "
+        "they are not prompt/response, question/answer, instruction/output, …",
+    ),
+    pretrain_data: list[str] | None = typer.Option(
+        None,
+        "--pretrain-data",
+        help="PATH[:WEIGHT] of your own text for continued pretraining (.txt/.md files or "
+        'folders, {"text"} rows; repeatable): replaces the recipe\'s pretrain data, adding a '
+        "pretrain phase when it has none",
+    ),
     skip_bad_rows: bool = typer.Option(
-        False, "--skip-bad-rows", help="skip and count unusable rows instead of failing"
+        False,
+        "--skip-bad-rows",
+        help="skip unusable rows instead of failing: the first of each kind is shown, every one "
+        "listed in skipped_rows.txt in the run folder",
     ),
     strict: bool = typer.Option(
         False, "--strict", help="fail when a pretraining phase has no data (default: skip it)"
@@ -82,6 +100,8 @@ def train(
     inputs = RunInputs(
         data=tuple(data or ()),
         data_format=data_format,
+        data_columns=data_columns,
+        pretrain_data=tuple(pretrain_data or ()),
         out=str(out) if out is not None else None,
         max_steps=max_steps,
         strict=strict,

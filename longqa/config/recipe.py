@@ -101,8 +101,14 @@ class LoraConfig(StrictModel):
 class DatasetSpec(StrictModel):
     path: str
     weight: float = Field(1.0, gt=0)
-    format: Literal["auto", "messages", "openai", "sharegpt", "alpaca", "text"] = Field(
+    format: Literal["auto", "messages", "openai", "sharegpt", "alpaca", "columns", "text"] = Field(
         "auto", description="row format (longqa.data.formats); auto detects it per row"
+    )
+    columns: list[str] | None = Field(
+        None,
+        min_length=2,
+        max_length=3,
+        description="user, assistant[, system] column names of prompt/response rows (CSV, …)",
     )
 
 

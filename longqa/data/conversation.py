@@ -13,7 +13,9 @@ template (``add_generation_prompt=True``) and the conversation up to and includi
 whose characters start inside such a span are assistant tokens. Token 0 never is (the causal shift
 has nothing to predict it from), so packed examples never predict the next example's first token.
 An assistant message with ``"weight": 0`` (OpenAI fine-tuning files) keeps its span but gets no
-positions: it is context, not a target.
+positions: it is context, not a target. Tool calls, tool results and tool definitions are written
+by :func:`longqa.data.tool_calls.template_messages` (the template's own convention, or Hermes-style
+turns); an assistant turn's calls are part of its trained span, tool results never are.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from longqa.core.errors import LongqaError
+from longqa.data.tool_calls import template_messages
 
 IGNORE_INDEX = -100
 
@@ -41,29 +44,44 @@ def ensure_chat_template(tokenizer: Any) -> str | None:
     return "tokenizer has no chat template: using ChatML"
 
 
+def _apply(tokenizer: Any, messages: list[dict[str, Any]], gen: bool, kw: dict[str, Any]) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=gen, **kw
+        )
+    except Exception as exc:  # jinja2 TemplateError, or a template's own raise_exception(...)
+        raise LongqaError(f"the chat template cannot render this conversation ({exc})") from None
+
+
 def render_conversation(
-    tokenizer: Any, messages: list[dict[str, Any]], gen_prompt: bool = False
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    gen_prompt: bool = False,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The conversation as the chat template writes it (roles and contents only)."""
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=gen_prompt)
+    """The conversation as the chat template writes it (roles, contents and tool calls)."""
+    prepared, kw = template_messages(tokenizer, messages, tools)
+    return _apply(tokenizer, prepared, gen_prompt, kw)
 
 
-def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, list[tuple]]:
+def assistant_spans(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> tuple[str, list[tuple]]:
     """Render a conversation; return ``(text, [(start, end), …])`` character spans of assistant
     replies (each including the template's end-of-turn marker)."""
-    text = render_conversation(tokenizer, messages)
+    messages, kw = template_messages(tokenizer, messages, tools)
+    text = _apply(tokenizer, messages, False, kw)
     spans: list[tuple[int, int]] = []
     cursor = 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prefix = render_conversation(tokenizer, messages[:i], True) if i else ""
-        upto = render_conversation(tokenizer, messages[: i + 1])
+        prefix = _apply(tokenizer, messages[:i], True, kw) if i else ""
+        upto = _apply(tokenizer, messages[: i + 1], False, kw)
         if text.startswith(upto) and upto.startswith(prefix) and len(prefix) >= cursor:
             start, end = len(prefix), len(upto)
         else:  # template renders history differently: fall back to locating the reply text
-            start = text.find(m["content"], cursor)
+            start = text.find(m["content"], cursor) if m["content"] else -1
             if start < 0:
                 raise LongqaError("chat template drops an assistant reply; cannot place labels")
             end = start + len(m["content"])
@@ -87,9 +105,11 @@ class EncodedConversation:
     turns: list[int]  # for each position, the index of its assistant reply
 
 
-def encode_conversation(tokenizer: Any, messages: list[dict[str, Any]]) -> EncodedConversation:
+def encode_conversation(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> EncodedConversation:
     """Render with the chat template, tokenize, and locate every assistant token."""
-    text, spans = assistant_spans(tokenizer, messages)
+    text, spans = assistant_spans(tokenizer, messages, tools)
     trained = [m.get("weight", 1) != 0 for m in messages if m["role"] == "assistant"]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]

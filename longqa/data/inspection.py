@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longqa.core.errors import LongqaError
 from longqa.data.conversation import encode_conversation, ensure_chat_template
 from longqa.data.sources import LoadedData, load_dataset_records
 
@@ -91,9 +92,10 @@ def inspect_dataset(
     max_length: int | None = None,
     fmt: str = "auto",
     skip_bad_rows: bool = False,
+    columns: str | None = None,
 ) -> DatasetReport:
     """Read ``path`` and, with a tokenizer, measure every row (see the module docstring)."""
-    loaded = load_dataset_records(path, fmt, skip_bad_rows=skip_bad_rows)
+    loaded = load_dataset_records(path, fmt, skip_bad_rows=skip_bad_rows, columns=columns)
     report = DatasetReport(loaded, max_length=max_length, tokenizer=tokenizer_name)
     for rec in loaded.records:
         if rec.messages is not None:
@@ -105,7 +107,10 @@ def inspect_dataset(
     ensure_chat_template(tokenizer)
     for rec in loaded.records:
         if rec.messages is not None:
-            enc = encode_conversation(tokenizer, rec.messages)
+            try:
+                enc = encode_conversation(tokenizer, rec.messages, rec.tools)
+            except LongqaError as exc:
+                raise LongqaError(f"{rec.source or rec.id}: {exc}") from None
             report.lengths.append(len(enc.input_ids))
             report.trained_tokens += len(enc.positions)
         else:

@@ -72,6 +72,11 @@ def read_samples(path: str | Path, strict: bool = True) -> Iterator[Sample]:
                 yield _validate(row, where)
                 continue
             rec = convert_row(row, "auto", where)
+            if rec.tools or any(
+                m["role"] == "tool" or "tool_calls" in m for m in rec.messages or []
+            ):
+                why = "tool calls are read by `longqa train` and `data inspect`, not here"
+                raise BadRow(where, "messages", why, "tool_calls")
         except LongqaError:
             if strict:
                 raise

@@ -54,11 +54,12 @@ class TokenizeStats:
     tokens: int = 0
     label_tokens: int = 0
     skipped_rows: Counter = field(default_factory=Counter)  # bad rows skipped, by reason
+    skips: list[str] = field(default_factory=list)  # every skipped row: "<where>: <why>"
     notes: list[str] = field(default_factory=list)
     detected: list[str] = field(default_factory=list)  # "data: f.jsonl → messages, 3 rows"
 
     def as_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("notes", "detected")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("notes", "detected", "skips")}
         out["skipped_rows"] = dict(self.skipped_rows)
         return out
 
@@ -84,9 +85,11 @@ def mix_records(parts: list[tuple[list[Record], float]], seed: int) -> list[Reco
 # ---------------------------------------------------------------- tokenizing
 
 
-def tokenize_conversation(tokenizer: Any, messages: list[dict[str, Any]]) -> Example:
+def tokenize_conversation(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> Example:
     """Token ids of the rendered conversation and labels on assistant tokens only."""
-    enc = encode_conversation(tokenizer, messages)
+    enc = encode_conversation(tokenizer, messages, tools)
     return Example(input_ids=enc.input_ids, labels=assistant_labels(enc))
 
 
@@ -101,8 +104,8 @@ def tokenize_sft(
     """Conversations → examples with assistant-only labels (``text`` records are trained on every
     token). Over-long examples are truncated (the end is cut) or dropped, and counted; under
     ``overlength="error"`` one is a one-line error naming its row (skipped and counted in
-    ``skipped_rows`` with ``skip_bad_rows``). Examples left without any label token are dropped and
-    counted."""
+    ``skipped_rows`` with ``skip_bad_rows``), and so is a conversation the chat template cannot
+    render. Examples left without any label token are dropped and counted."""
     stats = TokenizeStats()
     note = ensure_chat_template(tokenizer)
     if note:
@@ -110,7 +113,17 @@ def tokenize_sft(
     out: list[Example] = []
     for rec in records:
         if rec.messages is not None:
-            ex = tokenize_conversation(tokenizer, rec.messages)
+            try:
+                ex = tokenize_conversation(tokenizer, rec.messages, rec.tools)
+            except BadRow:
+                raise
+            except LongqaError as exc:
+                err = BadRow(rec.source or rec.id, "messages", str(exc), "template")
+                if not skip_bad_rows:
+                    raise err from None
+                stats.skipped_rows["template"] += 1
+                stats.skips.append(str(err))
+                continue
         else:
             ids = tokenizer(rec.text or "", add_special_tokens=False)["input_ids"]
             ex = Example(input_ids=list(ids), labels=[IGNORE_INDEX, *ids[1:]] if ids else [])
@@ -125,6 +138,7 @@ def tokenize_sft(
                 if not skip_bad_rows:
                     raise err
                 stats.skipped_rows["overlength"] += 1
+                stats.skips.append(str(err))
                 continue
             if overlength == "drop":
                 stats.dropped_overlength += 1
@@ -153,7 +167,9 @@ def tokenize_pretrain(
     out: list[Example] = []
     for rec in records:
         text = (
-            rec.text if rec.text is not None else render_conversation(tokenizer, rec.messages or [])
+            rec.text
+            if rec.text is not None
+            else render_conversation(tokenizer, rec.messages or [], tools=rec.tools)
         )
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         bos = getattr(tokenizer, "bos_token_id", None)

@@ -8,13 +8,19 @@ Usage::
     dataset, collator, stats = build_phase_dataset(recipe, recipe.train.phases[0], tokenizer)
 
 ``--data PATH[:WEIGHT]`` (repeatable) replaces the datasets of every ``sft`` phase, each path read in
-the format detected per row (or ``data_format``). Pretraining phases keep their own datasets; one
-whose data is not on disk is skipped with a notice that says so (an error with ``strict``), and
-trains on the text of the ``--data`` conversations only when asked (``pretrain_on_sft_text``).
+the format detected per row (or ``data_format``; ``data_columns`` names the prompt/response columns
+of CSV-like rows). ``--pretrain-data PATH[:WEIGHT]`` (repeatable) replaces the datasets of every
+``pretrain`` phase — continued pretraining on your own text (``.txt``/``.md`` files or folders,
+``{"text"}`` rows; conversations are trained on every token) — and adds a one-epoch ``pretrain``
+phase before the others when the recipe has none. Otherwise pretraining phases keep their own
+datasets; one whose data is not on disk is skipped with a notice that says so (an error with
+``strict``), and trains on the text of the ``--data`` conversations only when asked
+(``pretrain_on_sft_text``). A weight that is not a number > 0 is a one-line error naming it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,27 +28,38 @@ from typing import Any
 
 from longqa.config.recipe import DatasetSpec, PhaseConfig, Recipe, recipes_dir
 from longqa.core.errors import LongqaError
+from longqa.data.formats import parse_columns
 from longqa.data.sources import load_dataset_records
 from longqa.train.data import TokenizeStats, mix_records, tokenize_pretrain, tokenize_sft
 from longqa.train.distributed import sequence_parallel_size
 from longqa.train.packing import ListDataset, PackedCollator, PaddedCollator, pack_examples
 
 
-def parse_data_arg(spec: str, fmt: str = "auto") -> DatasetSpec:
-    """``PATH`` or ``PATH:WEIGHT`` (weight > 0) → a :class:`DatasetSpec`."""
+def _exists(path: str) -> bool:
+    p = Path(path).expanduser()
+    return p.exists() or (not p.is_absolute() and (recipes_dir().parent / path).exists())
+
+
+def parse_data_arg(
+    spec: str, fmt: str = "auto", columns: Sequence[str] | None = None, flag: str = "--data"
+) -> DatasetSpec:
+    """``PATH`` or ``PATH:WEIGHT`` (weight a number > 0) → a :class:`DatasetSpec`. A path that
+    exists as given keeps its ':'; otherwise what follows the last ':' is the weight."""
     path, weight = spec, 1.0
     head, sep, tail = spec.rpartition(":")
-    if sep and head:
+    if sep and head and not _exists(spec) and not any(c in tail for c in "/\\"):
         try:
             weight = float(tail)
         except ValueError:
-            pass  # a ':' that is part of the path
-        else:
-            path = head
-            if weight <= 0:
-                raise LongqaError(f"--data {spec}: the weight after ':' must be > 0")
+            raise LongqaError(
+                f"{flag} {spec}: the weight '{tail}' after ':' is not a number "
+                f"(PATH[:WEIGHT], e.g. {head}:0.5)"
+            ) from None
+        path = head
+        if not (weight > 0 and math.isfinite(weight)):
+            raise LongqaError(f"{flag} {spec}: the weight '{tail}' after ':' must be > 0")
     try:
-        return DatasetSpec(path=path, weight=weight, format=fmt)
+        return DatasetSpec(path=path, weight=weight, format=fmt, columns=columns)
     except ValueError:
         raise LongqaError(f"--data-format {fmt}: not a known format") from None
 
@@ -71,8 +88,8 @@ def _missing(phase: PhaseConfig) -> list[str]:
 @dataclass(frozen=True)
 class RunInputs:
     """What one ``longqa train`` run changes in its recipe: ``--data`` (``PATH[:WEIGHT]`` items),
-    ``--data-format``, ``--out``, ``--max-steps`` (caps every phase), ``--strict``,
-    ``--pretrain-on-sft-text``."""
+    ``--data-format``, ``--data-columns``, ``--pretrain-data`` (``PATH[:WEIGHT]`` items),
+    ``--out``, ``--max-steps`` (caps every phase), ``--strict``, ``--pretrain-on-sft-text``."""
 
     data: Sequence[str] = ()
     data_format: str = "auto"
@@ -80,6 +97,8 @@ class RunInputs:
     max_steps: int | None = None
     strict: bool = False
     pretrain_on_sft_text: bool = False
+    pretrain_data: Sequence[str] = ()
+    data_columns: str | Sequence[str] | None = None
 
 
 def prepare_recipe(recipe: Recipe, inputs: RunInputs | None = None) -> tuple[Recipe, list[str]]:
@@ -89,18 +108,28 @@ def prepare_recipe(recipe: Recipe, inputs: RunInputs | None = None) -> tuple[Rec
     data, data_format = inputs.data, inputs.data_format
     out, max_steps = inputs.out, inputs.max_steps
     strict, pretrain_on_sft_text = inputs.strict, inputs.pretrain_on_sft_text
-    specs = [parse_data_arg(d, data_format) for d in ([data] if isinstance(data, str) else data)]
+    pretrain_data = inputs.pretrain_data
+    columns = list(parse_columns(inputs.data_columns) or []) or None
+    specs = [
+        parse_data_arg(d, data_format, columns)
+        for d in ([data] if isinstance(data, str) else data or [])
+    ]
+    pre = [
+        parse_data_arg(d, flag="--pretrain-data")
+        for d in ([pretrain_data] if isinstance(pretrain_data, str) else pretrain_data or [])
+    ]
     notes: list[str] = []
     phases = [p.model_copy(deep=True) for p in recipe.train.phases]
     if not phases:
-        if not specs:
+        if not specs and not pre:
             raise LongqaError(
-                f"recipe '{recipe.name}': train.phases is empty; add a phase or --data"
+                f"recipe '{recipe.name}': train.phases is empty; add a phase, --data or "
+                "--pretrain-data"
             )
-        phases = [PhaseConfig(name="sft", kind="sft", epochs=1.0)]
-    shown = ", ".join(
-        f"{d.path}" + (f" (weight {d.weight:g})" if d.weight != 1 else "") for d in specs
-    )
+        phases = [PhaseConfig(name="sft", kind="sft", epochs=1.0)] if specs else []
+    shown = _shown(specs)
+    if pre:
+        phases = _apply_pretrain_data(phases, pre, notes)
     if specs:
         sft = [p for p in phases if p.kind == "sft"]
         if not sft:
@@ -110,6 +139,9 @@ def prepare_recipe(recipe: Recipe, inputs: RunInputs | None = None) -> tuple[Rec
         notes.append(f"--data: {len(sft)} sft phase(s) now train on {shown}")
     kept, skipped = [], []
     for p in phases:
+        if p.kind == "sft" and pre and not specs and _missing(p):
+            notes.append(f"phase '{p.name}' (sft) skipped: {'; '.join(_missing(p))} (no --data)")
+            continue
         missing = _missing(p) if p.kind == "pretrain" else []
         if missing and specs and pretrain_on_sft_text:
             p.datasets = [d.model_copy() for d in specs]
@@ -143,6 +175,28 @@ def prepare_recipe(recipe: Recipe, inputs: RunInputs | None = None) -> tuple[Rec
     return recipe.model_copy(update=update), notes
 
 
+def _shown(specs: list[DatasetSpec]) -> str:
+    return ", ".join(
+        f"{d.path}" + (f" (weight {d.weight:g})" if d.weight != 1 else "") for d in specs
+    )
+
+
+def _apply_pretrain_data(
+    phases: list[PhaseConfig], pre: list[DatasetSpec], notes: list[str]
+) -> list[PhaseConfig]:
+    """``--pretrain-data``: every pretrain phase trains on it; a recipe without one gets one."""
+    targets = [p for p in phases if p.kind == "pretrain"]
+    if not targets:
+        name = "pretrain" if all(p.name != "pretrain" for p in phases) else "own-pretrain"
+        targets = [PhaseConfig(name=name, kind="pretrain", epochs=1.0)]
+        phases = targets + phases
+        notes.append(f"--pretrain-data: added phase '{name}' (pretrain, 1 epoch) before the others")
+    for p in targets:
+        p.datasets = [d.model_copy() for d in pre]
+    notes.append(f"--pretrain-data: {len(targets)} pretrain phase(s) now train on {_shown(pre)}")
+    return phases
+
+
 def build_phase_dataset(
     recipe: Recipe, phase: PhaseConfig, tokenizer: Any, *, skip_bad_rows: bool = False
 ) -> tuple[ListDataset, Any, TokenizeStats]:
@@ -150,13 +204,16 @@ def build_phase_dataset(
     (``stats.detected``: what each file was read as; ``stats.skipped_rows``: bad rows skipped)."""
     if not phase.datasets:
         raise LongqaError(f"phase '{phase.name}' has no datasets (set train.phases or --data)")
-    parts, detected, skipped = [], [], []
+    parts, detected, skipped, skips = [], [], [], []
     for d in phase.datasets:
         path = resolve_dataset_path(d.path, phase.name)
-        loaded = load_dataset_records(path, d.format, skip_bad_rows=skip_bad_rows)
+        loaded = load_dataset_records(
+            path, d.format, skip_bad_rows=skip_bad_rows, columns=d.columns
+        )
         parts.append((loaded.records, d.weight))
         detected += loaded.describe()
         skipped.append(loaded.skipped)
+        skips += loaded.skips
     records = mix_records(parts, seed=recipe.train.seed)
     max_len = phase.max_length or recipe.train.max_length
     if phase.kind == "sft":
@@ -172,6 +229,12 @@ def build_phase_dataset(
     stats.detected = detected
     for counts in skipped:
         stats.skipped_rows.update(counts)
+    stats.skips = skips + stats.skips
+    if phase.kind == "sft" and all(r.messages is None for r in records):
+        stats.notes.append(
+            f"phase '{phase.name}' (sft) reads only plain text ({len(records)} documents), trained "
+            "on every token; for continued pretraining pass it as --pretrain-data instead"
+        )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pad = pad if pad is not None else 0
     # split over GPUs: rows as wide as a multiple of the split (the data adapter adds no padding

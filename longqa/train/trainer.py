@@ -50,6 +50,7 @@ from longqa.train.phases import (
 )
 
 LOG_FILE = "train_log.jsonl"
+SKIPPED_FILE = "skipped_rows.txt"  # every row --skip-bad-rows skipped: "<file:line>: <why>"
 
 
 class LongqaTrainer(Trainer):
@@ -168,8 +169,9 @@ def run_training(
     callbacks: Sequence[Any] = (),
 ) -> Path:
     """Train every phase of ``recipe`` with a run's ``inputs`` (:class:`RunInputs`: ``--data``,
-    ``--out``, ``--max-steps``, …) applied; return the final adapter folder. ``skip_bad_rows``
-    skips bad rows and counts them in the summary."""
+    ``--pretrain-data``, ``--out``, ``--max-steps``, …) applied; return the final adapter folder.
+    ``skip_bad_rows`` skips bad rows, counts them in the summary and lists each one in
+    ``skipped_rows.txt`` in the run folder."""
     from rich.console import Console
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -200,6 +202,7 @@ def run_training(
     model = None
     prev_adapter: Path | None = None
     skipped_rows: Counter = Counter()
+    skips: list[str] = []
     probes = _eval_callback(recipe, tokenizer, out_dir, console)
     for phase in recipe.train.phases:
         phase_dir = out_dir / phase.name
@@ -227,6 +230,7 @@ def run_training(
         for n in stats.notes:
             console.print(f"[yellow]notice:[/] {n}", highlight=False)
         skipped_rows.update(stats.skipped_rows)
+        skips += stats.skips
         if model is None:
             set_seed(recipe.train.seed)  # LoRA init is random: same seed, same adapter
             model, model_notes = build_trainable_model(recipe, rt, start_adapter=prev_adapter)
@@ -275,8 +279,13 @@ def run_training(
     barrier()
     if skipped_rows:
         why = ", ".join(f"{k} {v}" for k, v in sorted(skipped_rows.items()))
+        listed = ""
+        if rank.is_main and skips:
+            atomic_write_text(out_dir / SKIPPED_FILE, "".join(f"{line}\n" for line in skips))
+            listed = f"; every one listed in {out_dir / SKIPPED_FILE}"
         console.print(
-            f"[yellow]bad rows skipped:[/] {sum(skipped_rows.values())} ({why})", highlight=False
+            f"[yellow]bad rows skipped:[/] {sum(skipped_rows.values())} ({why}){listed}",
+            highlight=False,
         )
     console.print(f"[green]done:[/] adapter in {final}", highlight=False)
     return final
