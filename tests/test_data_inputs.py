@@ -177,3 +177,17 @@ def test_rows_without_a_user_turn_are_warned_and_counted(tmp_path):
     assert loaded.describe()[1] == (
         f"warning: {path}: 2 rows without a user turn (first: {path}:2); trained as given"
     )
+
+
+def test_a_folder_of_many_files_is_described_in_one_line(tmp_path):
+    for i in range(6):
+        (tmp_path / f"doc{i}.txt").write_text(f"document {i}")
+    write_jsonl(tmp_path / "few" / "a.jsonl", [CHAT]) if (
+        tmp_path / "few"
+    ).mkdir() is None else None
+    loaded = load_dataset_records(tmp_path)  # row files win over text files in a folder
+    assert loaded.describe() == ["data: a.jsonl → messages, 1 row"]
+    (tmp_path / "few" / "a.jsonl").unlink()
+    assert load_dataset_records(tmp_path).describe() == [
+        f"data: {tmp_path} (6 files) → text 6, 6 rows"
+    ]

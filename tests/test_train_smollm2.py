@@ -49,3 +49,38 @@ def test_recipe_trains_one_step_per_phase_and_saves_bundle(tmp_path):
     assert [r["phase"] for r in log] == [p.name for p in recipe.train.phases]
     info = read_adapter_info(out)
     assert info["base_model"] == "smollm2-135m" and info["rope"]["method"] == "yarn"
+
+
+def test_openai_tool_call_rows_train_one_step(tmp_path):
+    """An OpenAI fine-tuning JSONL with tools trains with the shipped recipe (SmolLM2's ChatML
+    template has no tool support: the Hermes convention), with --pretrain-data for the pretraining
+    phase; the bad row is skipped and listed in skipped_rows.txt."""
+    import json
+
+    from test_data_tool_calls import OPENAI_ROW
+
+    from longqa.config.recipe import load_recipe
+    from longqa.train.metrics import read_log
+    from longqa.train.trainer import run_training
+
+    data = write_jsonl(tmp_path / "ft.jsonl", [OPENAI_ROW] * 3)
+    with open(data, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"messages": [{"role": "robot", "content": "beep"}]}) + "\n")
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("Paris is the capital of France. " * 20)
+    recipe = load_recipe("smollm2-135m-yarn16k", ["train.max_length=512"])
+    out = run_training(
+        recipe,
+        data=str(data),
+        pretrain_data=str(texts),
+        skip_bad_rows=True,
+        out=str(tmp_path / "run"),
+        max_steps=1,
+    )
+    log = read_log(out / "train_log.jsonl")
+    assert [r["phase"] for r in log] == [p.name for p in recipe.train.phases]
+    assert all(r["loss"] == r["loss"] and r["loss"] > 0 for r in log if "loss" in r)
+    skipped = (out / "skipped_rows.txt").read_text().splitlines()
+    assert skipped == [f"{data}:4: field 'messages.0.role': unknown role 'robot'; expected "
+                       "system, developer, user, assistant, tool (or human, gpt)"]  # fmt: skip

@@ -43,6 +43,8 @@ from longqa.data.files import (
 )
 from longqa.data.formats import FORMATS, BadRow, Record, convert_row, parse_columns
 
+MAX_FILE_LINES = 4  # more files than this are described in one line
+
 
 def is_saved_dataset(path: Path) -> bool:
     """A folder written by ``datasets``' ``save_to_disk`` (a Dataset or a DatasetDict)."""
@@ -138,7 +140,14 @@ class LoadedData:
     def describe(self) -> list[str]:
         """``data: chat.jsonl → messages, 3 rows`` lines, one per file, then the warnings."""
         lines = []
-        for file, counts in self.formats.items():
+        if len(self.formats) > MAX_FILE_LINES:  # a folder of many files: one line for them all
+            total: Counter = Counter()
+            for counts in self.formats.values():
+                total.update(counts)
+            kinds = ", ".join(f"{k} {v}" for k, v in total.most_common())
+            n = sum(total.values())
+            lines.append(f"data: {self.path} ({len(self.formats)} files) → {kinds}, {n} rows")
+        for file, counts in list(self.formats.items())[: 0 if lines else None]:
             n = sum(counts.values())
             kinds = ", ".join(counts) if len(counts) == 1 else ", ".join(
                 f"{k} {v}" for k, v in counts.most_common()
