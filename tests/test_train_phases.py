@@ -103,14 +103,14 @@ def test_pretrain_data_replaces_or_adds_the_pretraining_phase(tmp_path):
     (texts / "b.md").write_text("the dog sat")
     chat = write_jsonl(tmp_path / "chat.jsonl", toy_sft_rows(2))
     shipped = load_recipe("smollm2-135m-yarn16k")
-    new, notes = prepare_recipe(shipped, pretrain_data=[f"{texts}:2"], data=[str(chat)])
+    new, notes = prepare_recipe(shipped, RunInputs(pretrain_data=[f"{texts}:2"], data=[str(chat)]))
     pre = [p for p in new.train.phases if p.kind == "pretrain"]
     assert pre and all(p.datasets == [DatasetSpec(path=str(texts), weight=2.0)] for p in pre)
     assert any("--pretrain-data: " in n and str(texts) in n for n in notes)
     assert not any("skipped" in n for n in notes)
     # a recipe with only an sft phase gets a pretraining phase before it
     sft_only = tiny_recipe(tmp_path, chat, tmp_path / "o", phases=[_phase(chat, "sft", "sft")])
-    new, notes = prepare_recipe(sft_only, pretrain_data=str(texts))
+    new, notes = prepare_recipe(sft_only, RunInputs(pretrain_data=[str(texts)]))
     assert [(p.name, p.kind) for p in new.train.phases] == [
         ("pretrain", "pretrain"),
         ("sft", "sft"),
@@ -120,9 +120,9 @@ def test_pretrain_data_replaces_or_adds_the_pretraining_phase(tmp_path):
     assert stats.examples == 2
     assert stats.detected == ["data: a.txt → text, 1 row", "data: b.md → text, 1 row"]
     with pytest.raises(LongqaError, match=r"--pretrain-data .*texts:x: the weight 'x'"):
-        prepare_recipe(sft_only, pretrain_data=f"{texts}:x")
+        prepare_recipe(sft_only, RunInputs(pretrain_data=[f"{texts}:x"]))
     # plain text given to --data trains in sft, with a notice pointing at --pretrain-data
-    new, _ = prepare_recipe(sft_only, data=str(texts))
+    new, _ = prepare_recipe(sft_only, RunInputs(data=[str(texts)]))
     _ds, _c, stats = build_phase_dataset(new, new.train.phases[0], tok)
     assert any("pass it as --pretrain-data" in n for n in stats.notes)
 

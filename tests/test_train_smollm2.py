@@ -61,6 +61,7 @@ def test_openai_tool_call_rows_train_one_step(tmp_path):
 
     from longqa.config.recipe import load_recipe
     from longqa.train.metrics import read_log
+    from longqa.train.phases import RunInputs
     from longqa.train.trainer import run_training
 
     data = write_jsonl(tmp_path / "ft.jsonl", [OPENAI_ROW] * 3)
@@ -70,17 +71,13 @@ def test_openai_tool_call_rows_train_one_step(tmp_path):
     texts.mkdir()
     (texts / "a.txt").write_text("Paris is the capital of France. " * 20)
     recipe = load_recipe("smollm2-135m-yarn16k", ["train.max_length=512"])
-    out = run_training(
-        recipe,
-        data=str(data),
-        pretrain_data=str(texts),
-        skip_bad_rows=True,
-        out=str(tmp_path / "run"),
-        max_steps=1,
+    inputs = RunInputs(
+        data=[str(data)], pretrain_data=[str(texts)], out=str(tmp_path / "run"), max_steps=1
     )
+    out = run_training(recipe, inputs, skip_bad_rows=True)
     log = read_log(out / "train_log.jsonl")
     assert [r["phase"] for r in log] == [p.name for p in recipe.train.phases]
-    assert all(r["loss"] == r["loss"] and r["loss"] > 0 for r in log if "loss" in r)
+    assert all(0 < r["loss"] < 20 for r in log), log
     skipped = (out / "skipped_rows.txt").read_text().splitlines()
     assert skipped == [f"{data}:4: field 'messages.0.role': unknown role 'robot'; expected "
                        "system, developer, user, assistant, tool (or human, gpt)"]  # fmt: skip
