@@ -106,10 +106,16 @@ def test_csv_folder_with_readme_rst_is_read_or_refused_in_one_line(tmp_path):
     _write_table(bad / "data.csv", ["title", "body"], [["a", "b"]])
     res = _cli("data", "inspect", str(bad))
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert res.stderr.strip().splitlines() == [
-        f"error: {bad / 'data.csv'}:2: unrecognised sample (fields: body, title); expected "
-        "'messages', 'text', 'conversations', 'instruction'+'output' or prompt/response columns "
+    why = (
+        f"{bad / 'data.csv'}:2: unrecognised sample (fields: body, title); expected 'messages', "
+        "'text', 'conversations', 'instruction'+'output' or prompt/response columns "
         "(--data-columns USER,ASSISTANT)"
+    )
+    assert res.stderr.strip().splitlines() == [f"error: {why}"]
+    res = _cli("data", "inspect", str(bad), "--skip-bad-rows")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"error: {bad}: no usable samples: 1 row skipped (first: {why})"
     ]
 
 

@@ -202,6 +202,12 @@ def load_dataset_records(
             if rec.messages is not None and not any(m["role"] == "user" for m in rec.messages):
                 loaded.no_user.append(where)
     if not loaded.records:
+        if loaded.skips:
+            n = len(loaded.skips)
+            raise LongqaError(
+                f"{path}: no usable samples: {'all ' if n > 1 else ''}{n} row{'s' * (n != 1)} "
+                f"skipped (first: {loaded.skips[0]})"
+            )
         raise LongqaError(f"{path}: dataset is empty (no usable samples)")
     return loaded
 

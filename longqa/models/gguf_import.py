@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from longqa.core.errors import LongqaError
+from longqa.core.paths import keep_umask
 from longqa.patch.families import gguf_architectures
 
 MARKER = "longqa_source.json"  # written last: its presence means the folder is complete
@@ -139,9 +140,7 @@ def convert_gguf(
                 "size": gguf.stat().st_size,
             }
             (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any other
-            for f in tmp.iterdir():
-                f.chmod(0o644)
+            keep_umask(tmp)  # mkdtemp makes it private (700), safetensors writes 600
         del model
         try:
             os.replace(tmp, out)
