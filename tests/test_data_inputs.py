@@ -197,3 +197,24 @@ def test_a_folder_of_many_files_is_described_in_one_line(tmp_path):
     assert load_dataset_records(tmp_path).describe() == [
         f"data: {tmp_path} (6 files) → text 6, 6 rows"
     ]
+
+
+def test_a_hub_download_folder_reads_its_train_split_only(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# A chat set\n")  # no configs
+    test_row = {"messages": _chat("held out", "never trained")}
+    for split, rows in (("train", [CHAT, CHAT]), ("test", [test_row]), ("validation", [test_row])):
+        pq.write_table(
+            pa.Table.from_pylist(rows), tmp_path / "data" / f"{split}-00000-of-00001.parquet"
+        )
+    loaded = load_dataset_records(tmp_path)
+    assert _messages(loaded) == [CHAT["messages"]] * 2
+    assert loaded.describe() == [
+        "data: train-00000-of-00001.parquet → messages, 2 rows",
+        f"data: {tmp_path}: train split only (test 1 file, validation 1 file left out)",
+    ]
+    (tmp_path / "data" / "train-00000-of-00001.parquet").unlink()  # no train split: all is read
+    assert len(load_dataset_records(tmp_path).records) == 2

@@ -12,7 +12,9 @@ Paths: a file or a folder (searched recursively, hidden files and ``stats.json``
   zstd, bzip2 or xz found by their magic bytes; a UTF-8 BOM dropped);
 * a folder — its row files (``.jsonl``, ``.json``, ``.csv``, ``.tsv``, ``.parquet``), else its text
   files (``.txt``/``.md``: pretraining documents); anything else in it (a ``README.rst``, a dataset
-  card next to row files) is left alone;
+  card next to row files) is left alone. When file or folder names name splits the way ``datasets``
+  reads them (``data/train-00000-of-00001.parquet``, ``test.jsonl``, ``dev/``), only the ``train``
+  split is read (files naming no split too) and the note says what was left out;
 * a ``datasets`` folder — written by ``save_to_disk`` (``dataset_info.json``/``state.json``/
   ``dataset_dict.json``; the ``train`` split of a ``DatasetDict``, or every split when it has none),
   or a hub-style folder whose ``README.md`` YAML header declares ``configs:`` — read with
@@ -27,6 +29,7 @@ without a user turn train as given and are counted in ``loaded.no_user``.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -60,6 +63,35 @@ def is_hub_style_folder(path: Path) -> bool:
         return False
     head = card.read_text(encoding="utf-8-sig", errors="replace")
     return head.startswith("---") and "\nconfigs:" in head.split("\n---", 1)[0]
+
+
+# split names as ``datasets`` infers them from file and folder names (data/train-0000.parquet, …)
+SPLIT_WORDS = {
+    "train": "train", "training": "train",
+    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation",
+    "test": "test", "testing": "test", "eval": "test", "evaluation": "test",
+}  # fmt: skip
+
+
+def split_of(file: Path, root: Path) -> str | None:
+    """The split a file's name or folder names (under ``root``) put it in, if any."""
+    for part in reversed(file.relative_to(root).parts):
+        for word in re.split(r"[-_ 0-9]+", part.split(".", 1)[0].lower()):
+            if word in SPLIT_WORDS:
+                return SPLIT_WORDS[word]
+    return None
+
+
+def train_files(path: Path, files: list[Path]) -> tuple[list[Path], str]:
+    """A folder's files of the ``train`` split when its file names name splits (as hub downloads
+    do), so test and validation rows never leak into training; and the note saying so."""
+    splits = {f: split_of(f, path) for f in files}
+    if "train" not in splits.values() or set(splits.values()) == {"train"}:
+        return files, ""
+    kept = [f for f in files if splits[f] in ("train", None)]
+    left = Counter(s for s in splits.values() if s not in ("train", None))
+    shown = ", ".join(f"{k} {v} file{'s' * (v != 1)}" for k, v in sorted(left.items()))
+    return kept, f"data: {path}: train split only ({shown} left out)"
 
 
 def dataset_files(path: Path) -> list[Path]:
@@ -111,15 +143,21 @@ def iter_source_rows(path: str | Path) -> Iterator[tuple[str, str, Any]]:
             yield file, where, row
 
 
-def iter_source_files(path: str | Path) -> Iterator[tuple[str, str, Iterator[tuple[str, Any]]]]:
-    """``(file label, layout notes, rows)`` for every file (or ``datasets`` folder) under ``path``."""
+def iter_source_files(
+    path: str | Path, notes: list[str] | None = None
+) -> Iterator[tuple[str, str, Iterator[tuple[str, Any]]]]:
+    """``(file label, layout notes, rows)`` for every file (or ``datasets`` folder) under ``path``;
+    what was left out of a folder is appended to ``notes``."""
     p = Path(path).expanduser()
     if not p.exists():
         raise LongqaError(f"dataset not found: {p}")
     if p.is_dir() and (is_saved_dataset(p) or is_hub_style_folder(p)):
         yield str(p), "datasets folder", _datasets_folder_rows(p)
         return
-    for file in [p] if p.is_file() else dataset_files(p):
+    files, note = ([p], "") if p.is_file() else train_files(p, dataset_files(p))
+    if note and notes is not None:
+        notes.append(note)
+    for file in files:
         read = read_file_rows(file)
         yield str(file), read.layout, read.rows
 
@@ -136,6 +174,7 @@ class LoadedData:
     first_skips: dict[str, str] = field(default_factory=dict)  # reason → first skipped row's error
     skips: list[str] = field(default_factory=list)  # every skipped row: "<where>: <why>"
     no_user: list[str] = field(default_factory=list)  # where each row without a user turn is
+    notes: list[str] = field(default_factory=list)  # what was left out of a folder
 
     def describe(self) -> list[str]:
         """``data: chat.jsonl → messages, 3 rows`` lines, one per file, then the warnings."""
@@ -154,6 +193,7 @@ class LoadedData:
             )  # fmt: skip
             layout = f" ({self.layouts[file]})" if self.layouts.get(file) else ""
             lines.append(f"data: {Path(file).name}{layout} → {kinds}, {n} row{'s' * (n != 1)}")
+        lines += self.notes
         if self.no_user:
             n = len(self.no_user)
             lines.append(
@@ -182,7 +222,7 @@ def load_dataset_records(
         raise LongqaError(f"unknown data format '{fmt}'; known: auto, {', '.join(FORMATS)}")
     mapping = parse_columns(columns)
     loaded = LoadedData(str(path))
-    for file, layout, rows in iter_source_files(path):
+    for file, layout, rows in iter_source_files(path, loaded.notes):
         if layout:
             loaded.layouts[file] = layout
         for where, row in rows:
