@@ -169,3 +169,28 @@ def test_a_template_that_cannot_render_tool_turns_refuses_the_row_or_skips_it():
     examples, stats = tokenize_sft([plain, tool_row], tok, max_length=4096, skip_bad_rows=True)
     assert len(examples) == 1 and stats.skipped_rows == {"template": 1}
     assert stats.skips[0].startswith("ft.jsonl:7: ")
+
+
+def test_llama_factory_sharegpt_tool_turns_render_like_the_openai_row():
+    row = {
+        "conversations": [
+            {"from": "human", "value": "Weather in Paris?"},
+            {"from": "function_call", "value": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
+            {"from": "observation", "value": '{"temp_c": 21}'},
+            {"from": "gpt", "value": "It is 21 C in Paris."},
+        ],
+        "system": "You are a weather bot.",
+        "tools": json.dumps([TOOLS[0]["function"]]),
+    }  # fmt: skip
+    rec = convert_row(row, "auto", "lf.json: item 1")
+    assert rec.format == "sharegpt" and rec.tools == TOOLS
+    tok = byte_tokenizer()
+    (ex,), _ = tokenize_sft([rec], tok, max_length=4096)
+    (want,), _ = tokenize_sft([convert_row(OPENAI_ROW)], tok, max_length=4096)
+    assert ex.input_ids == want.input_ids and ex.labels == want.labels
+    bad = {
+        **row,
+        "conversations": [row["conversations"][0], {"from": "function_call", "value": "x("}],
+    }
+    with pytest.raises(LongqaError, match=r"item 1: field 'conversations\.1\.value': not a JSON"):
+        convert_row(bad, "auto", "lf.json: item 1")

@@ -17,7 +17,9 @@ Row formats (``fmt="auto"`` decides per row; :data:`FORMATS` are the names to fo
   ``function_call``); ``tool`` (``function``) turns carry tool results (context, never trained);
   the row's ``tools`` (or older ``functions``) list defines the tools. The tool parts are rendered
   by :mod:`longqa.data.tool_calls`. A part that is not text (an image) is a bad row.
-* ``sharegpt`` — ``{"conversations": [{"from": "human"|"gpt"|"system", "value"}], "system"?}``.
+* ``sharegpt`` — ``{"conversations": [{"from": "human"|"gpt"|"system", "value"}], "system"?}``;
+  LLaMA-Factory's tool turns too: ``function_call`` (its value the JSON call ``{"name",
+  "arguments"}`` or a list of them), ``observation`` (the result), and ``tools`` (a JSON string).
 * ``alpaca`` — ``{"instruction", "input"?, "output", "system"?, "history"?: [[user, assistant], …]}``.
 * ``columns`` — one prompt and one response column, as CSV/TSV tables and Q&A sets name them:
   ``prompt``/``response``, ``prompt``/``completion``, ``question``/``answer``, ``query``/``response``,
@@ -41,7 +43,7 @@ from typing import Any
 
 from longqa.core.errors import LongqaError
 from longqa.data.bad_rows import BadRow
-from longqa.data.tool_calls import parse_tool_calls, parse_tools, text_content
+from longqa.data.tool_calls import calls_from_text, parse_tool_calls, parse_tools, text_content
 
 __all__ = ["FORMATS", "ROLES", "BadRow", "Record", "convert_row", "detect_row_format"]
 
@@ -65,6 +67,8 @@ ROLES = {
 _SAMPLE_KEYS = {"id", "task", "lang", "messages", "text", "meta"}
 _OPENAI_ROW_KEYS = {"tools", "functions", "parallel_tool_calls"}
 _OPENAI_TURN_KEYS = {"name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"}
+# LLaMA-Factory's ShareGPT tool turns: a call (its value the JSON call) and its result
+SHAREGPT_TOOL_ROLES = {"function_call": "assistant", "observation": "tool"}
 # (prompt column, response column) pairs the ``columns`` format recognises, in this order
 COLUMN_PAIRS = (
     ("prompt", "response"),
@@ -184,7 +188,7 @@ def convert_row(
         raise BadRow(where, _main_field(kind), "empty conversation", "empty")
     if not any(m["role"] == "assistant" for m in messages):
         raise BadRow(where, _main_field(kind), "no assistant turn", "no_answer")
-    tools = parse_tools(row, where) if kind in ("openai", "messages") else None
+    tools = parse_tools(row, where) if kind in ("openai", "messages", "sharegpt") else None
     return _record(row, kind, where, messages=messages, tools=tools)
 
 
@@ -266,7 +270,12 @@ def _from_sharegpt(row: dict[str, Any], where: str) -> list[dict[str, Any]]:
             raise BadRow(where, f"conversations.{i}", "expected {from, value}", "bad_conversations")
         role_key = "from" if "from" in t else "role"
         content = t.get("value", t.get("content"))
-        turn = _turn(t.get(role_key), content, where, f"conversations.{i}", role_key)
+        role = SHAREGPT_TOOL_ROLES.get(t.get(role_key), t.get(role_key))
+        turn = _turn(role, content, where, f"conversations.{i}", role_key)
+        if t.get(role_key) == "function_call":  # LLaMA-Factory: the call as JSON text
+            turn = {**turn, "content": "", "tool_calls": calls_from_text(
+                turn["content"], where, f"conversations.{i}.value"
+            )}  # fmt: skip
         if turn["content"] is None:
             raise BadRow(where, f"conversations.{i}", "expected a string value", "bad_turn")
         out.append(turn)

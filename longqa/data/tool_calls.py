@@ -6,11 +6,12 @@ Usage::
     msgs, kwargs = template_messages(tokenizer, record.messages, record.tools)
     text = tokenizer.apply_chat_template(msgs, tokenize=False, **kwargs)
 
-Reading (:func:`text_content`, :func:`parse_tool_calls`, :func:`parse_tools`; used by
-:mod:`longqa.data.formats`): content as a string, ``null``, or a list of ``{"type": "text", "text"}``
-parts (joined); an assistant turn's ``tool_calls`` (``arguments`` a JSON object, as a string or
-already parsed) or the older ``function_call``; the row's ``tools`` (or older ``functions``) list,
-also accepted as a JSON string.
+Reading (:func:`text_content`, :func:`parse_tool_calls`, :func:`calls_from_text`,
+:func:`parse_tools`; used by :mod:`longqa.data.formats`): content as a string, ``null``, or a list
+of ``{"type": "text", "text"}`` parts (joined); an assistant turn's ``tool_calls`` (``arguments`` a
+JSON object, as a string or already parsed), the older ``function_call``, or a call written as JSON
+text (LLaMA-Factory's ShareGPT ``function_call`` turn); the row's ``tools`` (or older
+``functions``) list, also accepted as a JSON string.
 
 Rendering (:func:`template_messages`): a tokenizer whose chat template renders tool calls, tool
 results and tool definitions (checked once per template by rendering a probe conversation) gets
@@ -116,6 +117,16 @@ def parse_tool_calls(turn: dict[str, Any], where: str, path: str) -> list[dict[s
     if not isinstance(calls, list):
         raise BadRow(where, f"{path}.tool_calls", "expected a list of calls", "bad_tool_call")
     return [_call(c, where, f"{path}.tool_calls.{k}") for k, c in enumerate(calls)]
+
+
+def calls_from_text(text: Any, where: str, path: str) -> list[dict[str, Any]]:
+    """Calls written as JSON text (``{"name", "arguments"}`` or a list of them), normalised."""
+    try:
+        value = json.loads(text) if isinstance(text, str) else text
+    except json.JSONDecodeError as exc:
+        raise BadRow(where, path, f"not a JSON tool call ({exc.msg})", "bad_tool_call") from None
+    calls = value if isinstance(value, list) else [value]
+    return [_call(c, where, f"{path}.{k}" if len(calls) > 1 else path) for k, c in enumerate(calls)]
 
 
 def parse_tools(row: dict[str, Any], where: str) -> list[dict[str, Any]] | None:
