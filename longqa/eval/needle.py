@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 import string
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -169,26 +168,18 @@ def make_items(
 
 def summarize(rows: list[dict[str, Any]], lengths: list[int], depths: list[float], **extra: Any):
     """``accuracy`` (mean score), ``by_length``, ``by_depth`` and ``grid[depth][length]``."""
-    cells: dict[tuple[int, float], list[float]] = defaultdict(list)
-    by_len: dict[int, list[float]] = defaultdict(list)
-    by_depth: dict[float, list[float]] = defaultdict(list)
-    for r in rows:
-        cells[(r["length"], r["depth"])].append(r["score"])
-        by_len[r["length"]].append(r["score"])
-        by_depth[r["depth"]].append(r["score"])
+    from longqa.eval.runner import mean_by
 
-    def mean(xs: list[float]) -> float:
-        return sum(xs) / len(xs) if xs else 0.0
-
-    grid = [[mean(cells[(L, d)]) if cells.get((L, d)) else None for L in lengths] for d in depths]
+    cells = mean_by(rows, lambda r: (r["length"], r["depth"]), label=lambda k: k)
+    grid = [[cells.get((L, d)) for L in lengths] for d in depths]
     scores = [r["score"] for r in rows]
     return {
         "task": "needle",
         "metric": "accuracy",
-        "accuracy": mean(scores),
+        "accuracy": sum(scores) / len(scores) if scores else 0.0,
         "n": len(rows),
-        "by_length": {str(k): mean(v) for k, v in sorted(by_len.items())},
-        "by_depth": {f"{k:g}": mean(v) for k, v in sorted(by_depth.items())},
+        "by_length": mean_by(rows, "length"),
+        "by_depth": mean_by(rows, "depth", label=lambda d: f"{d:g}"),
         "lengths": lengths,
         "depths": depths,
         "grid": grid,
@@ -221,7 +212,7 @@ def run_needle(
     OpenAI-compatible model); its score is stored as ``judge`` and used as the cell score.
     """
     from longqa.eval.plots import plot_heatmap
-    from longqa.eval.runner import GreedyGenerator, ResultStore, run_items, spec_label
+    from longqa.eval.runner import run_generation_eval, spec_label
 
     if haystack is None:
         haystack = default_haystack()
@@ -232,9 +223,6 @@ def run_needle(
     if any(not 0.0 <= d <= 1.0 for d in depths):
         raise LongqaError(f"depths must be within [0, 1] (got {depths})")
     config = {
-        "task": "needle",
-        "model": model_name,
-        "rope": spec.model_dump() if spec else None,
         "haystack": str(haystack),
         "lengths": lengths,
         "depths": depths,
@@ -245,8 +233,6 @@ def run_needle(
         "judge": bool(judge),
         "max_new_tokens": max_new_tokens,
     }
-    out = Path(out_dir)
-    store = ResultStore(out, config, overwrite=overwrite)
     items = make_items(tokenizer, text, lengths, depths, needle=needle, question=question)
 
     def score(it: dict[str, Any], output: str) -> dict[str, Any]:
@@ -259,23 +245,14 @@ def run_needle(
         row["score"] = row.get("judge", row["contains"])
         return row
 
-    gen = GreedyGenerator(model, tokenizer, rope=spec)
-    run_items(
-        items,
-        gen,
-        store,
-        max_new_tokens=max_new_tokens,
-        score=score,
-        description=f"needle [{spec_label(spec)}]",
-        batch_size=batch_size,
-        show_progress=show_progress,
-    )
-    wanted = {it["key"] for it in items}
-    rows = [r for r in store.rows if r["key"] in wanted]
-    summary = summarize(
-        rows, lengths, depths, model=model_name, rope=spec_label(spec), out_dir=str(out)
-    )
-    store.write_summary(summary)
+    summary, out = run_generation_eval(
+        model, tokenizer, spec, task="needle", config=config, items=items, score=score,
+        summarize=lambda rows, out: summarize(
+            rows, lengths, depths, model=model_name, rope=spec_label(spec), out_dir=str(out)
+        ),
+        max_new_tokens=max_new_tokens, out_dir=out_dir, model_name=model_name,
+        batch_size=batch_size, overwrite=overwrite, show_progress=show_progress,
+    )  # fmt: skip
     heat = {k: summary[k] for k in ("lengths", "depths", "grid", "accuracy")}
     atomic_write_json(out / "heatmap.json", heat)
     window = getattr(getattr(model, "config", None), "max_position_embeddings", None)

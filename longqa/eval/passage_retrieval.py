@@ -219,7 +219,7 @@ def run_passage_retrieval(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) passage retrieval on a LongBench JSONL file; returns the summary."""
-    from longqa.eval.runner import GreedyGenerator, ResultStore, run_items, spec_label
+    from longqa.eval.runner import run_generation_eval, spec_label
 
     rows = read_longbench(data)[:limit] if limit else read_longbench(data)
     lang = lang or detect_lang(rows, data)
@@ -227,37 +227,17 @@ def run_passage_retrieval(
         raise LongqaError(f"--lang must be one of {', '.join(PROMPTS)} (got '{lang}')")
     rule = "explicit" if max_length else budget
     max_length = max_length or default_max_length(model, spec, budget)
-    config = {
-        "task": "passage-retrieval",
-        "model": model_name,
-        "rope": spec.model_dump() if spec else None,
-        "data": str(data),
-        "lang": lang,
-        "budget": rule,
-        "max_length": max_length,
-    }
-    store = ResultStore(out_dir, config, overwrite=overwrite)
-    items = make_items(tokenizer, rows, lang, max_length)
-    gen = GreedyGenerator(model, tokenizer, rope=spec)
-    run_items(
-        items,
-        gen,
-        store,
-        max_new_tokens=MAX_NEW_TOKENS,
+    config = {"data": str(data), "lang": lang, "budget": rule, "max_length": max_length}
+    summary, _ = run_generation_eval(
+        model, tokenizer, spec, task="passage-retrieval", config=config,
+        items=make_items(tokenizer, rows, lang, max_length),
         score=lambda it, out: {"score": sample_score(out, it["answers"], lang)},
-        description=f"passage_retrieval_{lang} [{spec_label(spec)}]",
-        batch_size=batch_size,
+        summarize=lambda done, out: summarize(
+            done, dataset=f"passage_retrieval_{lang}", model=model_name, rope=spec_label(spec),
+            budget=rule, max_length=max_length,
+        ),
+        max_new_tokens=MAX_NEW_TOKENS, out_dir=out_dir, label=lambda it: f"passage_retrieval_{lang}",
+        model_name=model_name, batch_size=batch_size, overwrite=overwrite,
         show_progress=show_progress,
-    )
-    wanted = {it["key"] for it in items}
-    done = [r for r in store.rows if r["key"] in wanted]
-    summary = summarize(
-        done,
-        dataset=f"passage_retrieval_{lang}",
-        model=model_name,
-        rope=spec_label(spec),
-        budget=rule,
-        max_length=max_length,
-    )
-    store.write_summary(summary)
+    )  # fmt: skip
     return summary

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import random
 import re
-from collections import defaultdict
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
@@ -137,27 +136,19 @@ def make_trials(
 
 def summarize(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     """``accuracy`` overall, ``by_length``, ``by_depth`` and the ``table`` length → depth → acc."""
-    by_len: dict[int, list[bool]] = defaultdict(list)
-    by_depth: dict[float, list[bool]] = defaultdict(list)
-    cells: dict[tuple[int, float], list[bool]] = defaultdict(list)
-    for r in rows:
-        by_len[r["length"]].append(bool(r["correct"]))
-        by_depth[r["depth"]].append(bool(r["correct"]))
-        cells[(r["length"], r["depth"])].append(bool(r["correct"]))
-
-    def acc(xs: list[bool]) -> float:
-        return sum(xs) / len(xs) if xs else 0.0
+    from longqa.eval.runner import mean_by
 
     table: dict[str, dict[str, float]] = {}
-    for (length, depth), xs in sorted(cells.items()):
-        table.setdefault(str(length), {})[f"{depth:g}"] = acc(xs)
+    for (length, depth), acc in mean_by(rows, lambda r: (r["length"], r["depth"]), "correct",
+                                        label=lambda k: k).items():  # fmt: skip
+        table.setdefault(str(length), {})[f"{depth:g}"] = acc
     return {
         "task": "passkey",
         "metric": "accuracy",
-        "accuracy": acc([bool(r["correct"]) for r in rows]),
+        "accuracy": sum(bool(r["correct"]) for r in rows) / len(rows) if rows else 0.0,
         "n": len(rows),
-        "by_length": {str(k): acc(v) for k, v in sorted(by_len.items())},
-        "by_depth": {f"{k:g}": acc(v) for k, v in sorted(by_depth.items())},
+        "by_length": mean_by(rows, "length", "correct"),
+        "by_depth": mean_by(rows, "depth", "correct", label=lambda d: f"{d:g}"),
         "table": table,
         **extra,
     }
@@ -181,38 +172,25 @@ def run_passkey(
     plot: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the passkey grid and return the summary (also written under ``out_dir``)."""
-    import tempfile
-
-    from longqa.eval.runner import GreedyGenerator, ResultStore, run_items, spec_label
+    from longqa.eval.runner import run_generation_eval, spec_label
 
     config = {
-        "task": "passkey",
-        "model": model_name,
-        "rope": spec.model_dump() if spec else None,
         "lengths": lengths,
         "trials": trials,
         "depths": list(depths),
         "seed": seed,
         "max_new_tokens": max_new_tokens,
     }
-    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="longqa-passkey-"))
-    store = ResultStore(out, config, overwrite=overwrite)
-    items = make_trials(tokenizer, lengths, trials, depths, seed)
-    gen = GreedyGenerator(model, tokenizer, rope=spec)
-    run_items(
-        items,
-        gen,
-        store,
-        max_new_tokens=max_new_tokens,
+    summary, out = run_generation_eval(
+        model, tokenizer, spec, task="passkey", config=config,
+        items=make_trials(tokenizer, lengths, trials, depths, seed),
         score=lambda it, text: {"correct": score_passkey(text, it["expected"])},
-        description=f"passkey [{spec_label(spec)}]",
-        batch_size=batch_size,
-        show_progress=show_progress,
-    )
-    wanted = {it["key"] for it in items}
-    rows = [r for r in store.rows if r["key"] in wanted]
-    summary = summarize(rows, model=model_name, rope=spec_label(spec), out_dir=str(out))
-    store.write_summary(summary)
+        summarize=lambda rows, out: summarize(
+            rows, model=model_name, rope=spec_label(spec), out_dir=str(out)
+        ),
+        max_new_tokens=max_new_tokens, out_dir=out_dir, model_name=model_name,
+        batch_size=batch_size, overwrite=overwrite, show_progress=show_progress,
+    )  # fmt: skip
     if plot:
         from longqa.eval.plots import plot_by_length
 

@@ -1,6 +1,8 @@
 """The one runner every evaluation shares: load, generate greedily, keep resumable result files.
 
-Usage (what ``longqa eval …`` does, callable from a notebook)::
+Every generation eval (passkey, needle, passage retrieval, RULER) is :func:`run_generation_eval`
+with its own items, score and summary; :func:`mean_by` is the per-length (per-depth, per-task)
+summary they share. By hand (what that loop does, callable from a notebook)::
 
     from longqa.eval.runner import GreedyGenerator, ResultStore
     from longqa.models.load import load
@@ -26,8 +28,9 @@ length (identical scale).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 from longqa.config.recipe import RopeConfig
@@ -277,3 +280,66 @@ def run_items(
                 store.append(row)
             progress.advance(task, len(chunk))
     return len(todo)
+
+
+def mean_by(
+    rows: Iterable[dict[str, Any]],
+    group: str | Callable[[dict[str, Any]], Any],
+    value: str = "score",
+    label: Callable[[Any], str] = str,
+) -> dict[str, float]:
+    """The per-group mean of ``row[value]`` (booleans count 0/1), groups in sorted order, keyed by
+    ``label(group)``: ``mean_by(rows, "length")`` is every task's ``by_length``."""
+    sums: dict[Any, list[float]] = {}
+    for r in rows:
+        key = group(r) if callable(group) else r[group]
+        sums.setdefault(key, []).append(float(r[value]))
+    return {label(k): sum(v) / len(v) for k, v in sorted(sums.items())}
+
+
+def run_generation_eval(
+    model: Any,
+    tokenizer: Any,
+    spec: RopeConfig | None,
+    *,
+    task: str,
+    config: dict[str, Any],
+    items: Sequence[dict[str, Any]],
+    score: Callable[..., dict[str, Any]],
+    summarize: Callable[[list[dict[str, Any]], Path], dict[str, Any]],
+    max_new_tokens: int | Callable[[dict[str, Any]], int],
+    out_dir: str | Path | None = None,
+    label: Callable[[dict[str, Any]], str] | None = None,
+    model_name: str = "",
+    batch_size: int = 1,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> tuple[dict[str, Any], Path]:
+    """The one loop of every generation eval (passkey, needle, passage retrieval, RULER).
+
+    Opens the resumable store in ``out_dir`` (a temporary folder when None) with the settings
+    ``{"task", "model", "rope", **config}``, generates greedily for every item not yet done (in
+    groups of equal ``label(item)`` and ``max_new_tokens``, one progress bar each), scores each
+    output with ``score(item, text)``, then writes ``summarize(rows, out)`` as ``summary.json``.
+    Returns the summary and the folder.
+    """
+    import tempfile
+
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"longqa-{task}-"))
+    settings = {"task": task, "model": model_name, "rope": spec.model_dump() if spec else None}
+    store = ResultStore(out, {**settings, **config}, overwrite=overwrite)
+    gen = GreedyGenerator(model, tokenizer, rope=spec)
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for it in items:
+        budget = max_new_tokens(it) if callable(max_new_tokens) else max_new_tokens
+        groups.setdefault((label(it) if label else task, budget), []).append(it)
+    for (name, budget), group in groups.items():
+        run_items(
+            group, gen, store, max_new_tokens=budget, score=score,
+            description=f"{name} [{spec_label(spec)}]", batch_size=batch_size,
+            show_progress=show_progress,
+        )  # fmt: skip
+    wanted = {it["key"] for it in items}
+    summary = summarize([r for r in store.rows if r["key"] in wanted], out)
+    store.write_summary(summary)
+    return summary, out

@@ -16,7 +16,6 @@ a notice in ``skipped``.
 
 from __future__ import annotations
 
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -171,7 +170,7 @@ def run_ruler(
     ``max_new_tokens`` caps each task's RULER tokens-to-generate (the budget keeps the full
     count); ``notify(msg)`` receives skip notices (default: ignored).
     """
-    from longqa.eval.runner import GreedyGenerator, ResultStore, run_items, spec_label
+    from longqa.eval.runner import run_generation_eval, spec_label
 
     names = resolve_tasks(tasks)
     ctx = gen_context(haystack, qa_files)
@@ -180,9 +179,6 @@ def run_ruler(
         if notify:
             notify(f"{task} skipped: {why}")
     config = {
-        "task": "ruler",
-        "model": model_name,
-        "rope": spec.model_dump() if spec else None,
         "lengths": lengths,
         "tasks": names,
         "samples": samples,
@@ -191,29 +187,21 @@ def run_ruler(
         "qa_files": {k: str(v) for k, v in (qa_files or {}).items() if v},
         "max_new_tokens": max_new_tokens,
     }
-    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="longqa-ruler-"))
-    store = ResultStore(out, config, overwrite=overwrite)
-    gen = GreedyGenerator(model, tokenizer, rope=spec)
-    for task in names:
-        group = [it for it in items if it["task"] == task]
-        if not group:
-            continue
-        budget = TASKS[task].tokens_to_generate
-        run_items(
-            group,
-            gen,
-            store,
-            max_new_tokens=min(budget, max_new_tokens) if max_new_tokens else budget,
-            score=score_row,
-            description=f"ruler {task} [{spec_label(spec)}]",
-            batch_size=batch_size,
-            show_progress=show_progress,
-        )
-    wanted = {it["key"] for it in items}
-    rows = [r for r in store.rows if r["key"] in wanted]
-    summary = summarize(
-        rows, names, lengths, threshold, model=model_name, rope=spec_label(spec),
-        skipped=skipped, out_dir=str(out),
+
+    def budget(item: dict[str, Any]) -> int:
+        want = TASKS[item["task"]].tokens_to_generate
+        return min(want, max_new_tokens) if max_new_tokens else want
+
+    order = {name: i for i, name in enumerate(names)}  # one task after the other, as listed
+    summary, _ = run_generation_eval(
+        model, tokenizer, spec, task="ruler", config=config,
+        items=sorted(items, key=lambda it: order[it["task"]]), score=score_row,
+        summarize=lambda rows, out: summarize(
+            rows, names, lengths, threshold, model=model_name, rope=spec_label(spec),
+            skipped=skipped, out_dir=str(out),
+        ),
+        max_new_tokens=budget, out_dir=out_dir, label=lambda it: f"ruler {it['task']}",
+        model_name=model_name, batch_size=batch_size, overwrite=overwrite,
+        show_progress=show_progress,
     )  # fmt: skip
-    store.write_summary(summary)
     return summary
