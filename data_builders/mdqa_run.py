@@ -6,7 +6,8 @@ deterministically from (seed, number). ``num_samples`` is a target: ids are draw
 many samples are written, at most ``max_draws`` ids (default 2·N + 8), and a shortfall is reported
 (``stats["shortfall"]``, with the draws spent). A new id starts only while the written samples plus
 those in flight are below the target, so the output holds exactly the first N accepted ids whatever
-the concurrency. A rerun skips the ids already in the output or recorded as dropped in
+the concurrency. A Ctrl-C stops the workers from starting new ids, discards the LLM requests in
+flight (their answers, once received, are cached) and writes the samples already built. A rerun skips the ids already in the output or recorded as dropped in
 ``.build_state.json`` and rebuilds only the rest (LLM answers from the cache).
 Statistics are recomputed from the output files and the dropped records at the end of every run,
 so they are exact after any number of interrupted runs.
@@ -25,6 +26,7 @@ from typing import Any
 from data_builders.corpus import read_corpus
 from data_builders.writer import ShardWriter, depth_histogram, length_histogram, write_stats
 from longqa.core.errors import LongqaError
+from longqa.core.interrupt import Interrupted, stop_requested
 from longqa.data.llm import run_sync
 from longqa.data.tokens import get_token_counter
 
@@ -166,13 +168,16 @@ async def _drive(
 
     slot_freed = asyncio.Condition()
 
+    def may_start() -> bool:
+        free = counts["ok"] + counts["in_flight"] < target or not counts["in_flight"]
+        return free or stop_requested()
+
     async def worker() -> None:
         while True:
             async with slot_freed:  # start an id only while every one in flight may be accepted
-                await slot_freed.wait_for(
-                    lambda: counts["ok"] + counts["in_flight"] < target or not counts["in_flight"]
-                )
-                if counts["ok"] >= target:
+                await slot_freed.wait_for(may_start)
+                if counts["ok"] >= target or stop_requested():  # Ctrl-C: start no more ids
+                    slot_freed.notify_all()
                     return
                 i = next(pending, None)
                 if i is None:
@@ -186,7 +191,12 @@ async def _drive(
             async with slot_freed:  # record before waking the others: no overshoot
                 counts["in_flight"] -= 1
                 if sample is not None:
-                    writer.write(sample)
+                    try:
+                        writer.write(sample)
+                    except Interrupted:  # written; run_sync raises once every worker returned
+                        counts["ok"] += 1
+                        slot_freed.notify_all()
+                        return
                     counts["ok"] += 1
                 else:
                     writer.state["dropped"][sample_id(i)] = info

@@ -17,10 +17,17 @@ rename, so a shard name never refers to a half-written file), one in-progress fi
 ``.build_state.json`` (builder counters and dropped ids, written atomically). A killed build loses only
 what ``write`` had not yet returned for; on reopening, complete lines of the partial file are kept, a
 torn last line is cut, and ids already present are skipped on write, so a rerun never duplicates.
+
+An open writer holds ``out_dir``'s lock (:mod:`longqa.core.folder_lock`: a second process on the
+folder stops with one line naming the holder, so no shard is renamed under another writer) and is a
+graceful region for Ctrl-C/SIGTERM (:mod:`longqa.core.interrupt`): ``write`` finishes the sample in
+hand, then raises ``Interrupted``; the partial shard is finalised on the way out. A full disk or a
+read-only folder is one ``WriteFailed`` line naming the file; complete lines already written stay.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,6 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from longqa.core.errors import LongqaError
+from longqa.core.faults import WriteFailed, writing
+from longqa.core.folder_lock import output_lock
+from longqa.core.interrupt import check_stop, graceful, protected
 from longqa.core.paths import atomic_write_json, atomic_write_text
 
 STATE_FILE = ".build_state.json"
@@ -60,10 +70,22 @@ class ShardWriter:
         self._partial_count = 0
         self.written_this_run = 0
         self.state: dict[str, Any] = {}
+        self._hold: contextlib.ExitStack | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self) -> ShardWriter:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        hold = contextlib.ExitStack()
+        hold.enter_context(output_lock(self.out_dir))
+        hold.enter_context(graceful())
+        try:
+            self._open()
+        except BaseException:
+            hold.close()
+            raise
+        self._hold = hold
+        return self
+
+    def _open(self) -> None:
         for shard in self.shards():
             self._ids.update(_read_ids(shard, tolerate_torn_tail=False))
         kept: list[str] = []
@@ -76,9 +98,11 @@ class ShardWriter:
                     self._ids.add(sid)
                     fresh.append(line)
             kept = fresh
-            atomic_write_text(self._partial, "".join(kept))
+            with writing(self._partial):
+                atomic_write_text(self._partial, "".join(kept))
         self._partial_count = len(kept)
-        self._fh = open(self._partial, "a", encoding="utf-8")
+        with writing(self._partial):
+            self._fh = open(self._partial, "a", encoding="utf-8")
         state_path = self.out_dir / STATE_FILE
         if state_path.exists():
             try:
@@ -87,24 +111,38 @@ class ShardWriter:
                 self.state = {}
         if self._partial_count >= self.shard_size:
             self._finalise()
-        return self
 
     def close(self) -> None:
-        """Finalise the partial shard (if any lines) and release the file."""
-        if self._fh is None:
-            return
-        if self._partial_count:
-            self._finalise(reopen=False)
-        else:
-            self._fh.close()
-            self._partial.unlink(missing_ok=True)
-        self._fh = None
+        """Finalise the partial shard (if any lines), release the file and the folder."""
+        try:
+            if self._fh is None:
+                return
+            if self._partial_count:
+                self._finalise(reopen=False)
+            else:
+                self._fh.close()
+                self._fh = None
+                self._partial.unlink(missing_ok=True)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._fh = None
+        if self._hold is not None:
+            hold, self._hold = self._hold, None
+            hold.close()
 
     def __enter__(self) -> ShardWriter:
         return self.open()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if isinstance(exc, WriteFailed):  # the disk refused: keep the partial file for the rerun
+            self._release()
+        else:
+            self.close()
 
     # -- API -------------------------------------------------------------------------------------
     def done_ids(self) -> set[str]:
@@ -123,22 +161,25 @@ class ShardWriter:
             raise ValueError("every sample needs a non-empty string 'id'")
         if sid in self._ids:
             return False
-        self._fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        if self.fsync:
-            os.fsync(self._fh.fileno())
+        with writing(self._partial):
+            self._fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
+            self._fh.flush()
+            if self.fsync:
+                os.fsync(self._fh.fileno())
         self._ids.add(sid)
         self._partial_count += 1
         self.written_this_run += 1
         if self._partial_count >= self.shard_size:
             self._finalise()
+        check_stop()  # the sample is written; a Ctrl-C stops the build here
         return True
 
     def save_state(self, state: dict[str, Any] | None = None) -> None:
         """Persist builder bookkeeping (counters, dropped ids) atomically next to the shards."""
         if state is not None:
             self.state = state
-        atomic_write_json(self.out_dir / STATE_FILE, self.state)
+        with writing(self.out_dir / STATE_FILE):
+            atomic_write_json(self.out_dir / STATE_FILE, self.state)
 
     def shards(self) -> list[Path]:
         """Finished shard files in order."""
@@ -153,15 +194,18 @@ class ShardWriter:
 
     # -- internals -------------------------------------------------------------------------------
     def _finalise(self, reopen: bool = True) -> None:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        existing = self.shards()
-        index = int(existing[-1].stem.rsplit("-", 1)[1]) + 1 if existing else 0
-        target = self.out_dir / f"{self.prefix}-{index:05d}.jsonl"
-        os.replace(self._partial, target)
-        self._partial_count = 0
-        self._fh = open(self._partial, "a", encoding="utf-8") if reopen else None
+        with protected(), writing(self._partial):
+            fh, self._fh = self._fh, None
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+            existing = self.shards()
+            index = int(existing[-1].stem.rsplit("-", 1)[1]) + 1 if existing else 0
+            target = self.out_dir / f"{self.prefix}-{index:05d}.jsonl"
+            os.replace(self._partial, target)
+            self._partial_count = 0
+            if reopen:
+                self._fh = open(self._partial, "a", encoding="utf-8")
 
 
 def _complete_lines(path: Path) -> list[str]:

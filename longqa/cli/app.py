@@ -27,7 +27,9 @@ from longqa.cli import (
 )
 from longqa.cli.examples import add_examples
 from longqa.cli.help import install_help_layout
+from longqa.cli.run import guard_commands
 from longqa.core.errors import LongqaError
+from longqa.core.interrupt import EXIT_CODE, MESSAGE
 
 install_help_layout()
 
@@ -52,6 +54,19 @@ app.command("generate")(generate.generate)
 app.command("doctor")(doctor.doctor)
 app.add_typer(experiment.app, name="experiment")
 add_examples(app)
+# Ctrl-C/SIGTERM and disk faults as one line for every command; --wait where a folder is locked
+guard_commands(
+    app,
+    waiting={
+        "build-data",
+        "train",
+        "eval",
+        "analyze",
+        "experiment run",
+        "export",
+        "models prepare",
+    },
+)
 
 
 def _print_version(value: bool) -> None:
@@ -79,8 +94,8 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        print(MESSAGE, file=sys.stderr)
+        sys.exit(EXIT_CODE)
 
 
 if __name__ == "__main__":

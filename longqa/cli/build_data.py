@@ -174,9 +174,14 @@ def validate_options(task: str, values: dict[str, Any]) -> Any:
 def run_builder(task: str, values: dict[str, Any]) -> dict[str, Any]:
     """Validate ``values`` for ``task`` and run its builder (what the CLI does; notebooks too)."""
     from data_builders.registry import get_builder
+    from longqa.core.folder_lock import output_lock
 
     options = validate_options(task, values)
-    return get_builder(task)(options)
+    out = getattr(options, "out", None)
+    if not out:
+        return get_builder(task)(options)
+    with output_lock(out):  # one build per output folder (a second one stops with one line)
+        return get_builder(task)(options)
 
 
 @builder_options

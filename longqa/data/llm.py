@@ -68,11 +68,15 @@ class LLMError(Exception):
 
 def run_sync(coro: Any) -> Any:
     """Run a coroutine to completion from synchronous code, also where an event loop is already
-    running (Jupyter): then it runs on a fresh loop in a worker thread."""
+    running (Jupyter): then it runs on a fresh loop in a worker thread. A Ctrl-C/SIGTERM under the
+    CLI cancels it (:func:`longqa.core.interrupt.run_async`): requests in flight are discarded,
+    answers already received stay in the cache."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        from longqa.core.interrupt import run_async
+
+        return run_async(coro)
     import concurrent.futures
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
