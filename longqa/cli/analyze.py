@@ -17,6 +17,7 @@ from longqa.cli.eval import AdapterOpt, ModelOpt
 from longqa.cli.options import rope_options
 from longqa.config.recipe import RopeConfig
 from longqa.core.errors import LongqaError
+from longqa.core.folder_lock import hold_for_command
 
 app = typer.Typer(
     help="Measure effective tokens and attention shape (U vs W).", no_args_is_help=True
@@ -48,6 +49,7 @@ def effective_tokens_cmd(
 
     if ablation not in ("remove", "distractor"):
         raise LongqaError(f"--ablation must be remove or distractor (got '{ablation}')")
+    hold_for_command(out)
     datasets = {data.name or "data": str(data)}
     if compare is not None:
         datasets[compare.name if compare.name not in datasets else "compare"] = str(compare)
@@ -99,6 +101,7 @@ def attention_cmd(
     """Attention mass of the answer tokens over relative context position (eager attention)."""
     from longqa.analyze.runner import analyze_attention
 
+    hold_for_command(out)
     profiles = analyze_attention(
         str(data),
         model=model,

@@ -76,11 +76,13 @@ def _load(model: str, adapter: str | None, rope: RopeConfig | None, dtype: str):
 
 
 def _out(out: Path | None, task: str, model: str, spec: Any) -> Path:
-    if out is not None:
-        return out
+    """The run's output folder, locked for the command (one writer per folder)."""
+    from longqa.core.folder_lock import hold_for_command
     from longqa.eval.runner import spec_label
 
-    return Path("runs/eval") / _slug(f"{task}-{Path(model).name}-{spec_label(spec)}")
+    if out is None:
+        out = Path("runs/eval") / _slug(f"{task}-{Path(model).name}-{spec_label(spec)}")
+    return hold_for_command(out)
 
 
 def _warn(mdl: Any, spec: Any, lengths: list[int]) -> None:

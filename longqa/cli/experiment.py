@@ -48,12 +48,14 @@ def run(
         return
     from data_builders import ablation
     from longqa.config.recipe import load_recipe
+    from longqa.core.folder_lock import hold_for_command
     from longqa.core.quiet import library_progress_bars
     from longqa.experiment.run import run_experiment
     from longqa.train.cpu_memory import restart_for_cpu_training
 
     restart_for_cpu_training(load_recipe(exp.recipe), notice=console.print)
     library_progress_bars(progress)  # transformers' "Loading weights" bars follow --no-progress
+    hold_for_command(out)
 
     run_experiment(exp, profile, out, datasets=ablation, resume=resume, base_url=base_url, llm_model=model,
                    console=console, progress=progress, argv=sys.argv[1:])  # fmt: skip

@@ -40,12 +40,17 @@ def export(
     from rich.console import Console
 
     from longqa.core.errors import LongqaError
+    from longqa.core.faults import writing
+    from longqa.core.folder_lock import hold_for_command
     from longqa.models.export_hf import export_adapter
 
     if dtype not in ("bfloat16", "float16", "float32"):
         raise LongqaError(f"--dtype {dtype}: expected bfloat16, float16 or float32")
     if out is None and gguf is None:
         raise LongqaError("--out is required (or --gguf FILE for a GGUF file only)")
+    for target in (out, gguf):  # replaced as a whole: locked beside
+        if target is not None:
+            hold_for_command(target, beside=True)
     if gguf is not None:
         _export_gguf(adapter, out, gguf, gguf_type, base=model, dtype=dtype, from_nf4=from_nf4)
         return
@@ -53,7 +58,7 @@ def export(
         logging.ERROR
     )  # warnings are printed below
     err = Console(stderr=True)
-    with err.status(f"exporting {adapter} → {out}"):
+    with err.status(f"exporting {adapter} → {out}"), writing(out):
         summary = export_adapter(
             adapter, out, merge=merge, base=model, dtype=dtype, from_nf4=from_nf4
         )

@@ -61,6 +61,11 @@ def train(
         None, "--max-steps", min=1, help="cap every phase at N optimizer steps"
     ),
     resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
+    resume_from_previous: bool = typer.Option(
+        False,
+        "--resume-from-previous",
+        help="--resume, setting an incomplete last checkpoint aside for the one before",
+    ),
     plan: bool = typer.Option(False, "--plan", help="print the GPU memory plan and exit"),
     gpu_mem: float = typer.Option(80.0, "--gpu-mem", min=1, help="GPU memory in GB for --plan"),
     launch: str | None = typer.Option(
@@ -108,7 +113,12 @@ def train(
         pretrain_on_sft_text=pretrain_on_sft_text,
     )
     final = run_training(
-        rec, inputs, resume=resume, skip_bad_rows=skip_bad_rows, console=Console(stderr=True)
+        rec,
+        inputs,
+        resume=resume,
+        resume_from_previous=resume_from_previous,
+        skip_bad_rows=skip_bad_rows,
+        console=Console(stderr=True),
     )
     print(final)
 

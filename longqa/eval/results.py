@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from longqa.core.errors import LongqaError
+from longqa.core.faults import writing
 from longqa.core.paths import atomic_write_json, atomic_write_jsonl
 
 RESULTS_FILE = "results.jsonl"
@@ -81,7 +82,7 @@ class ResultStore:
         """Add one finished sample (flushed to disk before returning)."""
         if "key" not in row:
             raise ValueError("result rows need a 'key'")
-        with open(self.results_path, "a", encoding="utf-8") as fh:
+        with writing(self.results_path), open(self.results_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())

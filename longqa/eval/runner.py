@@ -35,6 +35,7 @@ from typing import Any
 
 from longqa.config.recipe import RopeConfig
 from longqa.core.errors import LongqaError
+from longqa.core.interrupt import check_stop, graceful
 from longqa.eval.results import (  # noqa: F401  (re-exported: one import for task modules)
     RESULTS_FILE,
     RUN_FILE,
@@ -266,8 +267,9 @@ def run_items(
     progress, task = progress_bar(len(items), description)
     progress.update(task, completed=len(items) - len(todo))
     step = max(1, batch_size)
-    with progress if show_progress else nullcontext():
+    with progress if show_progress else nullcontext(), graceful():
         for i in range(0, len(todo), step):
+            check_stop()  # Ctrl-C: the rows so far are in the store; a rerun goes on
             chunk = todo[i : i + step]
             news = gen.generate_ids([it["ids"] for it in chunk], max_new_tokens, batch_size=step)
             for it, new in zip(chunk, news, strict=True):

@@ -188,7 +188,12 @@ def prepare_model(name: str, progress: bool = True) -> Path:
         return Path(resolve_model_path(name))
     if (out / _MARKER).is_file():
         return out
-    return convert_gguf(gguf, out, progress=progress)
+    from longqa.core.folder_lock import output_lock
+
+    with output_lock(out, beside=True):  # one conversion per model
+        if (out / _MARKER).is_file():  # converted meanwhile (waited with --wait)
+            return out
+        return convert_gguf(gguf, out, progress=progress)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -15,6 +15,10 @@ dir: ``<phase>/checkpoint-N`` (every ``train.save_steps`` steps, optimizer + RNG
 the output dir itself (so ``--adapter <out>`` loads it). ``resume=True`` skips finished phases and continues the
 current one from its last checkpoint with the same data order (the Trainer's seeded sampler skips
 the batches it already consumed).
+
+The run holds the output folder's lock (:mod:`longqa.core.folder_lock`); Ctrl-C or SIGTERM on any
+rank stops every rank at the next step end with that step's checkpoint saved, and a checkpoint is
+checked before it is resumed from (:mod:`longqa.train.stopping`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from transformers import Trainer
 
 from longqa.config.recipe import PhaseConfig, Recipe, dump_recipe
 from longqa.core.errors import LongqaError
+from longqa.core.faults import write_failed, writing
+from longqa.core.folder_lock import output_lock
+from longqa.core.interrupt import check_stop, graceful
 from longqa.core.paths import atomic_write_text
 from longqa.models.adapters import is_adapter_dir, read_adapter_info, save_adapter_bundle
 from longqa.ops.causal_lm import causal_lm_loss
@@ -47,6 +54,12 @@ from longqa.train.phases import (
     describe_phase_data,
     describe_run,
     prepare_recipe,
+)
+from longqa.train.stopping import (
+    StopOnSignal,
+    drop_log_rows_after,
+    resumable_checkpoint,
+    save_checkpoint_safely,
 )
 
 LOG_FILE = "train_log.jsonl"
@@ -112,6 +125,10 @@ class LongqaTrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
 
+    def _save_checkpoint(self, model, trial):  # noqa: ANN001
+        """The Trainer's checkpoint, written whole or not at all (``longqa.train.stopping``)."""
+        save_checkpoint_safely(self, super()._save_checkpoint, model, trial)
+
 
 def training_arguments(recipe: Recipe, phase: PhaseConfig, out_dir: Path, rt: Any) -> Any:
     from transformers import TrainingArguments
@@ -164,6 +181,7 @@ def run_training(
     inputs: RunInputs | None = None,
     *,
     resume: bool = False,
+    resume_from_previous: bool = False,
     skip_bad_rows: bool = False,
     console: Any = None,
     callbacks: Sequence[Any] = (),
@@ -171,7 +189,32 @@ def run_training(
     """Train every phase of ``recipe`` with a run's ``inputs`` (:class:`RunInputs`: ``--data``,
     ``--pretrain-data``, ``--out``, ``--max-steps``, …) applied; return the final adapter folder.
     ``skip_bad_rows`` skips bad rows, counts them in the summary and lists each one in
-    ``skipped_rows.txt`` in the run folder."""
+    ``skipped_rows.txt`` in the run folder.
+    ``resume_from_previous`` (implies ``resume``) sets an incomplete newest checkpoint aside and
+    resumes from the one before."""
+    recipe, notes = prepare_recipe(recipe, inputs)
+    with output_lock(recipe.output_dir), graceful():
+        return _run_phases(
+            recipe,
+            notes,
+            resume=resume or resume_from_previous,
+            resume_from_previous=resume_from_previous,
+            skip_bad_rows=skip_bad_rows,
+            console=console,
+            callbacks=callbacks,
+        )
+
+
+def _run_phases(
+    recipe: Recipe,
+    notes: list[str],
+    *,
+    resume: bool,
+    resume_from_previous: bool,
+    skip_bad_rows: bool,
+    console: Any,
+    callbacks: Sequence[Any],
+) -> Path:
     from rich.console import Console
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -185,7 +228,6 @@ def run_training(
     console = console or Console(stderr=True)
     if not rank.is_main:  # one console, one log, one adapter: rank 0 speaks and writes
         console = Console(stderr=True, quiet=True)
-    recipe, notes = prepare_recipe(recipe, inputs)
     out_dir = recipe.output_dir
     if rank.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +247,7 @@ def run_training(
     skips: list[str] = []
     probes = _eval_callback(recipe, tokenizer, out_dir, console)
     for phase in recipe.train.phases:
+        check_stop()
         phase_dir = out_dir / phase.name
         adapter = phase_dir / "adapter"
         if resume and _phase_done(adapter):
@@ -212,6 +255,8 @@ def run_training(
             prev_adapter, model = adapter, None
             continue
         checkpoint = get_last_checkpoint(str(phase_dir)) if phase_dir.is_dir() else None
+        if checkpoint and resume:
+            checkpoint = _checked_checkpoint(phase_dir, resume_from_previous, console)
         if checkpoint and not resume:
             console.print(
                 f"[yellow]notice:[/] {phase_dir} has checkpoints; starting over (use --resume "
@@ -254,12 +299,18 @@ def run_training(
         if probes is not None:
             probes.phase = phase.name
             trainer.add_callback(probes)
+        stop = StopOnSignal()
+        trainer.add_callback(stop)
         if checkpoint:
             console.print(f"phase {phase.name}: resuming from {checkpoint}", highlight=False)
+            if rank.is_main:  # steps past the checkpoint are trained (and logged) again
+                step = int(Path(checkpoint).name.rsplit("-", 1)[1])
+                drop_log_rows_after(out_dir / LOG_FILE, phase.name, step)
         trainer.train(resume_from_checkpoint=checkpoint)
+        stop.raise_if_stopped()  # every rank, after the step's checkpoint
         state = full_trainable_state(trainer.model)  # every rank: FSDP2 gathers the shards
         if rank.is_main:
-            save_adapter_bundle(
+            _save_adapter(
                 trainer.accelerator.unwrap_model(model), tokenizer, recipe, adapter,
                 state_dict=state, phase=phase.name, steps=trainer.state.global_step, complete=True,
                 **(probes.bundle_info() if probes is not None else {}),
@@ -275,7 +326,8 @@ def run_training(
     if rank.is_main:
         for f in prev_adapter.iterdir():
             if f.is_file():
-                shutil.copy2(f, final / f.name)
+                with writing(final / f.name):
+                    shutil.copy2(f, final / f.name)
     barrier()
     if skipped_rows:
         why = ", ".join(f"{k} {v}" for k, v in sorted(skipped_rows.items()))
@@ -289,6 +341,37 @@ def run_training(
         )
     console.print(f"[green]done:[/] adapter in {final}", highlight=False)
     return final
+
+
+def _checked_checkpoint(phase_dir: Path, previous: bool, console: Any) -> str | None:
+    """The checkpoint to resume from, checked (rank 0 first: it sets an incomplete one aside)."""
+
+    def say(line: str) -> None:
+        console.print(f"[yellow]{line}[/]", highlight=False)
+
+    main = dist_info().is_main
+    checkpoint = resumable_checkpoint(phase_dir, previous, say) if main else None
+    barrier()
+    if not main:
+        checkpoint = resumable_checkpoint(phase_dir, previous, lambda line: None)
+    return checkpoint
+
+
+def _save_adapter(model: Any, tokenizer: Any, recipe: Recipe, adapter: Path, **kw: Any) -> None:
+    """The phase's adapter bundle, written beside and renamed into place (a failed write leaves
+    the checkpoints as they were and no half bundle)."""
+    tmp = adapter.with_name(f".{adapter.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_adapter_bundle(model, tokenizer, recipe, tmp, **kw)
+        if adapter.exists():
+            shutil.rmtree(adapter)
+        tmp.rename(adapter)
+    except (OSError, RuntimeError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) or "write" in str(exc).lower():
+            raise write_failed(adapter, exc) from None
+        raise
 
 
 def _eval_callback(recipe: Recipe, tokenizer: Any, out_dir: Path, console: Any) -> Any:
