@@ -97,6 +97,9 @@ def train(
     if launch is not None:
         _launch(launch, gpus, print_command)
         return
+    from longqa.core.folder_lock import hold_for_command
+
+    hold_for_command(out if out is not None else rec.output_dir)  # before the heavy imports
     from longqa.train.cpu_memory import restart_for_cpu_training
     from longqa.train.phases import RunInputs
     from longqa.train.trainer import run_training

@@ -61,9 +61,11 @@ def command_line() -> str:
     argv = list(sys.argv)
     if argv and (argv[0].endswith(("longqa/cli/app.py", "longqa/__main__.py")) or argv[0] == "-m"):
         argv[0] = "longqa"
+    elif argv and argv[0] == "-c":
+        argv.insert(0, "python")
     elif argv:
         argv[0] = os.path.basename(argv[0])
-    text = shlex.join(argv)
+    text = shlex.join(argv).replace("\n", " ")  # one line
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -155,10 +157,9 @@ def output_lock(
     say = notice if callable(notice) else (lambda line: print(line, file=sys.stderr, flush=True))
     wait = wait_requested() if wait is None else wait
     created = not lock_file.parent.exists()
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(lock_file), thread_local=False)
     try:
-        lock.acquire(timeout=0)
+        _acquire(lock, lock_file, timeout=0)
     except Timeout:
         holder = read_holder(holder_file)
         if not wait:
@@ -166,7 +167,7 @@ def output_lock(
                 f"{path} is in use by {_describe(holder)}; wait for it to finish, or add --wait"
             ) from None
         say(f"waiting for {_describe(holder)} to finish with {path} ...")
-        lock.acquire(timeout=-1, poll_interval=0.2)  # a Ctrl-C meanwhile raises Interrupted
+        _acquire(lock, lock_file, timeout=-1)  # a Ctrl-C meanwhile raises Interrupted
     try:
         stale = read_holder(holder_file)
         if stale and stale.get("pid") != os.getpid():
@@ -191,8 +192,27 @@ def output_lock(
         del _held[key]
         with contextlib.suppress(OSError):
             holder_file.unlink()
-        lock.release()
-        if created and [p.name for p in lock_file.parent.iterdir()] == [lock_file.name]:
-            with contextlib.suppress(OSError):  # a run that wrote nothing leaves no folder
-                lock_file.unlink()
+            if created and [p.name for p in lock_file.parent.iterdir()] == [lock_file.name]:
+                lock_file.unlink()  # a run that wrote nothing leaves no folder (waiters retry)
                 lock_file.parent.rmdir()
+        lock.release()
+
+
+def _acquire(lock: object, lock_file: Path, timeout: float) -> None:
+    """``lock.acquire`` that also holds when the lock file is removed meanwhile (by a holder
+    that created the folder and wrote nothing): the lock then counts only if the file locked is
+    still the one at ``lock_file``, else it is taken again."""
+    while True:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=timeout, poll_interval=0.2)  # type: ignore[attr-defined]
+        except FileNotFoundError:
+            continue
+        fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+        try:
+            same = fd is None or os.fstat(fd).st_ino == os.stat(lock_file).st_ino
+        except OSError:
+            same = False
+        if same:
+            return
+        lock.release()  # type: ignore[attr-defined]

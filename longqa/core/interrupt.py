@@ -121,7 +121,9 @@ def _escalate() -> None:
         _state.escalate_pending = True
         return
     _state.signals = max(_state.signals, 1)
-    _thread.interrupt_main(signal.SIGINT)
+    ours = [s for s in SIGNALS if signal.getsignal(s) is _handler]  # SIGINT may stay ignored
+    if ours:
+        _thread.interrupt_main(ours[0])
 
 
 @contextlib.contextmanager
