@@ -9,10 +9,10 @@ Usage::
 
 The lock is ``<folder>/.longqa.lock`` (the ``filelock`` package: an OS file lock, released by the
 kernel when its process dies, even by ``kill -9``); ``<folder>/.longqa.lock.json`` names the
-holder (pid, host, command, start time). A second process asking for the folder fails at once with
-:class:`FolderBusy` (one line naming the holder's pid and command), or waits for it when ``wait``
-(the CLI's ``--wait``, ``$LONGQA_WAIT=1``) is set. A
-holder file left by a process that died without releasing (``kill -9``) is taken over with a
+holder (pid, host, command, start time); both are removed when the run ends. A second process
+asking for the folder fails at once with :class:`FolderBusy` (one line naming the holder's pid and
+command), or waits for it when ``wait`` (the CLI's ``--wait``, ``$LONGQA_WAIT=1``) is set. A
+holder record left by a process that died without releasing (``kill -9``) is taken over with a
 notice, so ``--resume`` keeps working.
 
 An output replaced as a whole (``longqa export`` renames a finished folder into place, a GGUF file)
@@ -190,18 +190,18 @@ def output_lock(
         yield path
     finally:
         del _held[key]
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # nothing left behind (a waiter takes a new file)
             holder_file.unlink()
-            if created and [p.name for p in lock_file.parent.iterdir()] == [lock_file.name]:
-                lock_file.unlink()  # a run that wrote nothing leaves no folder (waiters retry)
-                lock_file.parent.rmdir()
+            lock_file.unlink()
+            if created and not any(lock_file.parent.iterdir()):
+                lock_file.parent.rmdir()  # a run that wrote nothing leaves no folder
         lock.release()
 
 
 def _acquire(lock: object, lock_file: Path, timeout: float) -> None:
-    """``lock.acquire`` that also holds when the lock file is removed meanwhile (by a holder
-    that created the folder and wrote nothing): the lock then counts only if the file locked is
-    still the one at ``lock_file``, else it is taken again."""
+    """``lock.acquire`` that also holds when the lock file is removed meanwhile (every holder
+    removes it before releasing): the lock counts only if the file locked is still the one at
+    ``lock_file``, else it is taken again."""
     while True:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         try:
