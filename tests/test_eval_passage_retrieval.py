@@ -95,6 +95,39 @@ def test_prompt_ids_have_exactly_one_bos(kind):
         assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
 
 
+def _longbench_ids(tok, prompt: str, max_length: int) -> list[int]:
+    """LongBench pred.py's steps for a model without build_chat, written from its description:
+    count ``tokenizer(prompt)`` (special tokens included); when longer than ``max_length``, decode
+    the first and last ``int(max_length / 2)`` of those ids without special tokens and join them;
+    the model then sees ``tokenizer(prompt)`` of the result."""
+    ids = tok(prompt)["input_ids"]
+    if len(ids) > max_length:
+        half = int(max_length / 2)
+        prompt = tok.decode(ids[:half], skip_special_tokens=True) + tok.decode(
+            ids[-half:], skip_special_tokens=True
+        )
+    return tok(prompt)["input_ids"]
+
+
+@pytest.mark.parametrize("kind", ["base", "chatml"])
+def test_truncation_counts_the_bos_as_longbench_does(kind):
+    tok = template_tokenizer(kind)
+    tok.chat_template = None  # pred.py's route for a model without a chat prompt
+    context = "\n\n".join(f"Paragraph {i}: some words of paragraph {i}." for i in range(1, 31))
+    row = _row(context=context)
+    raw = pr.PROMPTS["en"].format(count=30, context=context, input=row["input"])
+    plain = len(tok(raw, add_special_tokens=False)["input_ids"])
+    for budget in (300, 301, plain, plain + 1):
+        (item,) = pr.make_items(tok, [row], "en", budget)
+        assert item["ids"] == _longbench_ids(tok, raw, budget), budget
+    (item,) = pr.make_items(tok, [row], "en", 300)
+    assert len(item["ids"]) == 300  # a BOS tokenizer used to get 301 (BOS + 2 x 150)
+    # a budget equal to the text's own length: with the BOS counted the prompt is one over, cut
+    (item,) = pr.make_items(tok, [row], "en", plain)
+    assert plain > 300 and len(item["ids"]) <= plain + (kind == "chatml")
+    assert (tok.decode(item["ids"], skip_special_tokens=True) == raw) == (kind == "chatml")
+
+
 @pytest.mark.parametrize(
     "window,budget,expected",
     [(4096, "longbench", 3500), (8192, "longbench", 7500), (32768, "longbench", 31500),

@@ -116,8 +116,14 @@ def detect_lang(rows: list[dict[str, Any]], path: str | Path) -> str:
 
 
 def truncate_middle(tokenizer: Any, prompt: str, max_length: int) -> str:
-    """Keep the first and last ``max_length // 2`` tokens when the prompt is longer (LongBench)."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    """Keep the first and last ``max_length // 2`` tokens when the prompt is longer (LongBench).
+
+    Counted as ``pred.py`` counts: the ids of ``tokenizer(prompt)``, special tokens included, so a
+    tokenizer that adds a BOS spends one token of the budget on it (the halves are decoded without
+    special tokens and the BOS comes back once when the prompt is encoded): a BOS tokenizer gets
+    ``max_length`` prompt ids, not ``max_length + 1``.
+    """
+    ids = tokenizer(prompt)["input_ids"]
     if len(ids) <= max_length:
         return prompt
     half = max_length // 2
