@@ -1,4 +1,4 @@
-"""`longqa eval …`: passkey, needle, passage-retrieval, perplexity, ruler, compare.
+"""`longqa eval …`: passkey, needle, passage-retrieval, perplexity, ruler, harness, compare.
 
 Examples::
 
@@ -12,6 +12,8 @@ Examples::
     longqa eval passkey --model Qwen/Qwen-14B-Chat --rope dynamic-ntk --rope-ntk-variant qwen --rope-logn
     longqa eval ruler --model smollm2-135m --rope dynamic-yarn --lengths 4096,8192 --tasks all \\
         --samples 5 --haystack ../shared/corpora/paul_graham_essays --out runs/ruler
+    longqa eval harness --model smollm2-135m --rope dynamic-yarn --tasks longqa_mdqa_choice \\
+        --limit 20 --out runs/h-dyn          # lm-eval tasks (extra: longqa[harness]), offline
     longqa eval compare runs/pk-none runs/pk-yarn2 runs/pk-adapter
 
 Thin wrappers over ``longqa.eval``; every run writes ``results.jsonl`` + ``summary.json`` in
@@ -367,6 +369,52 @@ def ruler(
         f"{eff if eff else 'below the shortest length'} (threshold {summary['threshold']:g})"
         f" → {summary['out_dir']}"
     )
+
+
+@app.command("harness")
+@rope_options
+def harness(
+    tasks: Annotated[str, typer.Option(help="lm-eval task or group names, comma-separated")],
+    model: ModelOpt = "smollm2-135m",
+    adapter: AdapterOpt = None,
+    rope: RopeConfig | None = None,
+    include_path: Annotated[
+        list[Path] | None, typer.Option(help="folder of lm-eval task YAMLs (repeatable)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="only the first N samples per task")] = None,
+    batch_size: BatchOpt = 1,
+    max_length: Annotated[
+        int | None, typer.Option(help="lm-eval's context budget (default: the model's window)")
+    ] = None,
+    quantization: Annotated[
+        str, typer.Option(help="auto (the adapter's training setting), none or nf4")
+    ] = "auto",
+    dtype: DtypeOpt = "float32",
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """lm-evaluation-harness tasks on the model as longqa loads it (RoPE patch, dynamic methods
+    included), offline; lm-eval's results JSON + summary.json in --out (extra: longqa[harness])."""
+    from longqa.eval.harness import HARNESS_TASKS, prepare_tasks, run_harness, trained_quantization
+    from longqa.models.load import load
+
+    names, paths = [t.strip() for t in tasks.split(",") if t.strip()], [*(include_path or [])]
+    task_manager = prepare_tasks(names, [*paths, HARNESS_TASKS])  # before loading the model
+    quantization = trained_quantization(adapter, quantization)
+    mdl, tok, spec = load(model, adapter=adapter, rope=rope, dtype=dtype, quantization=quantization)
+    if max_length:
+        _warn(mdl, spec, [max_length])
+    summary = run_harness(
+        mdl, tok, spec, tasks=names, include_path=[*paths, HARNESS_TASKS], task_manager=task_manager,
+        out_dir=_out(out, "harness", model, spec), limit=limit, batch_size=batch_size,
+        max_length=max_length, model_name=model, overwrite=overwrite,
+        run_info={"adapter": str(adapter) if adapter else None, "dtype": dtype,
+                  "quantization": quantization},
+        notify=lambda m: typer.echo(m, err=True),
+    )  # fmt: skip
+    for task, r in summary["tasks"].items():
+        typer.echo(f"{task}: {r['metric']} {r['value']:.4f} ± {r['stderr'] or 0:.4f} (n={r['n']})")
+    typer.echo(f"rope {summary['rope']}, window {summary['window']} → {summary['out_dir']}")
 
 
 @app.command("compare")
