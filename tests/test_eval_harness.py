@@ -216,7 +216,7 @@ def yarn_adapter(tmp_path_factory, smollm2_path):
 
     from longqa.config.recipe import ModelConfig, Recipe, TrainConfig
     from longqa.models.adapters import save_adapter_bundle
-    from longqa.models.export import export_adapter
+    from longqa.models.export_hf import export_adapter
     from longqa.models.load import load, peft_wrapping
 
     tmp = tmp_path_factory.mktemp("harness")

