@@ -12,8 +12,7 @@ Examples::
     longqa eval passkey --model Qwen/Qwen-14B-Chat --rope dynamic-ntk --rope-ntk-variant qwen --rope-logn
     longqa eval ruler --model smollm2-135m --rope dynamic-yarn --lengths 4096,8192 --tasks all \\
         --samples 5 --haystack ../shared/corpora/paul_graham_essays --out runs/ruler
-    longqa eval harness --model smollm2-135m --rope dynamic-yarn --tasks longqa_mdqa_choice \\
-        --limit 20 --out runs/h-dyn          # lm-eval tasks (extra: longqa[harness]), offline
+    longqa eval harness --model M --adapter runs/a --tasks longqa_mdqa_choice --out runs/h  # lm-eval
     longqa eval compare runs/pk-none runs/pk-yarn2 runs/pk-adapter
 
 Thin wrappers over ``longqa.eval``; every run writes ``results.jsonl`` + ``summary.json`` in
@@ -395,21 +394,20 @@ def harness(
 ) -> None:
     """lm-evaluation-harness tasks on the model as longqa loads it (RoPE patch, dynamic methods
     included), offline; lm-eval's results JSON + summary.json in --out (extra: longqa[harness])."""
-    from longqa.eval.harness import HARNESS_TASKS, prepare_tasks, run_harness, trained_quantization
+    from longqa.eval.harness import prepare_tasks, run_harness, trained_quantization
     from longqa.models.load import load
 
-    names, paths = [t.strip() for t in tasks.split(",") if t.strip()], [*(include_path or [])]
-    task_manager = prepare_tasks(names, [*paths, HARNESS_TASKS])  # before loading the model
+    names, paths = [t.strip() for t in tasks.split(",") if t.strip()], include_path or []
+    task_manager = prepare_tasks(names, paths)  # before loading the model
     quantization = trained_quantization(adapter, quantization)
     mdl, tok, spec = load(model, adapter=adapter, rope=rope, dtype=dtype, quantization=quantization)
     if max_length:
         _warn(mdl, spec, [max_length])
     summary = run_harness(
-        mdl, tok, spec, tasks=names, include_path=[*paths, HARNESS_TASKS], task_manager=task_manager,
+        mdl, tok, spec, tasks=names, include_path=paths, task_manager=task_manager,
         out_dir=_out(out, "harness", model, spec), limit=limit, batch_size=batch_size,
         max_length=max_length, model_name=model, overwrite=overwrite,
-        run_info={"adapter": str(adapter) if adapter else None, "dtype": dtype,
-                  "quantization": quantization},
+        run_info={"adapter": str(adapter or ""), "dtype": dtype, "quantization": quantization},
         notify=lambda m: typer.echo(m, err=True),
     )  # fmt: skip
     for task, r in summary["tasks"].items():

@@ -2,11 +2,11 @@
 
 Usage (what ``longqa eval harness`` does; needs the ``harness`` extra, ``pip install longqa[harness]``)::
 
-    from longqa.eval.harness import HARNESS_TASKS, run_harness
+    from longqa.eval.harness import run_harness
     from longqa.models.load import load
     model, tok, spec = load("smollm2-135m", adapter="runs/x/adapter")   # the adapter's RoPE spec
-    summary = run_harness(model, tok, spec, tasks=["longqa_mdqa_choice"],
-                          include_path=[HARNESS_TASKS], out_dir="runs/h", limit=20)
+    summary = run_harness(model, tok, spec, tasks=["longqa_mdqa_choice"], include_path=["my_tasks/"],
+                          out_dir="runs/h", limit=20)   # the shipped tasks are always on the path
 
 The loaded instance goes into lm-eval's own ``HFLM`` (``pretrained=<model>``: no second load), then
 ``lm_eval.simple_evaluate`` runs each task. Prompts, few-shot, truncation (from the left) and
@@ -41,12 +41,12 @@ from typing import Any
 from longqa.config.recipe import RopeConfig
 from longqa.core.errors import LongqaError
 from longqa.core.paths import atomic_write_json, atomic_write_jsonl
-from longqa.eval.lm_eval_tasks import (  # noqa: F401  (HARNESS_TASKS: one import for callers)
-    HARNESS_TASKS,
+from longqa.eval.lm_eval_tasks import (
     offline,
     prepare_tasks,
     quiet_lm_eval,
     require_lm_eval,
+    with_shipped,
 )
 from longqa.ops.rope_scaling import is_dynamic
 
@@ -179,7 +179,7 @@ def run_harness(
         "task": "harness",
         "model": model_name,
         "rope": spec.model_dump() if spec else None,
-        "include_path": [str(Path(p).resolve()) for p in include_path],
+        "include_path": [str(Path(p).resolve()) for p in with_shipped(include_path)],
         "limit": limit,
         "max_length": max_length,
         "lm_eval": lm_eval.__version__,

@@ -156,11 +156,18 @@ def check_task_loads(task_manager: Any, name: str) -> None:
         raise LongqaError(f"task '{name}' cannot be loaded: {_first_line(exc)}") from None
 
 
+def with_shipped(include_path: Sequence[str | Path]) -> list[str | Path]:
+    """``include_path`` plus :data:`HARNESS_TASKS` (the shipped tasks are always found)."""
+    paths = list(include_path)
+    return paths if HARNESS_TASKS in map(Path, paths) else [*paths, HARNESS_TASKS]
+
+
 def prepare_tasks(tasks: Sequence[str], include_path: Sequence[str | Path] = ()) -> Any:
-    """The ``TaskManager`` for ``tasks``, each checked to load offline (one-line errors)."""
+    """The ``TaskManager`` for ``tasks`` over ``include_path`` and the shipped tasks, each task
+    checked to load offline (one-line errors)."""
     if not tasks:
         raise LongqaError("--tasks: give at least one lm-eval task name")
-    tm = task_manager_for(tasks, include_path)
+    tm = task_manager_for(tasks, with_shipped(include_path))
     for name in tasks:
         check_task_loads(tm, name)
     return tm
@@ -200,7 +207,8 @@ def quiet_lm_eval() -> Iterator[None]:
     handler.setLevel(logging.WARNING)
     handler.addFilter(_DropExpected())
     saved = logger.level, logger.propagate
-    evaluator = sys.modules.get("lm_eval.evaluator")
+    import lm_eval.evaluator as evaluator
+
     git_hash = getattr(evaluator, "get_git_commit_hash", None)
     if git_hash is not None:  # lm-eval's lookup lets git print "fatal: not a git repository"
         evaluator.get_git_commit_hash = _git_commit_hash
