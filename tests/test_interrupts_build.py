@@ -140,3 +140,51 @@ def test_full_disk_during_a_shard_is_one_line_and_the_rerun_completes(
     run_builder("paraphrase-mdqa", values)
     assert rows(out) == reference
     assert all((out / name).read_text() == text for name, text in before.items())
+
+
+def test_ctrl_c_cancels_llm_requests_in_flight_and_the_rerun_completes(tmp_path, monkeypatch):
+    """The llm generator waits on the network: a stop cancels the requests in flight (here
+    stalled for a minute) instead of waiting for them; answers received stay cached."""
+    import dataclasses
+
+    from stub_openai_server import QAResponder, StubOpenAIServer
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    words = "river stone cloud maple lantern harbor violet copper meadow signal orbit canyon"
+    for i, w in enumerate(words.split() * 3):
+        (corpus / f"doc{i:03d}.txt").write_text(
+            f"Record {i} opens the file on {w} number {i * 7}. The {w} keeper counted "
+            f"{i * 13 + 5} items in district {i}. Nobody else in town remembers the {w} "
+            f"festival of year {1900 + i}. Closing note {i}: the archive stays sealed.\n"
+        )
+    out, n = tmp_path / "llm", 12
+
+    def command(url: str) -> list[str]:
+        return [
+            "build-data", "--task", "paraphrase-mdqa", "--corpus", str(corpus), "--out", str(out),
+            "--base-url", url, "--model", "stub", "--num-samples", str(n), "--turns", "2",
+            "--docs-per-group", "8", "--target-tokens", "600", "--tokenizer", "approx",
+            "--concurrency", "2", "--shard-size", "4", "--opt", "length_tolerance=0.3",
+            "--no-progress",
+        ]  # fmt: skip
+
+    answer = QAResponder()
+
+    def stall_later(body, k):  # the first 8 requests answer, later ones stall for a minute
+        reply = answer(body, k)
+        return reply if k <= 8 else dataclasses.replace(reply, delay=60)
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    with StubOpenAIServer(stall_later) as server:
+        proc = start(command(server.url), tmp_path / "first.log")
+        wait_for(lambda: server.request_count >= 10, proc)
+        os.kill(proc.pid, signal.SIGSTOP)
+        rc, seconds, lines = interrupt(proc, signal.SIGINT)
+    assert rc == 130 and seconds <= 10, (rc, seconds, lines)
+    assert lines == [MESSAGE]
+    with StubOpenAIServer(QAResponder()) as server:
+        rc, _, lines = run(command(server.url), tmp_path / "rerun.log")
+    assert rc == 0, lines
+    ids = sorted(json.loads(line)["id"] for line in rows(out))
+    assert ids == [f"pmdqa-{i:06d}" for i in range(n)]

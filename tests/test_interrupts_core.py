@@ -15,10 +15,35 @@ from interrupt_fixtures import REPO
 
 from longqa.core.folder_lock import FolderBusy, output_lock
 
-SCRIPT = """
+CHILD = (
+    "import sys, time\n"
+    "from longqa.core.interrupt import graceful, handle_signals, protected, stop_requested\n"
+    "try:\n"
+    "    with handle_signals(), graceful():\n"
+    "        print('up', flush=True)\n"
+    "        while not stop_requested():\n"
+    "            time.sleep(0.01)\n"
+    "        with protected():  # saving a checkpoint: the grace timer waits for it\n"
+    "            time.sleep(1.5)\n"
+    "            print('child saved its work', flush=True)\n"
+    "except KeyboardInterrupt:\n"
+    "    sys.exit(130)\n"
+)
+SCRIPT = f"""
+CHILD = {CHILD!r}
 import asyncio, sys, time
 from longqa.core.interrupt import graceful, handle_signals, run_async, stop_requested
 mode = sys.argv[1]
+if mode == "parent":  # a launcher: the child stops by itself, taking its time
+    import subprocess
+    from longqa.core.interrupt import wait_for_child
+    with handle_signals(), graceful():
+        child = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "up"
+        print("ready", flush=True)
+        rc = wait_for_child(child)
+        print(child.stdout.read().strip(), flush=True)
+        sys.exit(rc)
 try:
     with handle_signals(), graceful():
         print("ready", flush=True)
@@ -134,3 +159,8 @@ def test_a_folder_replaced_whole_is_locked_beside_it_and_an_unused_one_is_not_le
     with output_lock(tmp_path / "never" / "written"):
         pass
     assert not (tmp_path / "never" / "written").exists()
+
+
+def test_a_launcher_passes_the_stop_on_and_waits_for_its_child():
+    rc, seconds, out = _stop(_start("parent", grace=0.3), signal.SIGTERM)  # the parent alone
+    assert (rc, out) == (130, "child saved its work") and seconds >= 1.4

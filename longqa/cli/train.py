@@ -140,4 +140,7 @@ def _launch(mode: str, gpus: int, print_only: bool) -> None:
     if print_only:
         return
     check_can_launch(mode, gpus)
-    raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+    from longqa.core.interrupt import wait_for_child
+
+    # Ctrl-C: every rank stops at a step with its checkpoint; this process waits for them
+    raise typer.Exit(wait_for_child(subprocess.Popen(cmd, env=os.environ.copy())))

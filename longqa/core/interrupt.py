@@ -199,3 +199,28 @@ def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
         raise
     check_stop()
     return result
+
+
+def wait_for_child(proc: Any, poll: float = 0.2) -> int:
+    """Wait for a child process that stops gracefully on SIGTERM itself (the launcher of
+    ``train --launch`` and its ranks): a first signal is passed on to it as SIGTERM and its own
+    stop awaited (the grace timer does not cut it); a second signal gives it 10 s more, then kills
+    it. Returns its exit status, 130 after a stop."""
+    import subprocess
+    import time
+
+    forwarded = False
+    try:
+        with graceful(), protected():
+            while proc.poll() is None:
+                if stop_requested() and not forwarded:
+                    proc.send_signal(signal.SIGTERM)
+                    forwarded = True
+                time.sleep(poll)
+    except KeyboardInterrupt:
+        try:
+            proc.wait(timeout=10)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            proc.kill()
+            proc.wait()
+    return EXIT_CODE if stop_requested() else proc.returncode
