@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ def mdqa_options(exp: Any, prof: Any, corpus: Path, out: Path, **kw: Any) -> Any
         "turns": t.turns,
         "negative_ratio": 0.0,
         "neutral_questions": True,
+        "question_style": exp.question_style,
         "seed": exp.seed,
         "progress": False,
         "lang": "en",
@@ -62,26 +64,52 @@ def mdqa_options(exp: Any, prof: Any, corpus: Path, out: Path, **kw: Any) -> Any
     return Options(**values)
 
 
-def build_arm_data(exp: Any, prof: Any, train_dir: Path, folder: Path, form: str) -> dict:
-    """The arm's training set (answer form ``form``) in ``folder``; returns the builder stats."""
+def build_arm_data(
+    exp: Any, prof: Any, train_dir: Path, folder: Path, form: str, samples: int | None = None
+) -> dict:
+    """The arm's training set (answer form ``form``, ``samples`` or the profile's number of
+    samples) in ``folder``; returns the builder stats (``assistant_tokens``: answer tokens)."""
     from data_builders.paraphrase_mdqa import build
 
-    stats = build(mdqa_options(exp, prof, train_dir, folder, answer_style=form))
+    kw = {"num_samples": samples} if samples else {}
+    stats = build(mdqa_options(exp, prof, train_dir, folder, answer_style=form, **kw))
     if not stats.get("samples"):
         raise LongqaError(f"{exp.source}: profile sizes built no training samples for '{form}'")
-    keep = ("samples", "dropped_samples", "effective_token_share", "length_histogram")
-    return {k: stats[k] for k in keep if k in stats}
+    keep = ("samples", "dropped_samples", "effective_token_share", "length_histogram",
+            "assistant_tokens", "quote_tokens")  # fmt: skip
+    out = {k: stats[k] for k in keep if k in stats}
+    out["gold_positions"] = dict(Counter(str(p) for p in gold_positions(folder)))
+    return out
 
 
-def build_mdqa_eval(exp: Any, prof: Any, eval_dir: Path, folder: Path) -> dict:
-    """Held-out W-shaped samples, one question each (the relevant document at a spread depth)."""
+def gold_positions(folder: Path) -> list[int]:
+    """The document number of every positive turn of the samples in ``folder``."""
+    from longqa.data.schema import read_samples
+
+    return [
+        r["doc_index"]
+        for s in read_samples(folder)
+        for r in s.meta["relevant"]
+        if r["doc_index"] is not None
+    ]
+
+
+def build_mdqa_eval(
+    exp: Any, prof: Any, eval_dir: Path, folder: Path, question_style: str | None = None
+) -> dict:
+    """Held-out W-shaped samples, one question each (the relevant document at a spread depth).
+
+    With ``question_style`` (a probe set) the first ``n`` samples with at least ``min_docs``
+    documents go to ``folder/probe.jsonl``; scattered questions are asserted to share no run of
+    5 words with their gold document (:func:`assert_no_giveaway`)."""
     from data_builders.paraphrase_mdqa import build
 
     ev = prof.eval
+    extra = {"question_style": question_style} if question_style else {}
     opts = mdqa_options(
         exp, prof, eval_dir, folder,
-        num_samples=ev.n + ev.n // 2 + 2,  # some drop (no unique hint): build extra, keep n
-        target_tokens=ev.mdqa_target_tokens, turns=1, seed=exp.seed + 1000,
+        num_samples=2 * ev.n + 8,  # some drop (no unique hint, too few documents): keep n
+        target_tokens=ev.mdqa_target_tokens, turns=1, seed=exp.seed + 1000, **extra,
     )  # fmt: skip
     stats = build(opts)
     if not stats.get("samples"):
@@ -89,7 +117,47 @@ def build_mdqa_eval(exp: Any, prof: Any, eval_dir: Path, folder: Path) -> dict:
             f"{exp.source}: profiles: eval.mdqa_target_tokens / train.max_doc_tokens built no "
             f"held-out W-shaped samples ({stats.get('drop_reasons')})"
         )
-    return {"samples": stats.get("samples", 0), "dropped_samples": stats.get("dropped_samples")}
+    res = {"samples": stats.get("samples", 0), "dropped_samples": stats.get("dropped_samples")}
+    if question_style is None:
+        return res
+    from longqa.data.schema import read_samples
+
+    rows = [s.model_dump(mode="json") for s in read_samples(folder)]
+    rows.sort(key=lambda r: r["id"])
+    kept = [r for r in rows if r["meta"]["num_docs"] >= ev.min_docs][: ev.n]
+    if question_style == "scattered":
+        assert_no_giveaway(kept, where=str(folder))
+    path = folder / "probe" / "probe.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    docs = [r["meta"]["num_docs"] for r in kept]
+    return {**res, "file": str(path), "n": len(kept), "fewer_docs": sum(
+        r["meta"]["num_docs"] < ev.min_docs for r in rows), "docs_min": min(docs, default=0),
+        "docs_mean": round(sum(docs) / max(1, len(docs)), 2)}  # fmt: skip
+
+
+NO_RUN = 5
+
+
+def assert_no_giveaway(rows: list[dict], where: str, n: int = NO_RUN) -> None:
+    """Raise when a sample's question shares a run of ``n`` words with its gold document."""
+    for r in rows:
+        user = r["messages"][1]["content"]
+        question = user.rsplit("\n\n", 1)[-1]
+        gold = r["meta"]["relevant"][0]["doc_index"]
+        doc = split_numbered(user.rsplit("\n\n", 2)[0])[gold - 1]
+        if shares_span(question, doc, n):
+            raise LongqaError(
+                f"{where}: sample {r['id']}: the question shares a run of {n} words with its "
+                "gold document (a lexical giveaway)"
+            )
+
+
+def cross_corpus(exp: Any, folder: Path) -> Path:
+    """The corpus of ``probe-xcorpus``: Python's standard-library documentation as text files."""
+    from data_builders.offline_corpus import stdlib_docs
+
+    return stdlib_docs(folder)
 
 
 def build_retrieval(

@@ -23,6 +23,7 @@ from data_builders.extractive import choice_words, keywords, pick_salient_span, 
 from data_builders.verify import verify_quote
 from longqa.data.llm import LLMClient, LLMError, parse_json_object
 from longqa.data.response_format import object_schema
+from longqa.eval.attribution import normalize_words, shares_span
 
 PROMPTS = Path(__file__).parent / "prompts"
 QA_KEYS = ("question", "original_text", "answer")
@@ -151,6 +152,73 @@ def extractive_choice_question(
     return prompts(lang)["extractive_choice"].substitute(prefix=prefix + "…", choices=choices)
 
 
+def scattered_choice_question(
+    turn: Turn, others: list[str], lang: str, rng: random.Random, tries: int = 20
+) -> str | None:
+    """A choice question that names the passage by ``SCATTER_K`` keywords spread over the whole
+    document (pairwise at least ``SCATTER_GAP`` words apart; a number or capitalised name first
+    where it has one) whose combination no other document contains, never by a copied run: the
+    question shares no run of ``NO_RUN`` words with the document (else None). The answer word
+    comes from the quoted span, the three wrong ones from other documents (English only)."""
+    if lang == "zh":
+        return None
+    words = turn.doc.text.split()
+    keys = [w.strip(".,;:!?()\"'’“”") for w in words]
+    right = [w for w in choice_words(turn.span, lang)]
+    own = turn.doc.text.lower()
+    wrong = sorted({w for o in others for w in choice_words(o, lang) if w.lower() not in own})
+    if not right or len(wrong) < 3:
+        return None
+    answer = rng.choice(right)
+    cands = [i for i, k in enumerate(keys) if k and k.lower() != answer.lower() and _salient(k, i)]
+    other_words = [set(normalize_words(o)) for o in others]
+    for _ in range(tries):
+        order = rng.sample(cands, len(cands))
+        order.sort(key=lambda i: not (keys[i][0].isdigit() or (keys[i][0].isupper() and i)))
+        picked: list[int] = []
+        for i in order:
+            low = {keys[j].lower() for j in picked}
+            if keys[i].lower() not in low and all(abs(i - j) >= SCATTER_GAP for j in picked):
+                picked.append(i)
+            if len(picked) == SCATTER_K:
+                break
+        if len(picked) < SCATTER_K:
+            return None
+        kws = [keys[i] for i in sorted(picked)]
+        norm = [normalize_words(k) for k in kws]
+        if any(all(set(n) <= ow for n in norm) for ow in other_words):
+            continue  # another document has the same keywords: not a unique reference
+        options = [*rng.sample(wrong, 3), answer]
+        rng.shuffle(options)
+        choices = ", ".join(f'"{w}"' for w in options[:-1]) + f' or "{options[-1]}"'
+        quoted = ", ".join(f'"{k}"' for k in kws[:-1]) + f' and "{kws[-1]}"'
+        question = prompts(lang)["extractive_choice_scattered"].substitute(
+            keywords=quoted, choices=choices
+        )
+        if shares_span(question, turn.doc.text, NO_RUN):
+            continue
+        turn.answer, turn.choices = answer, options
+        return question
+    return None
+
+
+SCATTER_K, SCATTER_GAP, NO_RUN = 3, 3, 5
+
+
+def _salient(word: str, position: int) -> bool:
+    """A keyword worth naming: a number, a capitalised word past the start, or a long word."""
+    low = word.lower()
+    if "'" in word or low in _SCATTER_STOP:
+        return False
+    return word[0].isdigit() or (word[0].isupper() and position > 0) or len(word) >= 6
+
+
+_SCATTER_STOP = set(
+    "because before between should through without something anything everything people "
+    "another really actually always either itself others whether rather however".split()
+)
+
+
 def layout(
     relevant: list[Turn],
     pool: list[Document],
@@ -253,6 +321,10 @@ def render(
         user = f"{context}\n\n{turn.question}" if k == 0 else turn.question
         if turn.negative:
             answer = t["negative"].template
+        elif form == "paraphrase-index":
+            answer = t["answer_index_paraphrase"].substitute(
+                index=index[turn.doc.id], quote=turn.quote, answer=turn.answer
+            )
         elif form == "index-detailed":
             answer = t["answer_index_detailed"].substitute(
                 index=index[turn.doc.id], answer=turn.answer

@@ -30,7 +30,11 @@ def default_corpus(out: Path) -> Path:
     shared = shared_essays()
     if shared is not None:
         return shared
-    folder = out / "corpus"
+    return stdlib_docs(out / "corpus")
+
+
+def stdlib_docs(folder: Path) -> Path:
+    """The documentation of Python's standard library as plain-text files in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in _STDLIB_MODULES:
         target = folder / f"{name}.txt"

@@ -61,10 +61,18 @@ class Options(BaseModel):
     min_turns: int = Field(1, ge=1, description="drop a sample with fewer valid turns")
     negative_ratio: float = Field(0.1, ge=0, le=1)
     cite_index: bool = Field(False, description="answers name the document number (llm)")
-    answer_style: Literal["paraphrase", "plain", "index-detailed", "detailed"] = Field(
+    answer_style: Literal[
+        "paraphrase", "paraphrase-index", "plain", "index-detailed", "detailed"
+    ] = Field(
         "paraphrase",
         description="plain: answers without the quote (a control set for analysis); "
+        "paraphrase-index: document number and quote, then answer; "
         "index-detailed: document number, then answer; detailed: answer only",
+    )
+    question_style: Literal["prefix", "scattered"] = Field(
+        "prefix",
+        description="neutral extractive questions name the passage by its opening words (prefix) "
+        "or by keywords scattered over it, sharing no run of 5 words with it (scattered)",
     )
     neutral_questions: bool = Field(
         False,
@@ -206,7 +214,12 @@ def _fit(ctx, i, turns, positives, pool, excluded, lang, rng):  # noqa: ANN001, 
             kept = []
             for t in turns:
                 others = [d.text for d in docs if d.id != t.doc.id]
-                ask = ms.extractive_choice_question if opts.neutral_questions else None
+                ask = None
+                if opts.neutral_questions:
+                    scattered = opts.question_style == "scattered"
+                    ask = (
+                        ms.scattered_choice_question if scattered else ms.extractive_choice_question
+                    )
                 t.question = (ask or ms.extractive_question)(t, others, lang, rng) or ""
                 if t.question:
                     kept.append(t)
