@@ -6,8 +6,12 @@ Usage::
     materialize(split, out / "split")               # out/split/train/*, out/split/eval/*
     check_disjoint(train_dir, {"mdqa.jsonl": ["para", ...]}, source="x.yaml")
 
-Whole files go to one side, so no paragraph of a training file is ever evaluated on. The guard
-re-checks the built eval sets paragraph by paragraph (normalised text) against the training files.
+Whole files go to one side, but essays repeat paragraphs (and near-copies of them) across files, so
+before any eval set is built :func:`clean_eval_side` removes from the held-out files every
+paragraph that also occurs in a training file (normalised text) or shares at least
+``NEAR_SHARE`` of its ``SHINGLE``-word shingles with the training files, and counts them. The
+guard, :func:`check_disjoint`, then re-checks only the texts that are evaluated, by the same two
+rules, and raises if one slipped through.
 """
 
 from __future__ import annotations
@@ -88,15 +92,63 @@ def paragraph_keys(folder: Path, min_words: int = 12) -> dict[str, str]:
     return keys
 
 
+SHINGLE, NEAR_SHARE = 8, 0.5
+
+
+def shingles(text: str, n: int = SHINGLE) -> set[tuple[str, ...]]:
+    """The set of ``n``-word runs of ``text`` (lower-cased word tokens)."""
+    w = re.findall(r"\w+", text.lower())
+    return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
+
+
+def train_shingles(folder: Path) -> dict[tuple[str, ...], str]:
+    """Every ``SHINGLE``-word run of the text files under ``folder`` → the file it comes from."""
+    out: dict[tuple[str, ...], str] = {}
+    for f in source_files(folder):
+        for g in shingles(f.read_text(encoding="utf-8", errors="replace")):
+            out.setdefault(g, str(f))
+    return out
+
+
+def near_copy(text: str, grams: dict[tuple[str, ...], str]) -> str | None:
+    """The training file ``text`` nearly copies (≥ ``NEAR_SHARE`` of its shingles), or None."""
+    own = shingles(text)
+    hits = [grams[g] for g in own if g in grams]
+    return hits[0] if own and len(hits) >= NEAR_SHARE * len(own) else None
+
+
+def clean_eval_side(train: Path, eval_dir: Path, *, min_words: int = 12) -> dict[str, int]:
+    """Drop from the held-out text files every paragraph found in (or nearly copying) the
+    training files; rewrite them in place; the counts (paragraphs kept, exact, near)."""
+    keys, grams = paragraph_keys(train, min_words), train_shingles(train)
+    counts = {"paragraphs": 0, "exact": 0, "near": 0, "files": 0}
+    for f in source_files(eval_dir):
+        paras = re.split(r"\n\s*\n", f.read_text(encoding="utf-8", errors="replace"))
+        kept = []
+        for para in paras:
+            if len(para.split()) >= min_words and _key(para) in keys:
+                counts["exact"] += 1
+            elif near_copy(para, grams):
+                counts["near"] += 1
+            else:
+                kept.append(para)
+                counts["paragraphs"] += bool(para.strip())
+        if len(kept) != len(paras):
+            counts["files"] += 1
+            f.write_text("\n\n".join(kept), encoding="utf-8")
+    return counts
+
+
 def check_disjoint(train: Path, eval_sets: dict[str, list[str]], *, min_words: int = 12) -> None:
-    """Raise when a paragraph of an eval set also occurs in the training files.
+    """Raise when a paragraph of an eval set also occurs in (or nearly copies) the training files.
 
     ``eval_sets`` maps ``"file: field"`` to the texts to check (each split into paragraphs)."""
-    keys = paragraph_keys(train, min_words)
+    keys, grams = paragraph_keys(train, min_words), train_shingles(train)
     for where, texts in eval_sets.items():
         for text in texts:
             for para in re.split(r"\n\s*\n", text):
                 hit = keys.get(_key(para)) if len(para.split()) >= min_words else None
+                hit = hit or near_copy(para, grams)
                 if hit:
                     raise LongqaError(
                         f"{where}: an eval text overlaps the training documents "

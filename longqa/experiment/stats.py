@@ -66,3 +66,45 @@ def fmt(cell: dict[str, Any] | None, digits: int = 2) -> str:
     if not cell or cell.get("value") is None:
         return "—"
     return f"{cell['value']:.{digits}f} [{cell['lo']:.{digits}f}, {cell['hi']:.{digits}f}]"
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:
+    """Exact McNemar test of paired outcomes: two-sided binomial test of the discordant pairs
+    (``a`` right and ``b`` wrong: n10; the reverse: n01) against p = 1/2 (McNemar 1947,
+    Psychometrika 12; the exact form as in scipy's ``binomtest(n10, n10 + n01)``)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes need equal lengths (got {len(a)} and {len(b)})")
+    n10 = sum(bool(x) and not bool(y) for x, y in zip(a, b, strict=True))
+    n01 = sum(bool(y) and not bool(x) for x, y in zip(a, b, strict=True))
+    m, k = n10 + n01, min(n10, n01)
+    p = 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m)
+    return {"n10": n10, "n01": n01, "p": p}
+
+
+def paired_bootstrap(
+    a: Sequence[float],
+    b: Sequence[float],
+    strata: Sequence[Any] | None = None,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Mean of ``a - b`` over paired items with a percentile-bootstrap interval; items are
+    resampled as pairs (within each stratum, e.g. a split seed, when ``strata`` is given)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes need equal lengths (got {len(a)} and {len(b)})")
+    diffs = [float(x) - float(y) for x, y in zip(a, b, strict=True)]
+    n = len(diffs)
+    if n == 0:
+        return {"value": None, "lo": -1.0, "hi": 1.0, "n": 0}
+    groups: dict[Any, list[float]] = {}
+    for d, s in zip(diffs, strata or [0] * n, strict=True):
+        groups.setdefault(s, []).append(d)
+    rng = random.Random(seed)
+    means = sorted(
+        sum(sum(rng.choices(g, k=len(g))) for g in groups.values()) / n for _ in range(resamples)
+    )
+    tail = (1 - confidence) / 2
+    lo = means[int(tail * (resamples - 1))]
+    hi = means[int(math.ceil((1 - tail) * (resamples - 1)))]
+    return {"value": sum(diffs) / n, "lo": lo, "hi": hi, "n": n}
