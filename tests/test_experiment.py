@@ -78,7 +78,8 @@ def test_shipped_experiments_load():
     for f in files:
         exp = load_experiment(f)
         assert {"cpu", "gpu"} <= set(exp.profiles)
-        assert [a.form for a in exp.arms] == ["none", "paraphrase", "index-detailed", "detailed"]
+        forms = [a.form for a in exp.arms]
+        assert forms[0] == "none" and {"paraphrase", "index-detailed", "detailed"} <= set(forms)
         assert exp.profile("gpu").eval.n >= 200
 
 

@@ -32,6 +32,12 @@ def run(
     model: str | None = typer.Option(None, "--model", help="served model name for --base-url"),
     corpus: Path | None = typer.Option(None, "--corpus", help="corpus folder replacing the file's"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars"),
+    seed: int | None = typer.Option(
+        None, "--seed", help="split and training seed replacing the file's split.seed and seed"
+    ),
+    only: list[str] | None = typer.Option(
+        None, "--only", help="run only these training/eval stages (name prefixes; repeatable)"
+    ),
 ) -> None:
     """Build, train, evaluate and report every arm of the experiment (stages cached)."""
     from rich.console import Console
@@ -42,6 +48,8 @@ def run(
     exp = load_experiment(experiment)
     if corpus is not None:
         exp.corpus = str(corpus.resolve())
+    if seed is not None:
+        exp.split.seed, exp.seed = seed, seed
     console = Console(stderr=True)
     if dry_run:
         print_plan(make_plan(exp, profile), console)
@@ -58,5 +66,18 @@ def run(
     hold_for_command(out)
 
     run_experiment(exp, profile, out, datasets=ablation, resume=resume, base_url=base_url, llm_model=model,
-                   console=console, progress=progress, argv=sys.argv[1:])  # fmt: skip
-    console.print(f"[green]done:[/] {out / 'results.md'}", highlight=False)
+                   console=console, progress=progress, argv=sys.argv[1:], only=only or None)  # fmt: skip
+    if (out / "results.md").is_file():
+        console.print(f"[green]done:[/] {out / 'results.md'}", highlight=False)
+
+
+@app.command("pool")
+def pool(
+    runs: list[Path] = typer.Argument(..., help="finished run folders (one per seed)"),
+    out: Path = typer.Option(..., "--out", help="pooled report (.md; a .json beside it)"),
+) -> None:
+    """Per-seed and pooled tables with paired comparisons over finished runs of one experiment."""
+    from longqa.experiment.fair import pool_runs
+
+    pool_runs(runs, out)
+    print(out)

@@ -26,13 +26,22 @@ from typing import Any
 from longqa.core.errors import LongqaError
 from longqa.core.paths import atomic_write_json
 from longqa.experiment.plan import make_plan
-from longqa.experiment.schema import Experiment, Profile
-from longqa.experiment.split import check_disjoint, materialize, source_files, split_corpus
+from longqa.experiment.schema import PROBES, Experiment, Profile
+from longqa.experiment.split import (
+    check_disjoint,
+    clean_eval_side,
+    materialize,
+    source_files,
+    split_corpus,
+)
 from longqa.experiment.stages import Stages
 
 
-def arm_recipe(exp: Experiment, prof: Profile, data: Path, out: Path) -> Any:
-    """The base recipe with the profile's model, RoPE spec and sizes, training on ``data``."""
+def arm_recipe(
+    exp: Experiment, prof: Profile, data: Path, out: Path, steps: int | None = None
+) -> Any:
+    """The base recipe with the profile's model, RoPE spec and sizes, training on ``data``
+    (``steps`` replaces the profile's for the token-matched control)."""
     from longqa.config.recipe import load_recipe, recipe_from_dict
 
     tree = load_recipe(exp.recipe).model_dump(mode="json")
@@ -42,7 +51,8 @@ def arm_recipe(exp: Experiment, prof: Profile, data: Path, out: Path) -> Any:
     tree["train"].update(
         lr=t.lr, micro_batch_size=t.micro_batch_size, grad_accum=t.grad_accum,
         max_length=t.max_length, seed=exp.seed, save_steps=t.save_steps, warmup_ratio=0.0,
-        phases=[{"name": "sft", "kind": "sft", "steps": t.steps,
+        gradient_checkpointing=t.gradient_checkpointing,
+        phases=[{"name": "sft", "kind": "sft", "steps": steps or t.steps,
                  "datasets": [{"path": str(data), "format": "messages"}]}],
     )  # fmt: skip
     tree["output"] = {"dir": str(out)}
@@ -84,6 +94,13 @@ def _eval_arm(
     ev, out = prof.eval, {}
     if prof.device == "cuda":
         model.to("cuda")
+    model.eval()
+    for key in (k for k in exp.evals if k.startswith("probe")):
+        from longqa.experiment.probe import eval_probe
+
+        rows = eval_probe(model, tok, Path(inputs[key]), folder / key, n=ev.n,
+                          max_new_tokens=ev.max_new_tokens, progress=progress)  # fmt: skip
+        out[key] = [{k: v for k, v in r.items() if k != "doc_logprobs"} for r in rows]
     if "passage-retrieval" in exp.evals:
         for variant, file in inputs["retrieval"].items():
             rows = evals.eval_retrieval(model, tok, spec, Path(file), folder / f"pr-{variant}",
@@ -121,6 +138,7 @@ def run_experiment(
     console: Any = None,
     progress: bool = True,
     argv: list[str] | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) every stage of ``exp`` under ``out``; returns the report dict.
 
@@ -132,10 +150,10 @@ def run_experiment(
     from longqa.experiment.report import write_report
 
     console = console or Console(stderr=True)
-    prof = exp.profile(profile)
+    exp, prof = exp.for_profile(profile), exp.profile(profile)
     plan = make_plan(exp, profile)
     out = Path(out)
-    stages = Stages(out, console)
+    stages = Stages(out, console, only=only)
     if stages.finished() and not resume:
         raise LongqaError(
             f"{out}: holds an earlier run; pass --resume to continue it or a new --out"
@@ -149,19 +167,38 @@ def run_experiment(
                lambda f: (materialize(split, f), split.as_json())[1])  # fmt: skip
     train_dir, eval_dir = out / "split" / "train", out / "split" / "eval"
     split_fp = stages.fingerprints["split"]
-    data_dirs, data_fps = {}, {}
-    for arm in (a for a in exp.arms if a.form != "none"):
+    cleaned = stages.run("clean", {"split": split_fp},
+                         lambda f: clean_eval_side(train_dir, eval_dir))  # fmt: skip
+    split_fp = stages.fingerprints["clean"]
+    data_dirs, data_fps, data_res, steps = {}, {}, {}, {}
+    trained = [a for a in exp.arms if a.form != "none"]
+    for arm in sorted(trained, key=lambda a: a.match_tokens_of is not None):
         name = f"data/{arm.name}"
-        opts = xdata.mdqa_options(exp, prof, train_dir, out / name, answer_style=arm.form)
+        samples = _matched_samples(exp, prof, arm, data_res)
+        opts = xdata.mdqa_options(exp, prof, train_dir, out / name, answer_style=arm.form,
+                                  **({"num_samples": samples} if samples else {}))  # fmt: skip
         spec = {"split": split_fp, "options": opts.model_dump(exclude={"out", "corpus"})}
-        stages.run(
-            name, spec, lambda f, a=arm: xdata.build_arm_data(exp, prof, train_dir, f, a.form)
-        )
+        data_res[arm.name] = stages.run(
+            name, spec,
+            lambda f, a=arm, n=samples: xdata.build_arm_data(exp, prof, train_dir, f, a.form, n),
+        )  # fmt: skip
         data_dirs[arm.name], data_fps[arm.name] = out / name, stages.fingerprints[name]
+        t = prof.train
+        steps[arm.name] = -(-t.steps * samples // t.samples) if samples else t.steps
     runtime = {"batch_size", "effective_samples", "max_new_tokens"}  # do not change the eval data
     ev_spec = {"split": split_fp, "eval": prof.eval.model_dump(exclude=runtime), "seed": exp.seed,
-               "train": prof.train.model_dump(), "model": prof.model}  # fmt: skip
+               "train": prof.train.model_dump(), "model": prof.model,
+               "questions": exp.question_style}  # fmt: skip
     inputs: dict[str, Any] = {"retrieval": {}, "haystack": str(eval_dir)}
+    probe_sets = {}
+    for key in (k for k in exp.evals if k.startswith("probe")):
+        folder_in, style = eval_dir, "prefix" if key == "probe-prefix" else exp.question_style
+        if key == "probe-xcorpus":
+            folder_in = xdata.cross_corpus(exp, out / "xcorpus")
+        res = stages.run(f"evaldata/{key}", {**ev_spec, "style": style, "corpus": str(folder_in)},
+                         lambda f, c=folder_in, st=style: xdata.build_mdqa_eval(
+                             exp, prof, c, f, question_style=st))  # fmt: skip
+        inputs[key], probe_sets[key] = res["file"], res
     if "mdqa" in exp.evals:
         stages.run("evaldata/mdqa", ev_spec,
                    lambda f: xdata.build_mdqa_eval(exp, prof, eval_dir, f))  # fmt: skip
@@ -176,34 +213,64 @@ def run_experiment(
             inputs["retrieval"][variant] = res["file"]
     _check_held_out(train_dir, inputs)
     train_res, adapters = {}, {}
-    for arm in (a for a in exp.arms if a.form != "none"):
+    for arm in trained:
         name = f"train/{arm.name}"
-        recipe = arm_recipe(exp, prof, data_dirs[arm.name], out / name)
+        recipe = arm_recipe(exp, prof, data_dirs[arm.name], out / name, steps[arm.name])
         spec = {"recipe": recipe.model_dump(mode="json", exclude={"output": True}),
                 "data": data_fps[arm.name]}  # fmt: skip
         spec["recipe"]["train"]["phases"][0]["datasets"] = [data_fps[arm.name]]
-        train_res[arm.name] = stages.run(name, spec, lambda f, r=recipe: _train(r, f))
-        adapters[arm.name] = out / name
+        res = stages.run(name, spec, lambda f, r=recipe: _train(r, f))
+        if res is not None:
+            train_res[arm.name] = {
+                **res,
+                "samples": data_res[arm.name]["samples"],
+                "answer_tokens": data_res[arm.name].get("assistant_tokens"),
+            }
+            adapters[arm.name] = out / name
     effective = None
-    if data_dirs:
+    if data_dirs and prof.eval.effective_samples:
         ins = {"data": data_fps, "model": prof.model, "n": prof.eval.effective_samples}
         effective = stages.run("effective", ins, lambda f: _effective(prof, data_dirs, f))
     evals: dict[str, Any] = {}
     for arm in exp.arms:
         adapter = adapters.get(arm.name)
+        if arm.form != "none" and adapter is None:
+            stages.defer(f"eval/{arm.name}")  # its training is not finished: a later piece
+            continue
         train_fp = stages.fingerprints.get(f"train/{arm.name}")
         ins = {"eval": prof.eval.model_dump(exclude={"effective_samples"}), "data_spec": ev_spec,
                "evals": list(exp.evals), "train": train_fp,
                "rope": prof.rope.model_dump(), "data": {k: stages.fingerprints[f"evaldata/{k}"]
-               for k in ["mdqa", *[f"pr-{v}" for v in exp.retrieval_variants]]
+               for k in ["mdqa", *PROBES, *[f"pr-{v}" for v in exp.retrieval_variants]]
                if f"evaldata/{k}" in stages.fingerprints}}  # fmt: skip
-        evals[arm.name] = stages.run(
+        res = stages.run(
             f"eval/{arm.name}", ins,
             lambda f, a=arm, ad=adapter: _eval_arm(exp, prof, a, ad, inputs, f, progress),
         )  # fmt: skip
+        if res is not None:
+            evals[arm.name] = res
+    if stages.deferred:
+        console.print(f"piece finished; not run yet: {', '.join(stages.deferred)}", highlight=False)
+        return {"deferred": stages.deferred}
     cmd = "longqa " + " ".join(argv if argv is not None else sys.argv[1:])
+    if any(k.startswith("probe") for k in exp.evals):
+        from longqa.experiment.fair import write_fair_report
+
+        return write_fair_report(out, exp, profile, stages=stages, train=train_res, data=data_res,
+                                 probes=probe_sets, cleaned=cleaned, evals=evals, command=cmd)  # fmt: skip
     return write_report(out, exp, profile, plan=plan, stages=stages, train=train_res,
                         effective=effective, evals=evals, command=cmd)  # fmt: skip
+
+
+def _matched_samples(exp: Experiment, prof: Profile, arm: Any, data_res: dict) -> int | None:
+    """Samples that give a token-matched arm as many answer tokens as its reference arm (from
+    the answer tokens per sample of the unmatched arm of its form); None for other arms."""
+    if arm.match_tokens_of is None:
+        return None
+    same = next(a for a in exp.arms if a.form == arm.form and a.match_tokens_of is None)
+    ref, own = data_res[arm.match_tokens_of], data_res[same.name]
+    per_sample = own["assistant_tokens"] / own["samples"]
+    return -(-ref["assistant_tokens"] // max(1, round(per_sample)))
 
 
 def _effective(prof: Profile, data_dirs: dict[str, Path], folder: Path) -> dict[str, Any]:
@@ -230,7 +297,8 @@ def _check_held_out(train_dir: Path, inputs: dict[str, Any]) -> None:
         sets[f"{file}: field 'context'"] = [
             p for _, r in iter_jsonl(file) for p in split_numbered(r["context"])
         ]
-    if "mdqa" in inputs:
-        texts = [s.messages[1].content for s in read_samples(inputs["mdqa"]) if s.messages]
-        sets[f"{inputs['mdqa']}: field 'messages'"] = [p for t in texts for p in split_numbered(t)]
+    for key in ("mdqa", *PROBES):  # probe files hold exactly the evaluated samples
+        if key in inputs:
+            texts = [s.messages[1].content for s in read_samples(inputs[key]) if s.messages]
+            sets[f"{inputs[key]}: field 'messages'"] = [p for t in texts for p in split_numbered(t)]
     check_disjoint(train_dir, sets)

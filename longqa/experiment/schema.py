@@ -22,8 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from longqa.config.recipe import RopeConfig, _format_validation_error
 from longqa.core.errors import LongqaError
 
-FORMS = ("paraphrase", "index-detailed", "detailed")
-EVALS = ("passage-retrieval", "mdqa", "needle", "passkey")
+FORMS = ("paraphrase", "paraphrase-index", "index-detailed", "detailed")
+PROBES = ("probe", "probe-prefix", "probe-xcorpus")
+EVALS = (*PROBES, "passage-retrieval", "mdqa", "needle", "passkey")
+
+
+EvalName = Literal[
+    "probe", "probe-prefix", "probe-xcorpus", "passage-retrieval", "mdqa", "needle", "passkey"
+]  # fmt: skip
 
 
 class _Strict(BaseModel):
@@ -32,8 +38,13 @@ class _Strict(BaseModel):
 
 class Arm(_Strict):
     name: str
-    form: Literal["paraphrase", "index-detailed", "detailed", "none"] = Field(
+    form: Literal["paraphrase", "paraphrase-index", "index-detailed", "detailed", "none"] = Field(
         description="answer form of the training data; none = no training (the floor)"
+    )
+    match_tokens_of: str | None = Field(
+        None,
+        description="train on as many answer tokens as this arm: more samples and steps (one "
+        "epoch, the same lr schedule stretched), the ratio taken from an unmatched arm of this form",
     )
 
 
@@ -57,6 +68,7 @@ class TrainSizes(_Strict):
     quantization: Literal["nf4", "none"] = "none"
     dtype: Literal["bfloat16", "float16", "float32"] = "float32"
     save_steps: int = Field(10, ge=1)
+    gradient_checkpointing: bool = Field(True, description="off: faster at short contexts")
 
 
 class EvalSizes(_Strict):
@@ -70,7 +82,10 @@ class EvalSizes(_Strict):
     passkey_trials: int = Field(ge=1, description="trials per passkey length")
     max_new_tokens: int = Field(ge=32, description="budget of form-aware answers (quote + answer)")
     batch_size: int = Field(1, ge=1)
-    effective_samples: int = Field(4, ge=1, description="samples per arm for effective tokens")
+    effective_samples: int = Field(
+        4, ge=0, description="samples per arm for effective tokens (0: skip that stage)"
+    )
+    min_docs: int = Field(2, ge=2, description="probe samples with fewer documents are skipped")
 
     @model_validator(mode="after")
     def _depths_in_range(self) -> EvalSizes:
@@ -94,9 +109,13 @@ class Profile(_Strict):
     rope: RopeConfig = RopeConfig()
     device: Literal["cpu", "cuda"] = "cpu"
     budget_minutes: float = Field(gt=0, description="what the whole run should take at most")
+    piece_minutes: float | None = Field(
+        None, gt=0, description="--dry-run lists --only pieces of at most this many minutes"
+    )
     train: TrainSizes
     eval: EvalSizes
     throughput: Throughput
+    evals: list[EvalName] | None = Field(None, description="this profile's evals (else the file's)")
 
 
 class Experiment(_Strict):
@@ -106,7 +125,13 @@ class Experiment(_Strict):
     corpus: str = Field(description="folder of text files, or 'shared-essays'")
     split: Split = Split()
     arms: list[Arm] = Field(min_length=1)
-    evals: list[Literal["passage-retrieval", "mdqa", "needle", "passkey"]] = Field(min_length=1)
+    evals: list[EvalName] = Field(min_length=1)
+    question_style: Literal["prefix", "scattered"] = Field(
+        "scattered", description="how training and 'probe' questions name the passage"
+    )
+    cross_corpus: Literal["python-docs"] = Field(
+        "python-docs", description="corpus of 'probe-xcorpus' (Python's stdlib documentation)"
+    )
     retrieval_variants: list[Literal["verbatim", "keywords"]] = ["verbatim", "keywords"]
     seed: int = 0
     profiles: dict[str, Profile] = Field(min_length=1)
@@ -117,6 +142,15 @@ class Experiment(_Strict):
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"arm names must be unique (got {names})")
+        for a in self.arms:
+            if a.match_tokens_of is None:
+                continue
+            if a.match_tokens_of not in names or a.form == "none":
+                raise ValueError(f"arm '{a.name}': match_tokens_of names no trained arm")
+            if not any(b.form == a.form and b.match_tokens_of is None for b in self.arms):
+                raise ValueError(
+                    f"arm '{a.name}': match_tokens_of needs an unmatched arm of form '{a.form}'"
+                )
         return self
 
     def profile(self, name: str) -> Profile:
@@ -126,6 +160,13 @@ class Experiment(_Strict):
                 f"available: {', '.join(self.profiles)}"
             )
         return self.profiles[name]
+
+    def for_profile(self, name: str) -> Experiment:
+        """This experiment with the profile's ``evals`` (when it names its own)."""
+        evals = self.profile(name).evals
+        exp = self.model_copy(update={"evals": evals}) if evals else self
+        exp.source = self.source
+        return exp
 
     def corpus_path(self) -> Path:
         if self.corpus == "shared-essays":

@@ -36,9 +36,11 @@ def fingerprint(inputs: Any) -> str:
 class Stages:
     """Runs named stages under ``out``; ``ran`` and ``skipped`` list what each call did."""
 
-    def __init__(self, out: Path, console: Any = None) -> None:
+    def __init__(self, out: Path, console: Any = None, only: list[str] | None = None) -> None:
         self.out = Path(out)
         self.console = console
+        self.only = only
+        self.deferred: list[str] = []
         self.ran: list[str] = []
         self.skipped: list[str] = []
         self.fingerprints: dict[str, str] = {}
@@ -56,6 +58,17 @@ class Stages:
             return []
         return sorted(p.stem for p in folder.glob("*.json") if not p.stem.endswith(".started"))
 
+    def finished_names(self) -> list[str]:
+        """Names of the finished stages (as passed to :meth:`run`)."""
+        folder = self.out / STATE_DIR
+        if not folder.is_dir():
+            return []
+        return sorted(
+            json.loads(p.read_text(encoding="utf-8")).get("name") or p.stem.replace("__", "/")
+            for p in folder.glob("*.json")
+            if not p.stem.endswith(".started")
+        )
+
     def run(self, name: str, inputs: dict[str, Any], fn: Callable[[Path], Any]) -> Any:
         """Return ``fn(folder)``'s result, or the recorded one when ``inputs`` are unchanged."""
         fp = fingerprint(inputs)
@@ -65,6 +78,10 @@ class Stages:
             self.skipped.append(name)
             self._say(f"[dim]stage {name}: finished earlier, skipped[/]")
             return rec["result"]
+        heavy = name.split("/")[0] in ("train", "eval", "effective")
+        if heavy and self.only is not None and not any(name.startswith(p) for p in self.only):
+            self.defer(name)
+            return None
         folder = self.out / name
         started = self._state(name, ".started")
         prev = json.loads(started.read_text(encoding="utf-8")) if started.is_file() else {}
@@ -84,6 +101,10 @@ class Stages:
         )
         self.ran.append(name)
         return result
+
+    def defer(self, name: str) -> None:
+        self.deferred.append(name)
+        self._say(f"[dim]stage {name}: not selected, left for a later piece[/]")
 
     def _say(self, msg: str) -> None:
         if self.console is not None:
