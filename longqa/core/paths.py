@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -80,6 +81,26 @@ def atomic_write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> Pat
     """Write one JSON object per line atomically."""
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return atomic_write_text(path, text)
+
+
+def replace_folder(new: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """Rename the finished folder ``new`` to ``dest``. An existing ``dest`` is first moved aside to
+    ``.<name>.previous`` and deleted only once ``new`` is in place (moved back if that rename fails),
+    so a crash or a full disk never leaves ``dest`` without a complete folder at or beside it."""
+    new, dest = Path(new), Path(dest)
+    if not dest.exists():
+        os.replace(new, dest)
+        return dest
+    previous = dest.with_name(f".{dest.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    os.replace(dest, previous)
+    try:
+        os.replace(new, dest)
+    except BaseException:
+        os.replace(previous, dest)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+    return dest
 
 
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:

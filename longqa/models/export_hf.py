@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from longqa.core.errors import LongqaError
-from longqa.core.paths import atomic_write_json, keep_umask
+from longqa.core.paths import atomic_write_json, keep_umask, replace_folder
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +207,7 @@ def export_adapter(
         }
         atomic_write_json(tmp / EXPORT_INFO, summary)
         keep_umask(tmp)  # readable by whoever the umask allows (safetensors writes 600)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_folder(tmp, out)  # the previous folder stays until this one is in place
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for w in warnings:

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from longqa.core.errors import LongqaError
-from longqa.core.paths import atomic_write_json, cache_dir, keep_umask
+from longqa.core.paths import atomic_write_json, cache_dir, keep_umask, replace_folder
 
 log = logging.getLogger(__name__)
 
@@ -287,9 +287,7 @@ def convert_checkpoint(src: str | Path, out: str | Path, progress: bool = True) 
         },
     )
     keep_umask(tmp)  # safetensors writes 600
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    replace_folder(tmp, out)  # the previous folder stays until this one is in place
     return out
 
 
