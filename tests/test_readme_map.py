@@ -36,3 +36,18 @@ def test_every_package_of_longqa_is_on_the_map() -> None:
     assert packages <= entries, f"missing from the README map: {sorted(packages - entries)}"
     for folder in ("data_builders/", "recipes/", "tests/", "notebooks/", "benchmarks/"):
         assert folder in entries
+
+
+def test_readme_is_a_short_front_door_whose_links_resolve() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 250
+    assert "make demo" in text and "make test" in text
+    docs = set(re.findall(r"\]\((docs/[^)#]+\.md)\)", text))
+    assert len(docs) >= 3, docs
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    pages.append(REPO / "benchmarks" / "README.md")
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            assert (page.parent / target).exists(), (
+                f"{page.relative_to(REPO)}: broken link {target}"
+            )
