@@ -46,6 +46,8 @@ EXAMPLES: dict[str, str] = {
     "models prepare": "longqa models prepare smollm2-135m",
     "models convert": "longqa models convert /ckpt/Qwen-14B-Chat out/qwen14b",
     "experiment run": "longqa experiment run experiments/paraphrase-ablation.yaml --out runs/exp",
+    "experiment pool": "longqa experiment pool runs/exp-s0 runs/exp-s1 runs/exp-s2 "
+    "--out runs/pooled.md",
 }
 
 
