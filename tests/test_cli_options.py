@@ -21,6 +21,7 @@ ROPE_COMMANDS = [
     ("eval", "passage-retrieval"),
     ("eval", "perplexity"),
     ("eval", "ruler"),
+    ("eval", "harness"),
     ("analyze", "effective-tokens"),
     ("analyze", "attention"),
     ("rope", "show"),

@@ -8,6 +8,7 @@ they parse flags and call a library function that notebooks can call too.
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
@@ -79,9 +80,12 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
-    ),
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
 ) -> None:
     """Turn a short-context open LLM into an accurate long-context one on a single GPU."""
 

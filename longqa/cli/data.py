@@ -12,6 +12,7 @@ A thin wrapper over :func:`longqa.data.inspection.inspect_dataset`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -20,23 +21,34 @@ app = typer.Typer(help="Look at a dataset before training on it.", no_args_is_he
 
 @app.command("inspect")
 def inspect(
-    path: Path = typer.Argument(..., help="dataset file or folder (any supported format)"),
-    recipe: str | None = typer.Option(
-        None, "--recipe", help="recipe whose tokenizer and train.max_length to measure against"
-    ),
-    tokenizer: str | None = typer.Option(
-        None, "--tokenizer", help="tokenizer (alias/folder/hub id); default: the recipe's model"
-    ),
-    max_length: int | None = typer.Option(
-        None, "--max-length", min=1, help="length to compare with (default: the recipe's)"
-    ),
-    data_format: str = typer.Option("auto", "--format", help="force the row format"),
-    data_columns: str | None = typer.Option(
-        None, "--data-columns", help="USER,ASSISTANT[,SYSTEM] column names of prompt/response rows"
-    ),
-    skip_bad_rows: bool = typer.Option(
-        False, "--skip-bad-rows", help="count unusable rows instead of failing on the first"
-    ),
+    path: Annotated[Path, typer.Argument(help="dataset file or folder (any supported format)")],
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe", help="recipe whose tokenizer and train.max_length to measure against"
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer", help="tokenizer (alias/folder/hub id); default: the recipe's model"
+        ),
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option("--max-length", min=1, help="length to compare with (default: the recipe's)"),
+    ] = None,
+    data_format: Annotated[str, typer.Option("--format", help="force the row format")] = "auto",
+    data_columns: Annotated[
+        str | None,
+        typer.Option(
+            "--data-columns", help="USER,ASSISTANT[,SYSTEM] column names of prompt/response rows"
+        ),
+    ] = None,
+    skip_bad_rows: Annotated[
+        bool,
+        typer.Option("--skip-bad-rows", help="count unusable rows instead of failing on the first"),
+    ] = False,
 ) -> None:
     """Print what `longqa train --data PATH` would read from PATH."""
     from longqa.data.inspection import inspect_dataset

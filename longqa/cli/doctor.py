@@ -13,6 +13,7 @@ import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 import typer
 
@@ -151,9 +152,12 @@ def environment_checks() -> list[Check]:
 
 
 def doctor(
-    lock_only: bool = typer.Option(
-        False, "--lock-only", help="Only list the installed versions that differ from the lock."
-    ),
+    lock_only: Annotated[
+        bool,
+        typer.Option(
+            "--lock-only", help="Only list the installed versions that differ from the lock."
+        ),
+    ] = False,
 ) -> None:
     """Show versions and what works here: torch/CUDA, 4-bit, flash-attn, Triton, GGUF, SmolLM2,
     and the installed versions against the lock (requirements/cpu-lock.txt)."""

@@ -7,31 +7,47 @@ merges and then writes one GGUF file for llama.cpp/Ollama (:mod:`longqa.models.e
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
 def export(
-    adapter: Path = typer.Option(..., "--adapter", help="adapter folder written by `longqa train`"),
-    out: Path = typer.Option(
-        None, "--out", help="output folder (replaced atomically); optional with --gguf"
-    ),
-    merge: bool = typer.Option(
-        False, "--merge/--keep-adapter", help="fold LoRA into the base weights (default: keep it)"
-    ),
-    model: str | None = typer.Option(
-        None, "--model", help="base model location (default: the adapter's base model)"
-    ),
-    dtype: str = typer.Option(
-        "bfloat16", "--dtype", help="merged weights: bfloat16|float16|float32"
-    ),
-    from_nf4: bool = typer.Option(
-        False, "--from-nf4", help="merge into the de-quantised NF4 weights QLoRA trained against"
-    ),
-    gguf: Path = typer.Option(
-        None, "--gguf", help="also write the merged model as one GGUF file (llama.cpp, Ollama)"
-    ),
-    gguf_type: str = typer.Option("f16", "--type", help="GGUF tensor type: f16 | q8_0 | f32"),
+    adapter: Annotated[
+        Path, typer.Option("--adapter", help="adapter folder written by `longqa train`")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="output folder (replaced atomically); optional with --gguf"),
+    ] = None,
+    merge: Annotated[
+        bool,
+        typer.Option(
+            "--merge/--keep-adapter", help="fold LoRA into the base weights (default: keep it)"
+        ),
+    ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="base model location (default: the adapter's base model)"),
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="merged weights: bfloat16|float16|float32")
+    ] = "bfloat16",
+    from_nf4: Annotated[
+        bool,
+        typer.Option(
+            "--from-nf4", help="merge into the de-quantised NF4 weights QLoRA trained against"
+        ),
+    ] = False,
+    gguf: Annotated[
+        Path,
+        typer.Option(
+            "--gguf", help="also write the merged model as one GGUF file (llama.cpp, Ollama)"
+        ),
+    ] = None,
+    gguf_type: Annotated[
+        str, typer.Option("--type", help="GGUF tensor type: f16 | q8_0 | f32")
+    ] = "f16",
 ) -> None:
     """Merge (or keep) a LoRA adapter and write a config.json whose RoPE settings reproduce
     training in transformers, vLLM and other engines."""

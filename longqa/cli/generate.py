@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -17,23 +18,32 @@ from longqa.config.recipe import RopeConfig
 
 @rope_options
 def generate(
-    model: str | None = typer.Option(
-        None, "--model", help="base model: alias, folder, .gguf or hub id (default: adapter's)"
-    ),
-    adapter: Path | None = typer.Option(None, "--adapter", help="adapter from `longqa train`"),
-    prompt_file: Path | None = typer.Option(
-        None, "--prompt-file", help="prompt text, read as is (default: stdin)"
-    ),
-    chat: bool = typer.Option(False, "--chat", help="multi-turn chat: one stdin line per turn"),
-    system: str | None = typer.Option(None, "--system", help="system message for --chat"),
-    raw: bool = typer.Option(False, "--raw", help="plain text prompt, no chat template"),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy"),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
-    seed: int | None = typer.Option(None, "--seed", help="seed for sampling"),
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="base model: alias, folder, .gguf or hub id (default: adapter's)"
+        ),
+    ] = None,
+    adapter: Annotated[
+        Path | None, typer.Option("--adapter", help="adapter from `longqa train`")
+    ] = None,
+    prompt_file: Annotated[
+        Path | None, typer.Option("--prompt-file", help="prompt text, read as is (default: stdin)")
+    ] = None,
+    chat: Annotated[
+        bool, typer.Option("--chat", help="multi-turn chat: one stdin line per turn")
+    ] = False,
+    system: Annotated[
+        str | None, typer.Option("--system", help="system message for --chat")
+    ] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="plain text prompt, no chat template")] = False,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 256,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy")] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
+    seed: Annotated[int | None, typer.Option("--seed", help="seed for sampling")] = None,
     rope: RopeConfig | None = None,
-    dtype: str = typer.Option("float32", "--dtype", help="float32|bfloat16|float16"),
-    quantization: str = typer.Option("none", "--quantization", help="none|nf4"),
+    dtype: Annotated[str, typer.Option("--dtype", help="float32|bfloat16|float16")] = "float32",
+    quantization: Annotated[str, typer.Option("--quantization", help="none|nf4")] = "none",
 ) -> None:
     """Generate from a prompt file (or stdin), streaming the reply to stdout; --chat for a loop."""
     from rich.console import Console

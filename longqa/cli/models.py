@@ -6,6 +6,7 @@ Thin wrappers over :mod:`longqa.models.checkpoints` and :mod:`longqa.models.qwen
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -38,7 +39,9 @@ def list_cmd() -> None:
 
 @app.command("prepare")
 def prepare(
-    name: str = typer.Argument(..., help="alias (e.g. smollm2-135m), .gguf file, or local folder"),
+    name: Annotated[
+        str, typer.Argument(help="alias (e.g. smollm2-135m), .gguf file, or local folder")
+    ],
 ) -> None:
     """Convert a model once into the cache so later loads are fast and offline."""
     from longqa.models.checkpoints import is_prepared, prepare_model
@@ -50,8 +53,10 @@ def prepare(
 
 @app.command("convert")
 def convert(
-    src: Path = typer.Argument(..., help="original-Qwen checkpoint folder (e.g. Qwen-14B-Chat)"),
-    out: Path = typer.Argument(..., help="output folder (native Qwen2 layout)"),
+    src: Annotated[
+        Path, typer.Argument(help="original-Qwen checkpoint folder (e.g. Qwen-14B-Chat)")
+    ],
+    out: Annotated[Path, typer.Argument(help="output folder (native Qwen2 layout)")],
 ) -> None:
     """Convert an original-Qwen checkpoint to the native transformers Qwen2 layout on disk."""
     from longqa.models.qwen_convert import convert_checkpoint

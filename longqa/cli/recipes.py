@@ -5,6 +5,8 @@ Thin wrappers over :mod:`longqa.config.recipe`.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(help="Shipped training recipes (list, show resolved YAML).", no_args_is_help=True)
@@ -28,10 +30,11 @@ def list_cmd() -> None:
 
 @app.command("show")
 def show(
-    name: str = typer.Argument(..., help="shipped recipe name or path to a YAML file"),
-    overrides: list[str] = typer.Option(
-        [], "--set", help="dotted override key=value, e.g. train.lr=1e-4 (repeatable)"
-    ),
+    name: Annotated[str, typer.Argument(help="shipped recipe name or path to a YAML file")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="dotted override key=value, e.g. train.lr=1e-4 (repeatable)"),
+    ] = None,
 ) -> None:
     """Print the resolved recipe (defaults filled in, overrides applied) as YAML."""
     from longqa.config.recipe import dump_recipe, load_recipe

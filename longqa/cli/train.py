@@ -13,71 +13,106 @@ Examples::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
 def train(
-    recipe: str = typer.Option(..., "--recipe", help="shipped recipe name or path to a YAML file"),
-    data: list[str] | None = typer.Option(
-        None,
-        "--data",
-        help="PATH[:WEIGHT] replacing the recipe's sft data (repeatable; formats detected per row)",
-    ),
-    data_format: str = typer.Option(
-        "auto",
-        "--data-format",
-        help="force the row format of --data: messages, openai, sharegpt, alpaca, columns, text",
-    ),  # fmt: skip
-    data_columns: str | None = typer.Option(
-        None,
-        "--data-columns",
-        help="USER,ASSISTANT[,SYSTEM] column names of --data rows (CSV/TSV/Parquet/JSON), when "
-        "they are not prompt/response, question/answer, instruction/output, …",
-    ),
-    pretrain_data: list[str] | None = typer.Option(
-        None,
-        "--pretrain-data",
-        help="PATH[:WEIGHT] of your own text for continued pretraining (.txt/.md files or "
-        'folders, {"text"} rows; repeatable): replaces the recipe\'s pretrain data, adding a '
-        "pretrain phase when it has none",
-    ),
-    skip_bad_rows: bool = typer.Option(
-        False,
-        "--skip-bad-rows",
-        help="skip unusable rows instead of failing: the first of each kind is shown, every one "
-        "listed in skipped_rows.txt in the run folder",
-    ),
-    strict: bool = typer.Option(
-        False, "--strict", help="fail when a pretraining phase has no data (default: skip it)"
-    ),
-    pretrain_on_sft_text: bool = typer.Option(
-        False,
-        "--pretrain-on-sft-text",
-        help="a pretraining phase without data trains on the full text of --data instead",
-    ),  # fmt: skip
-    out: Path | None = typer.Option(None, "--out", help="output dir (default: the recipe's)"),
-    max_steps: int | None = typer.Option(
-        None, "--max-steps", min=1, help="cap every phase at N optimizer steps"
-    ),
-    resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
-    resume_from_previous: bool = typer.Option(
-        False,
-        "--resume-from-previous",
-        help="--resume, setting an incomplete last checkpoint aside for the one before",
-    ),
-    plan: bool = typer.Option(False, "--plan", help="print the GPU memory plan and exit"),
-    gpu_mem: float = typer.Option(80.0, "--gpu-mem", min=1, help="GPU memory in GB for --plan"),
-    launch: str | None = typer.Option(
-        None, "--launch", help="train on several GPUs: ddp, fsdp, deepspeed or ulysses"
-    ),
-    gpus: int = typer.Option(1, "--gpus", min=1, help="GPUs for --launch (and for --plan)"),
-    print_command: bool = typer.Option(
-        False, "--print-command", help="with --launch: print the accelerate command, don't run it"
-    ),
-    set_: list[str] | None = typer.Option(
-        None, "--set", help="recipe override key=value (repeatable), e.g. train.lr=1e-4"
-    ),
+    recipe: Annotated[
+        str, typer.Option("--recipe", help="shipped recipe name or path to a YAML file")
+    ],
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data",
+            help="PATH[:WEIGHT] replacing the recipe's sft data (repeatable; formats detected per row)",
+        ),
+    ] = None,
+    data_format: Annotated[
+        str,
+        typer.Option(
+            "--data-format",
+            help="force the row format of --data: messages, openai, sharegpt, alpaca, columns, text",
+        ),
+    ] = "auto",  # fmt: skip
+    data_columns: Annotated[
+        str | None,
+        typer.Option(
+            "--data-columns",
+            help="USER,ASSISTANT[,SYSTEM] column names of --data rows (CSV/TSV/Parquet/JSON), when "
+            "they are not prompt/response, question/answer, instruction/output, …",
+        ),
+    ] = None,
+    pretrain_data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pretrain-data",
+            help="PATH[:WEIGHT] of your own text for continued pretraining (.txt/.md files or "
+            'folders, {"text"} rows; repeatable): replaces the recipe\'s pretrain data, adding a '
+            "pretrain phase when it has none",
+        ),
+    ] = None,
+    skip_bad_rows: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad-rows",
+            help="skip unusable rows instead of failing: the first of each kind is shown, every one "
+            "listed in skipped_rows.txt in the run folder",
+        ),
+    ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="fail when a pretraining phase has no data (default: skip it)"
+        ),
+    ] = False,
+    pretrain_on_sft_text: Annotated[
+        bool,
+        typer.Option(
+            "--pretrain-on-sft-text",
+            help="a pretraining phase without data trains on the full text of --data instead",
+        ),
+    ] = False,  # fmt: skip
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output dir (default: the recipe's)")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", min=1, help="cap every phase at N optimizer steps")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from the last checkpoint")
+    ] = False,
+    resume_from_previous: Annotated[
+        bool,
+        typer.Option(
+            "--resume-from-previous",
+            help="--resume, setting an incomplete last checkpoint aside for the one before",
+        ),
+    ] = False,
+    plan: Annotated[
+        bool, typer.Option("--plan", help="print the GPU memory plan and exit")
+    ] = False,
+    gpu_mem: Annotated[
+        float, typer.Option("--gpu-mem", min=1, help="GPU memory in GB for --plan")
+    ] = 80.0,
+    launch: Annotated[
+        str | None,
+        typer.Option("--launch", help="train on several GPUs: ddp, fsdp, deepspeed or ulysses"),
+    ] = None,
+    gpus: Annotated[
+        int, typer.Option("--gpus", min=1, help="GPUs for --launch (and for --plan)")
+    ] = 1,
+    print_command: Annotated[
+        bool,
+        typer.Option(
+            "--print-command", help="with --launch: print the accelerate command, don't run it"
+        ),
+    ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="recipe override key=value (repeatable), e.g. train.lr=1e-4"),
+    ] = None,
 ) -> None:
     """Train a LoRA adapter with the recipe's RoPE scaling (phases: pretrain, sft)."""
     from rich.console import Console
