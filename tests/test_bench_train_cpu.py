@@ -1,8 +1,7 @@
-"""CPU training benchmark: ratios table, variant check; the CPU allocator switch of the runtime."""
+"""CPU training benchmark: ratios table, variant check."""
 
 from __future__ import annotations
 
-import pytest
 from bench_modules import bench_fixture
 
 bench = bench_fixture("bench_train_cpu")
@@ -70,32 +69,3 @@ def test_every_variant_is_a_valid_recipe_override(bench):
     assert load_recipe(bench.RECIPE, bench.VARIANTS["longqa glibc default"]).memory == (
         load_recipe(bench.RECIPE, ["memory.cpu_return_freed=false"]).memory
     )
-
-
-@pytest.mark.parametrize("on", [True, False])
-def test_cpu_return_freed_switch(monkeypatch, on):
-    import longqa.train.model as train_model
-    from longqa.config.recipe import load_recipe
-
-    calls: list[int] = []
-    monkeypatch.setattr(train_model, "release_freed_memory_on_cpu", lambda: calls.append(1) or True)
-    recipe = load_recipe("smollm2-135m-yarn16k", [f"memory.cpu_return_freed={str(on).lower()}"])
-    rt = train_model.runtime_for(recipe, "cpu")
-    assert calls == ([1] if on else [])
-    assert any("returned to the OS" in n for n in rt.notices) == on
-
-
-@pytest.mark.parametrize(
-    ("length", "on"), [(2048, False), (4095, False), (4096, True), (8192, True)]
-)
-def test_cpu_return_freed_auto_follows_the_length(length, on):
-    from longqa.config.recipe import load_recipe, returns_freed_memory
-
-    recipe = load_recipe("smollm2-135m-yarn16k", [f"train.max_length={length}"])
-    assert recipe.memory.cpu_return_freed == "auto"  # the default
-    assert returns_freed_memory(recipe) is on
-    phases = load_recipe(
-        "smollm2-135m-yarn16k",
-        ["train.max_length=2048", "train.phases.0.max_length=8192"],
-    )
-    assert returns_freed_memory(phases)  # the longest phase counts
