@@ -17,24 +17,12 @@ L0 = 64  # tiny model's pretraining window
 
 def tiny_tokenizer():
     """Byte-level tokenizer (256 byte tokens + ChatML specials) with a chat template."""
-    from tokenizers import Tokenizer, decoders, pre_tokenizers
-    from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from train_fixtures import byte_tokenizer
 
-    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
-    tok = Tokenizer(BPE(vocab, [], fuse_unk=False))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
-    fast.chat_template = (
+    return byte_tokenizer(
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
-    return fast
 
 
 def make_tiny_llama(folder: Path, seed: int = 0) -> Path:
