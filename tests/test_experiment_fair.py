@@ -55,6 +55,14 @@ def test_gpu_dry_run_lists_pieces_of_at_most_eight_minutes():
     assert pieced == heavy  # every training and eval stage in exactly one piece, in order
 
 
+def test_only_selects_stage_names_or_folders():
+    from longqa.experiment.stages import selected
+
+    assert selected("eval/paraphrase", ["eval/paraphrase"])
+    assert not selected("eval/paraphrase-index", ["eval/paraphrase"])  # a name, not a prefix
+    assert selected("eval/paraphrase-index", ["train/base", "eval/"])
+
+
 # ------------------------------------------------------------------------- no lexical giveaway
 @pytest.fixture(scope="module")
 def essays():
@@ -229,13 +237,21 @@ def test_tiny_probe_run_with_a_matched_arm_in_pieces(tmp_path, monkeypatch):
     exp = experiment_from_dict(tree, str(tmp_path / "e.yaml"))
     out = tmp_path / "run"
     first = run_experiment(exp, "cpu", out, datasets=ablation, progress=False, argv=[],
-                           only=["train/paraphrase"])  # fmt: skip
-    assert "train/index-detailed" in first["deferred"] and not (out / "results.json").exists()
+                           only=["train/paraphrase", "eval/base", "eval/paraphrase"])  # fmt: skip
+    assert "train/index-detailed" in first["deferred"]  # a partial report names what is left
+    assert set(first["sets"]["probe"]["arms"]) == {"base", "paraphrase"}
+    assert "not run for this seed: " in (out / "results.md").read_text()
+    first_copy = tmp_path / "first"
+    first_copy.mkdir()
+    (first_copy / "results.json").write_text((out / "results.json").read_text())
     res = run_experiment(exp, "cpu", out, datasets=ablation, progress=False, argv=[], resume=True)
     assert set(res["sets"]["probe"]["arms"]) == {"base", "paraphrase", "index-detailed",
                                                  "index-matched"}  # fmt: skip
     t = res["train"]
     assert t["index-matched"]["samples"] > t["index-detailed"]["samples"]
     assert t["index-matched"]["steps"] > t["index-detailed"]["steps"]
-    pooled = pool_runs([out, out], tmp_path / "pooled.md")
-    assert pooled["comparisons"] and "resolved" in (tmp_path / "pooled.md").read_text()
+    pooled = pool_runs([first_copy, out], tmp_path / "pooled.md")
+    by_pair = {(c["a"], c["b"], c["metric"]): c for c in pooled["comparisons"]}
+    assert by_pair[("paraphrase", "base", "answer")]["seeds"] == 2  # both seeds have both arms
+    assert by_pair[("paraphrase", "index-detailed", "answer")]["seeds"] == 1
+    assert "resolved" in (tmp_path / "pooled.md").read_text()

@@ -36,7 +36,9 @@ def run(
         None, "--seed", help="split and training seed replacing the file's split.seed and seed"
     ),
     only: list[str] | None = typer.Option(
-        None, "--only", help="run only these training/eval stages (name prefixes; repeatable)"
+        None,
+        "--only",
+        help="run only these training/eval stages (names, or eval/ for all; repeatable)",
     ),
 ) -> None:
     """Build, train, evaluate and report every arm of the experiment (stages cached)."""

@@ -102,6 +102,7 @@ def run_record(
         "command": command, "question_style": exp.question_style, "cleaned": cleaned,
         "train": train, "train_gold_positions": dict(positions), "sets": sets,
         "stage_seconds": seconds, "total_seconds": round(sum(v or 0 for v in seconds.values()), 1),
+        "deferred": list(stages.deferred),
     }  # fmt: skip
 
 
@@ -129,10 +130,16 @@ def pool_runs(runs: list[Path], out: Path) -> dict[str, Any]:
     return pooled
 
 
-def _hits(recs: list[dict], key: str, arm: str, metric: str) -> tuple[list[bool], list[int]]:
+def _hits(
+    recs: list[dict], key: str, arm: str, metric: str, need: tuple[str, ...] = ()
+) -> tuple[list[bool], list[int]]:
+    """``arm``'s outcomes over the seeds (only seeds where every arm of ``need`` was evaluated)."""
     flags, strata = [], []
     for i, rec in enumerate(recs):
-        rows = rec["sets"].get(key, {}).get("arms", {}).get(arm, [])
+        arms = rec["sets"].get(key, {}).get("arms", {})
+        if any(a not in arms for a in need):
+            continue
+        rows = arms.get(arm, [])
         flags += [bool(r[metric]) for r in rows]
         strata += [i] * len(rows)
     return flags, strata
@@ -142,20 +149,20 @@ def comparisons(recs: list[dict]) -> list[dict[str, Any]]:
     """Paired differences (a − b) for every pair of arms present, per probe set and metric."""
     out = []
     for key in recs[0]["sets"]:
-        arms = set(recs[0]["sets"][key]["arms"])
+        arms = {a for r in recs for a in r["sets"].get(key, {}).get("arms", {})}
         for a, b in PAIRS:
             if a not in arms or b not in arms:
                 continue
             for label, metric in METRICS.items():
-                fa, strata = _hits(recs, key, a, metric)
-                fb, _ = _hits(recs, key, b, metric)
-                if len(fa) != len(fb):
+                fa, strata = _hits(recs, key, a, metric, need=(a, b))
+                fb, _ = _hits(recs, key, b, metric, need=(a, b))
+                if len(fa) != len(fb) or not fa:
                     continue
                 diff = paired_bootstrap(fa, fb, strata=strata)
                 test = mcnemar_exact(fa, fb)
                 resolved = test["p"] < 0.05 and (diff["lo"] > 0 or diff["hi"] < 0)
                 out.append({"set": key, "a": a, "b": b, "metric": label, "diff": diff, **test,
-                            "resolved": resolved})  # fmt: skip
+                            "resolved": resolved, "seeds": len(set(strata))})  # fmt: skip
     return out
 
 
@@ -163,7 +170,8 @@ def _table(recs: list[dict], key: str) -> list[str]:
     sets = [r["sets"][key] for r in recs if key in r["sets"]]
     n = sum(s["n"] for s in sets)
     cols = [*METRICS, *SECONDARY]
-    lines = [f"| arm (n = {n}) | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines = [f"| arm (n = {n} unless stated) | " + " | ".join(cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]  # fmt: skip
     chance = [sum(s["chance"][m] * s["n"] for s in sets) / max(1, n)
               for m in ("answer", "doc", "option")]  # fmt: skip
     lines.append(
@@ -175,21 +183,22 @@ def _table(recs: list[dict], key: str) -> list[str]:
     od = proportion([f for s in sets for f in s["oracle"]["doc"]])
     oo = proportion([f for s in sets for f in s["oracle"]["option"]])
     lines.append(f"| lexical oracle (bag of words) | {fmt(oo)} | {fmt(od)} | {fmt(oo)} | — |")
-    for arm in sets[0]["arms"]:
+    for arm in dict.fromkeys(a for s in sets for a in s["arms"]):
         cells = []
         for metric in [*METRICS.values(), *SECONDARY.values()]:
             cells.append(fmt(proportion(_hits(recs, key, arm, metric)[0])))
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        k = len(_hits(recs, key, arm, "answer_hit")[0])
+        lines.append(f"| {arm}{'' if k == n else f' (n = {k})'} | " + " | ".join(cells) + " |")
     return lines
 
 
 def _cmp_lines(cmps: list[dict]) -> list[str]:
-    lines = ["| set | a − b | metric | difference [95% paired bootstrap] | a-only / b-only | "
-             "McNemar p | |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| set | a − b | metric | n | difference [95% paired bootstrap] | a-only / b-only | "
+             "McNemar p | |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for c in cmps:
         d = c["diff"]
         lines.append(
-            f"| {c['set']} | {c['a']} − {c['b']} | {c['metric']} | {d['value']:+.2f} "
+            f"| {c['set']} | {c['a']} − {c['b']} | {c['metric']} | {d['n']} | {d['value']:+.2f} "
             f"[{d['lo']:+.2f}, {d['hi']:+.2f}] | {c['n10']} / {c['n01']} | {c['p']:.3f} | "
             f"{'**resolved**' if c['resolved'] else 'unresolved'} |"
         )
@@ -203,6 +212,8 @@ def render(recs: list[dict]) -> str:
     for r in recs:
         lines.append(f"- seed {r['seed']}: `{r['command']}` ({r['total_seconds'] / 60:.1f} min of "
                      f"stages)")  # fmt: skip
+        if r.get("deferred"):
+            lines.append(f"  - not run for this seed: {', '.join(r['deferred'])}")
     lines += ["", "Cells: accuracy [95% Wilson interval]. n counts items over the seeds.", ""]
     cmps = comparisons(recs)
     for key in recs[0]["sets"]:

@@ -249,15 +249,16 @@ def run_experiment(
         )  # fmt: skip
         if res is not None:
             evals[arm.name] = res
+    cmd = "longqa " + " ".join(argv if argv is not None else sys.argv[1:])
     if stages.deferred:
         console.print(f"piece finished; not run yet: {', '.join(stages.deferred)}", highlight=False)
-        return {"deferred": stages.deferred}
-    cmd = "longqa " + " ".join(argv if argv is not None else sys.argv[1:])
-    if any(k.startswith("probe") for k in exp.evals):
+    if any(k.startswith("probe") for k in exp.evals):  # a partial report lists what is missing
         from longqa.experiment.fair import write_fair_report
 
         return write_fair_report(out, exp, profile, stages=stages, train=train_res, data=data_res,
                                  probes=probe_sets, cleaned=cleaned, evals=evals, command=cmd)  # fmt: skip
+    if stages.deferred:
+        return {"deferred": stages.deferred}
     return write_report(out, exp, profile, plan=plan, stages=stages, train=train_res,
                         effective=effective, evals=evals, command=cmd)  # fmt: skip
 

@@ -33,6 +33,11 @@ def fingerprint(inputs: Any) -> str:
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
 
+def selected(name: str, only: list[str]) -> bool:
+    """``name`` is one of ``only``, or lies under one ending in "/" (``train/``: every training)."""
+    return any(name == p or (p.endswith("/") and name.startswith(p)) for p in only)
+
+
 class Stages:
     """Runs named stages under ``out``; ``ran`` and ``skipped`` list what each call did."""
 
@@ -79,7 +84,7 @@ class Stages:
             self._say(f"[dim]stage {name}: finished earlier, skipped[/]")
             return rec["result"]
         heavy = name.split("/")[0] in ("train", "eval", "effective")
-        if heavy and self.only is not None and not any(name.startswith(p) for p in self.only):
+        if heavy and self.only is not None and not selected(name, self.only):
             self.defer(name)
             return None
         folder = self.out / name
