@@ -255,3 +255,18 @@ def test_tiny_probe_run_with_a_matched_arm_in_pieces(tmp_path, monkeypatch):
     assert by_pair[("paraphrase", "base", "answer")]["seeds"] == 2  # both seeds have both arms
     assert by_pair[("paraphrase", "index-detailed", "answer")]["seeds"] == 1
     assert "resolved" in (tmp_path / "pooled.md").read_text()
+
+
+def test_cli_eval_and_seed_options_replace_the_file_values(tmp_path):
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "longqa", "experiment", "run", "paraphrase-ablation", "--dry-run"]
+    done = subprocess.run([*cmd, "--eval", "probe", "--seed", "3"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "probe sets ['probe']" in done.stderr and "probe-xcorpus" not in done.stderr
+    bad = subprocess.run([*cmd, "--eval", "rouge"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path)  # fmt: skip
+    assert bad.returncode != 0 and "evals" in bad.stderr and bad.stderr.strip().count("\n") == 0

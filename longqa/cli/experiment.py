@@ -35,6 +35,9 @@ def run(
     seed: int | None = typer.Option(
         None, "--seed", help="split and training seed replacing the file's split.seed and seed"
     ),
+    evals: list[str] | None = typer.Option(
+        None, "--eval", help="evaluations replacing the profile's (repeatable; e.g. probe)"
+    ),
     only: list[str] | None = typer.Option(
         None,
         "--only",
@@ -52,6 +55,12 @@ def run(
         exp.corpus = str(corpus.resolve())
     if seed is not None:
         exp.split.seed, exp.seed = seed, seed
+    if evals:
+        from longqa.experiment.schema import experiment_from_dict
+
+        tree = exp.model_dump(mode="json")
+        tree["profiles"][profile]["evals"] = evals
+        exp = experiment_from_dict(tree, exp.source)
     console = Console(stderr=True)
     if dry_run:
         print_plan(make_plan(exp, profile), console)

@@ -148,7 +148,7 @@ def _hits(
 def comparisons(recs: list[dict]) -> list[dict[str, Any]]:
     """Paired differences (a − b) for every pair of arms present, per probe set and metric."""
     out = []
-    for key in recs[0]["sets"]:
+    for key in dict.fromkeys(k for r in recs for k in r["sets"]):
         arms = {a for r in recs for a in r["sets"].get(key, {}).get("arms", {})}
         for a, b in PAIRS:
             if a not in arms or b not in arms:
@@ -216,8 +216,9 @@ def render(recs: list[dict]) -> str:
             lines.append(f"  - not run for this seed: {', '.join(r['deferred'])}")
     lines += ["", "Cells: accuracy [95% Wilson interval]. n counts items over the seeds.", ""]
     cmps = comparisons(recs)
-    for key in recs[0]["sets"]:
-        lines += [f"## {key}: pooled over seeds {seeds}", "", *_table(recs, key), ""]
+    for key in dict.fromkeys(k for r in recs for k in r["sets"]):
+        have = ", ".join(str(r["seed"]) for r in recs if key in r["sets"])
+        lines += [f"## {key}: pooled over seeds {have}", "", *_table(recs, key), ""]
     resolved = [c for c in cmps if c["resolved"]]
     lines += [f"## Paired comparisons, pooled ({len(cmps)} made; {len(resolved)} resolved)", "",
               *_cmp_lines(cmps), ""]  # fmt: skip
