@@ -270,3 +270,18 @@ def test_cli_eval_and_seed_options_replace_the_file_values(tmp_path):
     bad = subprocess.run([*cmd, "--eval", "rouge"], capture_output=True, text=True, env=env,
                          cwd=tmp_path)  # fmt: skip
     assert bad.returncode != 0 and "evals" in bad.stderr and bad.stderr.strip().count("\n") == 0
+
+
+def test_comparisons_pair_items_by_key_within_each_seed():
+    from longqa.experiment.fair import comparisons
+
+    def rows(flags: str, keys: str) -> list[dict]:
+        return [{"key": k, "answer_hit": f == "1", "doc_lik_hit": f == "1",
+                 "option_lik_hit": False} for f, k in zip(flags, keys, strict=True)]  # fmt: skip
+
+    s0 = {"probe": {"arms": {"paraphrase": rows("1110", "abcd"), "base": rows("000", "abc")}}}
+    s1 = {"probe": {"arms": {"paraphrase": rows("01", "ab"), "base": rows("11", "ba")}}}
+    got = {c["metric"]: c for c in comparisons([{"sets": s0}, {"sets": s1}])}
+    ans = got["answer"]  # item d has no base row: left out; seed 1 pairs b with b, a with a
+    assert ans["diff"]["n"] == 5 and (ans["n10"], ans["n01"]) == (3, 1) and ans["seeds"] == 2
+    assert ans["diff"]["value"] == pytest.approx((3 - 1) / 5)

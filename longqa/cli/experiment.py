@@ -38,6 +38,9 @@ def run(
     evals: list[str] | None = typer.Option(
         None, "--eval", help="evaluations replacing the profile's (repeatable; e.g. probe)"
     ),
+    partial: bool = typer.Option(
+        False, "--partial", help="report unfinished evaluations with the items scored so far"
+    ),
     only: list[str] | None = typer.Option(
         None,
         "--only",
@@ -77,7 +80,7 @@ def run(
     hold_for_command(out)
 
     run_experiment(exp, profile, out, datasets=ablation, resume=resume, base_url=base_url, llm_model=model,
-                   console=console, progress=progress, argv=sys.argv[1:], only=only or None)  # fmt: skip
+                   console=console, progress=progress, argv=sys.argv[1:], only=only or None, partial=partial)  # fmt: skip
     if (out / "results.md").is_file():
         console.print(f"[green]done:[/] {out / 'results.md'}", highlight=False)
 

@@ -31,7 +31,7 @@ from longqa.eval.attribution import normalize_words
 from longqa.experiment.stats import fmt, mcnemar_exact, paired_bootstrap, proportion
 
 METRICS = {"answer": "answer_hit", "doc (lik)": "doc_lik_hit", "option (lik)": "option_lik_hit"}
-SECONDARY = {"doc (form)": "form_doc_hit"}
+SECONDARY = {"doc (form)": "form_doc_hit", "wrote 'Answer:'": "answered"}
 PAIRS = [
     ("paraphrase", "index-detailed"), ("paraphrase", "index-matched"), ("paraphrase", "detailed"),
     ("paraphrase-index", "index-detailed"), ("paraphrase", "paraphrase-index"),
@@ -73,9 +73,11 @@ def oracle_rows(probe_file: str) -> dict[str, dict[str, bool]]:
 
 def run_record(
     exp: Any, profile: str, *, stages: Any, train: dict, data: dict, probes: dict, cleaned: dict,
-    evals: dict, command: str,
+    evals: dict, command: str, partial: dict | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The JSON-able record of one finished run (one seed)."""
+    """The JSON-able record of one run (one seed); ``partial``: arm -> items scored so far, for
+    evaluations stopped before their end (their rows are in the tables, marked)."""
+    partial = partial or {}
     first = next((n for n in ("paraphrase", *data) if n in data), None)
     positions = Counter(data[first]["gold_positions"]) if first else Counter()
     top = max(positions, key=positions.get) if positions else None
@@ -92,8 +94,9 @@ def run_record(
                                   for r in base_rows) / max(1, len(base_rows))},
             "oracle": {"doc": [oracle[r["key"]]["doc"] for r in base_rows],
                        "option": [oracle[r["key"]]["option"] for r in base_rows]},
-            "arms": {arm: [{k: r[k] for k in ("key", "gold", "doc_pick", "new_tokens",
-                                              *METRICS.values(), *SECONDARY.values())}
+            "arms": {arm: [{**{k: r[k] for k in ("key", "gold", "doc_pick", "new_tokens",
+                                                 *METRICS.values(), "form_doc_hit")},
+                            "answered": "Answer:" in r.get("text", "")}
                            for r in rows] for arm, rows in arms.items()},
         }  # fmt: skip
     seconds = {n: (stages.record(n) or {}).get("seconds") for n in stages.finished_names()}
@@ -102,7 +105,8 @@ def run_record(
         "command": command, "question_style": exp.question_style, "cleaned": cleaned,
         "train": train, "train_gold_positions": dict(positions), "sets": sets,
         "stage_seconds": seconds, "total_seconds": round(sum(v or 0 for v in seconds.values()), 1),
-        "deferred": list(stages.deferred),
+        "deferred": [d for d in stages.deferred if d.split("/", 1)[-1] not in partial],
+        "partial": partial,
     }  # fmt: skip
 
 
@@ -130,19 +134,28 @@ def pool_runs(runs: list[Path], out: Path) -> dict[str, Any]:
     return pooled
 
 
-def _hits(
-    recs: list[dict], key: str, arm: str, metric: str, need: tuple[str, ...] = ()
-) -> tuple[list[bool], list[int]]:
-    """``arm``'s outcomes over the seeds (only seeds where every arm of ``need`` was evaluated)."""
+def _hits(recs: list[dict], key: str, arm: str, metric: str) -> tuple[list[bool], list[int]]:
+    """``arm``'s outcomes over the seeds, with the seed index of each."""
     flags, strata = [], []
     for i, rec in enumerate(recs):
-        arms = rec["sets"].get(key, {}).get("arms", {})
-        if any(a not in arms for a in need):
-            continue
-        rows = arms.get(arm, [])
+        rows = rec["sets"].get(key, {}).get("arms", {}).get(arm, [])
         flags += [bool(r[metric]) for r in rows]
         strata += [i] * len(rows)
     return flags, strata
+
+
+def _paired(recs: list[dict], key: str, a: str, b: str, metric: str) -> tuple[list, list, list]:
+    """Outcomes of ``a`` and ``b`` on the items both were scored on, with their seed index."""
+    fa, fb, strata = [], [], []
+    for i, rec in enumerate(recs):
+        arms = rec["sets"].get(key, {}).get("arms", {})
+        rows_b = {r["key"]: r for r in arms.get(b, [])}
+        for r in arms.get(a, []):
+            if r["key"] in rows_b:
+                fa.append(bool(r[metric]))
+                fb.append(bool(rows_b[r["key"]][metric]))
+                strata.append(i)
+    return fa, fb, strata
 
 
 def comparisons(recs: list[dict]) -> list[dict[str, Any]]:
@@ -154,9 +167,8 @@ def comparisons(recs: list[dict]) -> list[dict[str, Any]]:
             if a not in arms or b not in arms:
                 continue
             for label, metric in METRICS.items():
-                fa, strata = _hits(recs, key, a, metric, need=(a, b))
-                fb, _ = _hits(recs, key, b, metric, need=(a, b))
-                if len(fa) != len(fb) or not fa:
+                fa, fb, strata = _paired(recs, key, a, b, metric)
+                if not fa:
                     continue
                 diff = paired_bootstrap(fa, fb, strata=strata)
                 test = mcnemar_exact(fa, fb)
@@ -175,14 +187,16 @@ def _table(recs: list[dict], key: str) -> list[str]:
     chance = [sum(s["chance"][m] * s["n"] for s in sets) / max(1, n)
               for m in ("answer", "doc", "option")]  # fmt: skip
     lines.append(
-        f"| chance | {chance[0]:.2f} | {chance[1]:.2f} | {chance[2]:.2f} | {chance[1]:.2f} |"
+        f"| chance | {chance[0]:.2f} | {chance[1]:.2f} | {chance[2]:.2f} | {chance[1]:.2f} | — |"
     )
     maj = sum(s["majority_position"]["doc"] * s["n"] for s in sets) / max(1, n)
     pos = ", ".join(str(s["majority_position"]["position"]) for s in sets)
-    lines.append(f"| train's most frequent gold position ({pos}) | — | {maj:.2f} | — | {maj:.2f} |")
+    lines.append(
+        f"| train's most frequent gold position ({pos}) | — | {maj:.2f} | — | {maj:.2f} | — |"
+    )
     od = proportion([f for s in sets for f in s["oracle"]["doc"]])
     oo = proportion([f for s in sets for f in s["oracle"]["option"]])
-    lines.append(f"| lexical oracle (bag of words) | {fmt(oo)} | {fmt(od)} | {fmt(oo)} | — |")
+    lines.append(f"| lexical oracle (bag of words) | {fmt(oo)} | {fmt(od)} | {fmt(oo)} | — | — |")
     for arm in dict.fromkeys(a for s in sets for a in s["arms"]):
         cells = []
         for metric in [*METRICS.values(), *SECONDARY.values()]:
@@ -214,6 +228,11 @@ def render(recs: list[dict]) -> str:
                      f"stages)")  # fmt: skip
         if r.get("deferred"):
             lines.append(f"  - not run for this seed: {', '.join(r['deferred'])}")
+        if r.get("partial"):
+            part = ", ".join(f"{a} ({k} items)" for a, k in r["partial"].items())
+            lines.append(
+                f"  - evaluation stopped before its end (the items scored are used): {part}"
+            )
     lines += ["", "Cells: accuracy [95% Wilson interval]. n counts items over the seeds.", ""]
     cmps = comparisons(recs)
     for key in dict.fromkeys(k for r in recs for k in r["sets"]):

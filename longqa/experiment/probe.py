@@ -92,6 +92,13 @@ def encode(tok: Any, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
+def probe_keys(samples: Path) -> set[str]:
+    """Ids of the samples of a probe file."""
+    from longqa.data.schema import read_samples
+
+    return {s.id for s in read_samples(samples)}
+
+
 def probe_items(tok: Any, samples: Path, n: int) -> list[dict[str, Any]]:
     """The first ``n`` samples of a held-out set as probe items (prompt ids, gold, candidates)."""
     from longqa.data.schema import read_samples

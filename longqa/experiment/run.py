@@ -139,6 +139,7 @@ def run_experiment(
     progress: bool = True,
     argv: list[str] | None = None,
     only: list[str] | None = None,
+    partial: bool = False,
 ) -> dict[str, Any]:
     """Run (or continue) every stage of ``exp`` under ``out``; returns the report dict.
 
@@ -232,6 +233,7 @@ def run_experiment(
         ins = {"data": data_fps, "model": prof.model, "n": prof.eval.effective_samples}
         effective = stages.run("effective", ins, lambda f: _effective(prof, data_dirs, f))
     evals: dict[str, Any] = {}
+    partial_arms: dict[str, int] = {}
     for arm in exp.arms:
         adapter = adapters.get(arm.name)
         if arm.form != "none" and adapter is None:
@@ -247,6 +249,10 @@ def run_experiment(
             f"eval/{arm.name}", ins,
             lambda f, a=arm, ad=adapter: _eval_arm(exp, prof, a, ad, inputs, f, progress),
         )  # fmt: skip
+        if res is None and partial:
+            res = _partial_rows(exp, out / f"eval/{arm.name}", inputs)
+            if res:
+                partial_arms[arm.name] = sum(len(v) for v in res.values())
         if res is not None:
             evals[arm.name] = res
     cmd = "longqa " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -256,11 +262,34 @@ def run_experiment(
         from longqa.experiment.fair import write_fair_report
 
         return write_fair_report(out, exp, profile, stages=stages, train=train_res, data=data_res,
-                                 probes=probe_sets, cleaned=cleaned, evals=evals, command=cmd)  # fmt: skip
+                                 probes=probe_sets, cleaned=cleaned, evals=evals, command=cmd,
+                                 partial=partial_arms)  # fmt: skip
     if stages.deferred:
         return {"deferred": stages.deferred}
     return write_report(out, exp, profile, plan=plan, stages=stages, train=train_res,
                         effective=effective, evals=evals, command=cmd)  # fmt: skip
+
+
+def _partial_rows(exp: Experiment, folder: Path, inputs: dict[str, Any]) -> dict[str, list]:
+    """The probe rows an unfinished eval stage has written so far (``--partial`` reports)."""
+    import json
+
+    from longqa.experiment.probe import probe_keys
+
+    out = {}
+    for key in (k for k in exp.evals if k.startswith("probe")):
+        path = folder / key / "results.jsonl"
+        if path.is_file():  # read only: a running evaluation may still be appending
+            wanted, rows = probe_keys(Path(inputs[key])), []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line being written
+                if row.get("key") in wanted:
+                    rows.append(row)
+            out[key] = [{k: v for k, v in r.items() if k != "doc_logprobs"} for r in rows]
+    return {k: v for k, v in out.items() if v}
 
 
 def _matched_samples(exp: Experiment, prof: Profile, arm: Any, data_res: dict) -> int | None:
