@@ -106,4 +106,6 @@ def test_describe_prints_behaviour_and_options():
     assert res.exit_code == 0, res.output
     assert "no_abstract" in res.output and "--min-abstract-words" in res.output
     res = CliRunner().invoke(app, ["build-data", "--task", "paraphrase-mdqa", "--describe"])
-    assert "--answer-style" in res.output and "'paraphrase', 'plain'" in res.output
+    assert (
+        "--answer-style" in res.output and "'paraphrase', 'paraphrase-index', 'plain'" in res.output
+    )
