@@ -212,23 +212,18 @@ def test_shipped_task_yamls_load_on_built_data(tmp_path, monkeypatch, essays_dir
 def yarn_adapter(tmp_path_factory, smollm2_path):
     """A LoRA adapter on SmolLM2-135M trained (here: random, nonzero) with static YaRN x2, and its
     `longqa export --merge` output in float32."""
-    from peft import LoraConfig, get_peft_model
-
     from longqa.config.recipe import ModelConfig, Recipe, TrainConfig
     from longqa.models.adapters import save_adapter_bundle
     from longqa.models.export_hf import export_adapter
-    from longqa.models.load import load, peft_wrapping
+    from longqa.models.load import load
+    from longqa.testing.tiny import with_lora
 
     tmp = tmp_path_factory.mktemp("harness")
     model, tok, _ = load("smollm2-135m", dtype="float32")
     torch.manual_seed(0)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
-    with peft_wrapping():
-        peft_model = get_peft_model(model, lora)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    peft_model = with_lora(
+        model, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0
+    )
     recipe = Recipe(
         name="harness-fidelity",
         model=ModelConfig(name="smollm2-135m", dtype="float32", quantization="none"),
