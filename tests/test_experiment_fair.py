@@ -185,6 +185,10 @@ def test_every_split_seed_cleans_and_passes_the_guard(essays, tmp_path):
         assert counts["paragraphs"] > 20 and counts["near"] + counts["exact"] > 0
         texts = [p for f in ev.iterdir() for p in f.read_text().split("\n\n")]
         check_disjoint(train, {"ev": texts})  # nothing left that the guard would refuse
+        # nor any piece a builder may cut: every 12-word window of the eval side is its own
+        words = " ".join(texts).split()
+        pieces = [" ".join(words[i : i + 12]) for i in range(0, len(words) - 12, 3)]
+        check_disjoint(train, {"pieces": pieces})
         if seed == 1:  # the seed whose uncleaned split aborted the run
             raw = [p for f in split.eval for p in f.read_text().split("\n\n")]
             with pytest.raises(LongqaError, match="overlaps the training documents"):

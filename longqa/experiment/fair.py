@@ -245,7 +245,8 @@ def render(recs: list[dict]) -> str:
         lines += [f"## Seed {r['seed']}", ""]
         c = r["cleaned"]
         lines.append(f"Eval side cleaned before building: {c['exact']} paragraphs found in the "
-                     f"training files and {c['near']} near-copies (8-word shingles) removed from "
+                     f"training files, {c['near']} near-copies (8-word shingles) and "
+                     f"{c.get('sentences', 0)} sentences sharing an 8-word run removed from "
                      f"{c['files']} files; {c['paragraphs']} paragraphs kept.")  # fmt: skip
         lines.append("")
         lines.append("| arm | steps | samples | answer tokens | first → final loss |")

@@ -168,7 +168,7 @@ def run_experiment(
                lambda f: (materialize(split, f), split.as_json())[1])  # fmt: skip
     train_dir, eval_dir = out / "split" / "train", out / "split" / "eval"
     split_fp = stages.fingerprints["split"]
-    cleaned = stages.run("clean", {"split": split_fp},
+    cleaned = stages.run("clean", {"split": split_fp, "rule": "paragraphs+sentences"},
                          lambda f: clean_eval_side(train_dir, eval_dir))  # fmt: skip
     split_fp = stages.fingerprints["clean"]
     data_dirs, data_fps, data_res, steps = {}, {}, {}, {}

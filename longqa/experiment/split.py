@@ -119,23 +119,32 @@ def near_copy(text: str, grams: dict[tuple[str, ...], str]) -> str | None:
 
 def clean_eval_side(train: Path, eval_dir: Path, *, min_words: int = 12) -> dict[str, int]:
     """Drop from the held-out text files every paragraph found in (or nearly copying) the
-    training files; rewrite them in place; the counts (paragraphs kept, exact, near)."""
+    training files, then every remaining sentence that shares a ``SHINGLE``-word run with them
+    (boilerplate such as "Thanks to … for reading drafts of this": the builders cut documents
+    of a few sentences, and such a piece would copy the training side); rewrite the files in
+    place; the counts (paragraphs kept, exact, near, sentences, files)."""
     keys, grams = paragraph_keys(train, min_words), train_shingles(train)
-    counts = {"paragraphs": 0, "exact": 0, "near": 0, "files": 0}
+    counts = {"paragraphs": 0, "exact": 0, "near": 0, "sentences": 0, "files": 0}
     for f in source_files(eval_dir):
-        paras = re.split(r"\n\s*\n", f.read_text(encoding="utf-8", errors="replace"))
+        text = f.read_text(encoding="utf-8", errors="replace")
         kept = []
-        for para in paras:
+        for para in re.split(r"\n\s*\n", text):
             if len(para.split()) >= min_words and _key(para) in keys:
                 counts["exact"] += 1
-            elif near_copy(para, grams):
+                continue
+            if near_copy(para, grams):
                 counts["near"] += 1
-            else:
-                kept.append(para)
+                continue
+            sentences = re.split(r"(?<=[.!?])\s+", para)
+            own = [s for s in sentences if not any(g in grams for g in shingles(s))]
+            counts["sentences"] += len(sentences) - len(own)
+            if own:
+                kept.append(para if len(own) == len(sentences) else " ".join(own))
                 counts["paragraphs"] += bool(para.strip())
-        if len(kept) != len(paras):
+        new = "\n\n".join(kept)
+        if new != text:
             counts["files"] += 1
-            f.write_text("\n\n".join(kept), encoding="utf-8")
+            f.write_text(new, encoding="utf-8")
     return counts
 
 
