@@ -291,6 +291,24 @@ def doc_spans(
     return spans
 
 
+def wrong_quote(turn: Turn, docs: list[Document]) -> str:
+    """A span of a distractor as long (in words) as ``turn.quote``: the control that copies text
+    without retrieving it. The distractor is the next document after the gold one in the layout
+    (wrapping); the span starts at the same relative word offset as the true quote, so position
+    and length match and only the source differs."""
+    gold = next(k for k, d in enumerate(docs) if d.id == turn.doc.id)
+    others = [docs[(gold + k) % len(docs)] for k in range(1, len(docs))]
+    if not others or not turn.quote:
+        raise ValueError(f"document {turn.doc.id}: no distractor or quote for a wrong-doc quote")
+    n = len(turn.quote.split())
+    long_enough = [d for d in others if len(d.text.split()) >= n]
+    words = (long_enough[0] if long_enough else max(others, key=lambda d: len(d.text))).text.split()
+    own, at = turn.doc.text.split(), turn.doc.text.find(turn.quote)
+    rel = len(turn.doc.text[:at].split()) / (len(own) - n) if at > 0 and len(own) > n else 0.0
+    start = round(min(1.0, rel) * max(0, len(words) - n))
+    return " ".join(words[start : start + n])
+
+
 def render(
     docs: list[Document],
     turns: list[Turn],
@@ -308,7 +326,8 @@ def render(
     ``neutral``: the system prompt and instructions ask for no answer form, every turn carries an
     answer (extractive: the choice question's word), and ``form`` picks the answer alone: the
     paper's Figure 3 forms ``paraphrase`` (quote, then answer), ``index-detailed`` (document
-    number, then answer) or ``detailed`` (answer only)."""
+    number, then answer) or ``detailed`` (answer only); ``wrong-quote`` quotes an equally long
+    span of a distractor, then answers (a control: copying without retrieving)."""
     t = prompts(lang)
     index = {d.id: i + 1 for i, d in enumerate(docs)}
     body = "\n\n".join(t["document"].substitute(index=index[d.id], text=d.text) for d in docs)
@@ -325,6 +344,8 @@ def render(
             answer = t["answer_index_paraphrase"].substitute(
                 index=index[turn.doc.id], quote=turn.quote, answer=turn.answer
             )
+        elif form == "wrong-quote":
+            answer = t["answer"].substitute(quote=wrong_quote(turn, docs), answer=turn.answer)
         elif form == "index-detailed":
             answer = t["answer_index_detailed"].substitute(
                 index=index[turn.doc.id], answer=turn.answer

@@ -62,11 +62,12 @@ class Options(BaseModel):
     negative_ratio: float = Field(0.1, ge=0, le=1)
     cite_index: bool = Field(False, description="answers name the document number (llm)")
     answer_style: Literal[
-        "paraphrase", "paraphrase-index", "plain", "index-detailed", "detailed"
+        "paraphrase", "paraphrase-index", "plain", "index-detailed", "detailed", "wrong-quote"
     ] = Field(
         "paraphrase",
         description="plain: answers without the quote (a control set for analysis); "
         "paraphrase-index: document number and quote, then answer; "
+        "wrong-quote: an equally long span of a distractor, then answer (a control); "
         "index-detailed: document number, then answer; detailed: answer only",
     )
     question_style: Literal["prefix", "scattered"] = Field(

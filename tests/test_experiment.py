@@ -4,6 +4,7 @@ intervals, form-aware scoring, stage caching/resume, and the whole pipeline on a
 from __future__ import annotations
 
 import json
+import re
 import random
 import sys
 from pathlib import Path
@@ -162,7 +163,7 @@ def test_arms_differ_only_in_answer_form(tmp_path):
 
     corpus = make_corpus(tmp_path / "c", files=8)
     samples = {}
-    for form in ("paraphrase", "index-detailed", "detailed"):
+    for form in ("paraphrase", "index-detailed", "detailed", "wrong-quote"):
         build(Options(corpus=str(corpus), out=str(tmp_path / form), generator="extractive",
                       tokenizer="approx", num_samples=4, target_tokens=600, docs_per_group=5,
                       max_doc_tokens=150, turns=2, negative_ratio=0.0, answer_style=form,
@@ -171,7 +172,7 @@ def test_arms_differ_only_in_answer_form(tmp_path):
     assert len(samples["paraphrase"]) >= 3
     assert samples["paraphrase"].keys() == samples["detailed"].keys()
     for sid, ref in samples["paraphrase"].items():
-        for form in ("index-detailed", "detailed"):
+        for form in ("index-detailed", "detailed", "wrong-quote"):
             other = samples[form][sid]
             users = lambda s: [(m.role, m.content) for m in s.messages if m.role != "assistant"]  # noqa: E731
             assert users(other) == users(ref)  # same system prompt, documents and questions
@@ -190,6 +191,13 @@ def test_arms_differ_only_in_answer_form(tmp_path):
             )
             assert answers["detailed"] == f"Answer: {rel['answer']}"
             assert all(rel["answer"] in a for a in answers.values())
+            # the control copies as many words from another document of the same context
+            span = re.match(r'The relevant original text is: "(.*)"\n\nAnswer: ', answers[
+                "wrong-quote"], re.S).group(1)  # fmt: skip
+            assert len(span.split()) == len(rel["source_quote"].split())
+            docs = [m.content for m in ref.messages if m.role == "user"][0]
+            gold_doc = re.split(r"Document \d+:\n", docs)[rel["doc_index"]]
+            assert span in docs and span not in gold_doc
 
 
 # --------------------------------------------------------------------------------------- stages

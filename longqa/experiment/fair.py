@@ -37,6 +37,7 @@ PAIRS = [
     ("paraphrase-index", "index-detailed"), ("paraphrase", "paraphrase-index"),
     ("index-matched", "index-detailed"), ("paraphrase", "base"), ("paraphrase-index", "base"),
     ("index-detailed", "base"), ("index-matched", "base"), ("detailed", "base"),
+    ("paraphrase", "wrong-quote"), ("wrong-quote", "base"),
 ]  # fmt: skip
 _TEMPLATE = set(
     "in the reference documents one passage mentions which of these words does that use begins "

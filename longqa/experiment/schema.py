@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from longqa.config.recipe import RopeConfig, _format_validation_error
 from longqa.core.errors import LongqaError
 
-FORMS = ("paraphrase", "paraphrase-index", "index-detailed", "detailed")
+FORMS = ("paraphrase", "paraphrase-index", "index-detailed", "detailed", "wrong-quote")
 PROBES = ("probe", "probe-prefix", "probe-xcorpus")
 EVALS = (*PROBES, "passage-retrieval", "mdqa", "needle", "passkey")
 
@@ -38,7 +38,9 @@ class _Strict(BaseModel):
 
 class Arm(_Strict):
     name: str
-    form: Literal["paraphrase", "paraphrase-index", "index-detailed", "detailed", "none"] = Field(
+    form: Literal[
+        "paraphrase", "paraphrase-index", "index-detailed", "detailed", "wrong-quote", "none"
+    ] = Field(
         description="answer form of the training data; none = no training (the floor)"
     )
     match_tokens_of: str | None = Field(
