@@ -30,7 +30,8 @@ def test_shipped_file_has_every_arm_and_a_matched_control():
     forms = {a.name: a.form for a in exp.arms}
     assert forms == {"base": "none", "paraphrase": "paraphrase",
                      "paraphrase-index": "paraphrase-index", "index-detailed": "index-detailed",
-                     "detailed": "detailed", "index-matched": "index-detailed"}  # fmt: skip
+                     "detailed": "detailed", "index-matched": "index-detailed",
+                     "wrong-quote": "wrong-quote"}  # fmt: skip
     assert next(a for a in exp.arms if a.name == "index-matched").match_tokens_of == "paraphrase"
     cpu = exp.for_profile("cpu")
     assert cpu.evals == ["probe", "probe-xcorpus"] and exp.question_style == "scattered"
