@@ -281,12 +281,40 @@ def test_comparisons_pair_items_by_key_within_each_seed():
     from longqa.experiment.fair import comparisons
 
     def rows(flags: str, keys: str) -> list[dict]:
-        return [{"key": k, "answer_hit": f == "1", "doc_lik_hit": f == "1",
+        return [{"key": k, "answer_hit": f == "1", "doc_lik_hit": f == "1", "gold": 1,
                  "option_lik_hit": False} for f, k in zip(flags, keys, strict=True)]  # fmt: skip
 
     s0 = {"probe": {"arms": {"paraphrase": rows("1110", "abcd"), "base": rows("000", "abc")}}}
     s1 = {"probe": {"arms": {"paraphrase": rows("01", "ab"), "base": rows("11", "ba")}}}
-    got = {c["metric"]: c for c in comparisons([{"sets": s0}, {"sets": s1}])}
+    got = {c["metric"]: c for c in comparisons([{"sets": s0}, {"sets": s1}]) if c["b"] == "base"}
     ans = got["answer"]  # item d has no base row: left out; seed 1 pairs b with b, a with a
     assert ans["diff"]["n"] == 5 and (ans["n10"], ans["n01"]) == (3, 1) and ans["seeds"] == 2
     assert ans["diff"]["value"] == pytest.approx((3 - 1) / 5)
+
+
+def test_best_fixed_position_is_a_paired_baseline_for_every_arm():
+    from longqa.experiment.fair import POSITION, best_position, comparisons, render
+
+    def rows(golds: str, picks: str) -> list[dict]:
+        return [{"key": f"k{i}", "gold": int(g), "doc_pick": int(p), "doc_lik_hit": g == p,
+                 "answer_hit": False, "option_lik_hit": False, "form_doc_hit": False,
+                 "answered": False} for i, (g, p) in enumerate(zip(golds, picks, strict=True))]  # fmt: skip
+
+    assert best_position(rows("3443", "1111"))[0] == 3  # a tie goes to the lower number
+    k, hits = best_position(rows("2552", "1111"))
+    assert k == 2 and [hits[f"k{i}"] for i in range(4)] == [True, False, False, True]
+    # 'index' always picks 5: right on items 1 and 2, where the fixed position 2 is wrong
+    sets = {"probe": {"n": 4, "chance": {"doc": 0.25, "option": 0.25, "answer": 0.25},
+                      "majority_position": {"position": "2", "doc": 0.5},
+                      "oracle": {"doc": [True] * 4, "option": [True] * 4},
+                      "arms": {"base": rows("2552", "1111"), "index": rows("2552", "5555")}}}  # fmt: skip
+    got = {c["a"]: c for c in comparisons([{"sets": sets}]) if c["b"] == POSITION}
+    assert set(got) == {"base", "index"}
+    assert (got["index"]["n10"], got["index"]["n01"]) == (2, 2) and got["index"]["diff"]["n"] == 4
+    assert (got["base"]["n10"], got["base"]["n01"]) == (0, 2)
+    rec = {"experiment": "x", "profile": "cpu", "seed": 0, "command": "c", "total_seconds": 60,
+           "cleaned": {"exact": 0, "near": 0, "files": 0, "paragraphs": 1}, "train": {},
+           "sets": sets}  # fmt: skip
+    md = render([rec])
+    assert "| best fixed position, chosen on these items (2) | — | 0.50 [" in md
+    assert "| index | " in md and "| 5 (100%) |" in md  # the arm's most chosen document

@@ -10,7 +10,10 @@ Headline metrics, scored by one rule for every arm and the untrained base (see
 :mod:`longqa.experiment.probe`): ``answer`` (generated, the gold word and no other option),
 ``doc (lik)`` (forced-choice document identification by likelihood), ``option (lik)`` (the four
 offered words by likelihood); ``doc (form)`` (the document the reply cites or quotes) is
-secondary. Baselines in the same table: chance, the training set's most frequent gold position,
+secondary, with the document each arm picks most often by likelihood (a collapse onto one
+position shows there). Baselines in the same table: chance, the training set's most frequent gold
+position, the best fixed position chosen on the evaluated items themselves (the ceiling of any
+rule that looks at positions only; every arm is also compared with it, paired, on ``doc (lik)``),
 and a bag-of-words lexical oracle (the document sharing most question words; the offered word
 found in it). Each comparison is paired on the same items: the difference of accuracies with a
 paired bootstrap interval (stratified by seed when pooled) and the exact McNemar p-value. A
@@ -39,6 +42,7 @@ PAIRS = [
     ("index-detailed", "base"), ("index-matched", "base"), ("detailed", "base"),
     ("paraphrase", "wrong-quote"), ("wrong-quote", "base"),
 ]  # fmt: skip
+POSITION = "best fixed position"
 _TEMPLATE = set(
     "in the reference documents one passage mentions which of these words does that use begins "
     "with uses or and".split()
@@ -159,49 +163,89 @@ def _paired(recs: list[dict], key: str, a: str, b: str, metric: str) -> tuple[li
     return fa, fb, strata
 
 
+def best_position(rows: list[dict]) -> tuple[int | None, dict[str, bool]]:
+    """The document number that is gold most often among ``rows`` (chosen on these very items,
+    so an upper bound for any position-only rule) and its hit per item key."""
+    counts = Counter(r["gold"] for r in rows)
+    if not counts:
+        return None, {}
+    k = max(sorted(counts), key=lambda g: counts[g])
+    return k, {r["key"]: r["gold"] == k for r in rows}
+
+
+def _position_paired(recs: list[dict], key: str, a: str) -> tuple[list, list, list]:
+    """``a``'s document-likelihood hits against the best fixed position of each seed's items."""
+    fa, fb, strata = [], [], []
+    for i, rec in enumerate(recs):
+        arms = rec["sets"].get(key, {}).get("arms", {})
+        _, pos = best_position(next(iter(arms.values()), []))
+        for r in arms.get(a, []):
+            if r["key"] in pos:
+                fa.append(bool(r["doc_lik_hit"]))
+                fb.append(pos[r["key"]])
+                strata.append(i)
+    return fa, fb, strata
+
+
 def comparisons(recs: list[dict]) -> list[dict[str, Any]]:
-    """Paired differences (a − b) for every pair of arms present, per probe set and metric."""
+    """Paired differences (a − b) for every pair of arms present, per probe set and metric, then
+    every arm against the best fixed position on ``doc (lik)``."""
     out = []
+
+    def add(key: str, a: str, b: str, label: str, paired: tuple[list, list, list]) -> None:
+        fa, fb, strata = paired
+        if not fa:
+            return
+        diff = paired_bootstrap(fa, fb, strata=strata)
+        test = mcnemar_exact(fa, fb)
+        resolved = test["p"] < 0.05 and (diff["lo"] > 0 or diff["hi"] < 0)
+        out.append({"set": key, "a": a, "b": b, "metric": label, "diff": diff, **test,
+                    "resolved": resolved, "seeds": len(set(strata))})  # fmt: skip
+
     for key in dict.fromkeys(k for r in recs for k in r["sets"]):
-        arms = {a for r in recs for a in r["sets"].get(key, {}).get("arms", {})}
+        arms = list(dict.fromkeys(a for r in recs for a in r["sets"].get(key, {}).get("arms", {})))
         for a, b in PAIRS:
-            if a not in arms or b not in arms:
-                continue
-            for label, metric in METRICS.items():
-                fa, fb, strata = _paired(recs, key, a, b, metric)
-                if not fa:
-                    continue
-                diff = paired_bootstrap(fa, fb, strata=strata)
-                test = mcnemar_exact(fa, fb)
-                resolved = test["p"] < 0.05 and (diff["lo"] > 0 or diff["hi"] < 0)
-                out.append({"set": key, "a": a, "b": b, "metric": label, "diff": diff, **test,
-                            "resolved": resolved, "seeds": len(set(strata))})  # fmt: skip
+            if a in arms and b in arms:
+                for label, metric in METRICS.items():
+                    add(key, a, b, label, _paired(recs, key, a, b, metric))
+        for a in arms:
+            add(key, a, POSITION, "doc (lik)", _position_paired(recs, key, a))
     return out
 
 
 def _table(recs: list[dict], key: str) -> list[str]:
     sets = [r["sets"][key] for r in recs if key in r["sets"]]
     n = sum(s["n"] for s in sets)
-    cols = [*METRICS, *SECONDARY]
+    cols = [*METRICS, *SECONDARY, "most chosen doc (lik)"]
     lines = [f"| arm (n = {n} unless stated) | " + " | ".join(cols) + " |",
              "|---" * (len(cols) + 1) + "|"]  # fmt: skip
     chance = [sum(s["chance"][m] * s["n"] for s in sets) / max(1, n)
               for m in ("answer", "doc", "option")]  # fmt: skip
     lines.append(
-        f"| chance | {chance[0]:.2f} | {chance[1]:.2f} | {chance[2]:.2f} | {chance[1]:.2f} | — |"
+        f"| chance | {chance[0]:.2f} | {chance[1]:.2f} | {chance[2]:.2f} | {chance[1]:.2f} | — | — |"
     )
     maj = sum(s["majority_position"]["doc"] * s["n"] for s in sets) / max(1, n)
     pos = ", ".join(str(s["majority_position"]["position"]) for s in sets)
     lines.append(
-        f"| train's most frequent gold position ({pos}) | — | {maj:.2f} | — | {maj:.2f} | — |"
+        f"| train's most frequent gold position ({pos}) | — | {maj:.2f} | — | {maj:.2f} | — | — |"
     )
+    best = [best_position(next(iter(s["arms"].values()), [])) for s in sets]
+    bp = proportion([f for _, hits in best for f in hits.values()])
+    where = ", ".join(str(k) for k, _ in best)
+    lines.append(f"| {POSITION}, chosen on these items ({where}) | — | {fmt(bp)} | — | {fmt(bp)} "
+                 "| — | — |")  # fmt: skip
     od = proportion([f for s in sets for f in s["oracle"]["doc"]])
     oo = proportion([f for s in sets for f in s["oracle"]["option"]])
-    lines.append(f"| lexical oracle (bag of words) | {fmt(oo)} | {fmt(od)} | {fmt(oo)} | — | — |")
+    lines.append(
+        f"| lexical oracle (bag of words) | {fmt(oo)} | {fmt(od)} | {fmt(oo)} | — | — | — |"
+    )
     for arm in dict.fromkeys(a for s in sets for a in s["arms"]):
         cells = []
         for metric in [*METRICS.values(), *SECONDARY.values()]:
             cells.append(fmt(proportion(_hits(recs, key, arm, metric)[0])))
+        picks = Counter(r["doc_pick"] for s in sets for r in s["arms"].get(arm, []))
+        top, count = max(sorted(picks.items()), key=lambda kv: kv[1], default=(None, 0))
+        cells.append(f"{top} ({count / max(1, sum(picks.values())):.0%})" if top else "—")
         k = len(_hits(recs, key, arm, "answer_hit")[0])
         lines.append(f"| {arm}{'' if k == n else f' (n = {k})'} | " + " | ".join(cells) + " |")
     return lines
