@@ -4,8 +4,8 @@ intervals, form-aware scoring, stage caching/resume, and the whole pipeline on a
 from __future__ import annotations
 
 import json
-import re
 import random
+import re
 import sys
 from pathlib import Path
 

@@ -40,9 +40,7 @@ class Arm(_Strict):
     name: str
     form: Literal[
         "paraphrase", "paraphrase-index", "index-detailed", "detailed", "wrong-quote", "none"
-    ] = Field(
-        description="answer form of the training data; none = no training (the floor)"
-    )
+    ] = Field(description="answer form of the training data; none = no training (the floor)")
     match_tokens_of: str | None = Field(
         None,
         description="train on as many answer tokens as this arm: more samples and steps (one "
