@@ -149,20 +149,6 @@ def _hits(recs: list[dict], key: str, arm: str, metric: str) -> tuple[list[bool]
     return flags, strata
 
 
-def _paired(recs: list[dict], key: str, a: str, b: str, metric: str) -> tuple[list, list, list]:
-    """Outcomes of ``a`` and ``b`` on the items both were scored on, with their seed index."""
-    fa, fb, strata = [], [], []
-    for i, rec in enumerate(recs):
-        arms = rec["sets"].get(key, {}).get("arms", {})
-        rows_b = {r["key"]: r for r in arms.get(b, [])}
-        for r in arms.get(a, []):
-            if r["key"] in rows_b:
-                fa.append(bool(r[metric]))
-                fb.append(bool(rows_b[r["key"]][metric]))
-                strata.append(i)
-    return fa, fb, strata
-
-
 def best_position(rows: list[dict]) -> tuple[int | None, dict[str, bool]]:
     """The document number that is gold most often among ``rows`` (chosen on these very items,
     so an upper bound for any position-only rule) and its hit per item key."""
@@ -173,16 +159,20 @@ def best_position(rows: list[dict]) -> tuple[int | None, dict[str, bool]]:
     return k, {r["key"]: r["gold"] == k for r in rows}
 
 
-def _position_paired(recs: list[dict], key: str, a: str) -> tuple[list, list, list]:
-    """``a``'s document-likelihood hits against the best fixed position of each seed's items."""
+def _paired(recs: list[dict], key: str, a: str, b: str, metric: str) -> tuple[list, list, list]:
+    """Outcomes of ``a`` and ``b`` on the items both were scored on, with their seed index;
+    ``b`` may be :data:`POSITION`, the best fixed position of each seed's items."""
     fa, fb, strata = [], [], []
     for i, rec in enumerate(recs):
         arms = rec["sets"].get(key, {}).get("arms", {})
-        _, pos = best_position(next(iter(arms.values()), []))
+        if b == POSITION:
+            hits_b = best_position(next(iter(arms.values()), []))[1]
+        else:
+            hits_b = {r["key"]: bool(r[metric]) for r in arms.get(b, [])}
         for r in arms.get(a, []):
-            if r["key"] in pos:
-                fa.append(bool(r["doc_lik_hit"]))
-                fb.append(pos[r["key"]])
+            if r["key"] in hits_b:
+                fa.append(bool(r[metric]))
+                fb.append(hits_b[r["key"]])
                 strata.append(i)
     return fa, fb, strata
 
@@ -209,7 +199,7 @@ def comparisons(recs: list[dict]) -> list[dict[str, Any]]:
                 for label, metric in METRICS.items():
                     add(key, a, b, label, _paired(recs, key, a, b, metric))
         for a in arms:
-            add(key, a, POSITION, "doc (lik)", _position_paired(recs, key, a))
+            add(key, a, POSITION, "doc (lik)", _paired(recs, key, a, POSITION, "doc_lik_hit"))
     return out
 
 
