@@ -126,25 +126,27 @@ def clean_eval_side(train: Path, eval_dir: Path, *, min_words: int = 12) -> dict
     keys, grams = paragraph_keys(train, min_words), train_shingles(train)
     counts = {"paragraphs": 0, "exact": 0, "near": 0, "sentences": 0, "files": 0}
     for f in source_files(eval_dir):
-        text = f.read_text(encoding="utf-8", errors="replace")
-        kept = []
-        for para in re.split(r"\n\s*\n", text):
+        paras = re.split(r"\n\s*\n", f.read_text(encoding="utf-8", errors="replace"))
+        kept, dropped = [], 0
+        for para in paras:
             if len(para.split()) >= min_words and _key(para) in keys:
                 counts["exact"] += 1
+                dropped += 1
                 continue
             if near_copy(para, grams):
                 counts["near"] += 1
+                dropped += 1
                 continue
             sentences = re.split(r"(?<=[.!?])\s+", para)
             own = [s for s in sentences if not any(g in grams for g in shingles(s))]
             counts["sentences"] += len(sentences) - len(own)
+            dropped += len(sentences) - len(own)
             if own:
                 kept.append(para if len(own) == len(sentences) else " ".join(own))
                 counts["paragraphs"] += bool(para.strip())
-        new = "\n\n".join(kept)
-        if new != text:
+        if dropped:  # a file with nothing removed is left as it is, separators and all
             counts["files"] += 1
-            f.write_text(new, encoding="utf-8")
+            f.write_text("\n\n".join(kept), encoding="utf-8")
     return counts
 
 
